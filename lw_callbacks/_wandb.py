@@ -1,0 +1,126 @@
+"""The one doorway to W&B: every callback reaches the live run through here, never ``wandb.run``.
+
+- :func:`require_wandb_logger` finds the ``WandbLogger`` among ``trainer.loggers`` or raises a clear
+  error at setup naming the callback and the fix.
+- :func:`get_run` / :func:`run_of` give the live ``wandb`` Run on global rank 0 and ``None`` on every
+  other rank, and ``None`` under ``WANDB_MODE=disabled`` (a silent no-op).
+- :func:`log` logs a payload at the trainer's step by putting ``trainer/global_step`` into it
+  (never ``step=``: W&B drops rows whose step goes backwards), and reports a failure as a warning
+  instead of raising into the training loop.
+- :func:`define_metric` keeps the ``trainer/global_step`` x-axis on every named definition.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+STEP_KEY = "trainer/global_step"
+
+__all__ = [
+    "STEP_KEY",
+    "define_metric",
+    "find_wandb_logger",
+    "get_run",
+    "is_disabled",
+    "log",
+    "require_wandb_logger",
+    "run_of",
+]
+
+
+def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
+    """The first ``WandbLogger`` among the Trainer's loggers, or ``None``."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return logger
+    return None
+
+
+def require_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger:
+    """The Trainer's ``WandbLogger``.
+
+    Raises:
+        MisconfigurationException: the Trainer has none; the message names ``owner`` and the fix.
+    """
+    logger = find_wandb_logger(trainer)
+    if logger is None:
+        names = [type(lg).__name__ for lg in trainer.loggers] or ["no logger"]
+        raise MisconfigurationException(
+            f"{owner} logs to Weights & Biases and needs a `WandbLogger` among the Trainer's loggers, "
+            f"but the Trainer has {', '.join(names)}. Pass `Trainer(logger=WandbLogger(project=...))` "
+            f"(it may be one of a list of loggers), or remove {owner} from the callbacks."
+        )
+    return logger
+
+
+def is_disabled(run: Any = None) -> bool:
+    """True under ``WANDB_MODE=disabled`` or for a disabled (no-op) run."""
+    if os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        return True
+    if run is None:
+        return False
+    if getattr(run, "disabled", False) is True:
+        return True
+    settings = getattr(run, "settings", None)
+    return getattr(settings, "mode", None) == "disabled"
+
+
+def run_of(logger: Any, global_rank: int) -> Any | None:
+    """The live run of a W&B logger on global rank 0; ``None`` elsewhere or when disabled.
+
+    Works with Lightning's ``WandbLogger`` and with wandb's Fabric ``WandbLogger`` (anything whose
+    ``experiment`` is the run on rank 0). On rank 0 this starts the run if it has not started yet.
+    """
+    if global_rank != 0 or is_disabled():
+        return None
+    run = logger.experiment
+    if is_disabled(run) or not hasattr(run, "log"):
+        return None
+    return run
+
+
+def get_run(trainer: pl.Trainer, owner: str) -> Any | None:
+    """The live run for a callback on ``trainer``: rank 0 only, ``None`` elsewhere or when disabled.
+
+    Raises:
+        MisconfigurationException: the Trainer has no ``WandbLogger``.
+    """
+    return run_of(require_wandb_logger(trainer, owner), trainer.global_rank)
+
+
+def log(run: Any, payload: Mapping[str, Any], step: int, owner: str) -> bool:
+    """Log ``payload`` at ``trainer/global_step == step``; a failure warns and returns ``False``."""
+    data = dict(payload)
+    data[STEP_KEY] = int(step)
+    try:
+        run.log(data)
+    except Exception as err:  # a logging failure must never end a training run
+        rank_zero_warn(
+            f"{owner}: logging {sorted(payload)} to W&B at step {step} failed "
+            f"({type(err).__name__}: {err}); training goes on without it."
+        )
+        return False
+    return True
+
+
+def define_metric(run: Any, name: str, *, summary: str | None = None, hidden: bool = False) -> None:
+    """``define_metric`` that keeps WandbLogger's x-axis (``trainer/global_step``, ``step_sync``).
+
+    A key defined on its own stops inheriting WandbLogger's ``"*"`` rule, so every named
+    definition must repeat ``step_metric`` or the key silently loses its x-axis.
+    """
+    kwargs: dict[str, Any] = {"step_metric": STEP_KEY, "step_sync": True}
+    if summary is not None:
+        kwargs["summary"] = summary
+    if hidden:
+        kwargs["hidden"] = True
+    run.define_metric(name, **kwargs)

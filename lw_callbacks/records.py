@@ -1,0 +1,398 @@
+"""Read what a W&B run recorded, from the run's own transaction log (``run-<id>.wandb``).
+
+An offline run keeps everything it logged (history, summary, config, metric definitions,
+artifacts) only in that log; there is no summary or config JSON beside it. This module decodes the
+log so that you can check a run before ``wandb sync`` (for example on an air-gapped cluster), and
+so that :func:`lw_callbacks.restore_checkpoint` can give back an artifact of an offline run.
+
+Example::
+
+    from lw_callbacks.records import read_run
+
+    run = read_run("wandb/offline-run-20260101_120000-abc123")
+    run.summary["val_acc"]                     # {"max": 0.97}
+    run.series("val_acc")                      # [(step, value), ...] at trainer/global_step
+    run.resolve_artifact("model-abc123-val_acc", "best").metadata["score"]
+
+The same reader backs ``python -m lw_callbacks inspect RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ArtifactEntry",
+    "ArtifactVersion",
+    "IncompleteRunError",
+    "MetricDefinition",
+    "RunRecords",
+    "find_runs",
+    "iter_records",
+    "read_run",
+]
+
+STEP_KEY = "trainer/global_step"
+
+_MAGIC = b":W&B"
+_IDENT = 0xBEE1
+_HEADER_LEN = 7
+_BLOCK_LEN = 32 * 1024
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+class IncompleteRunError(RuntimeError):
+    """The log has no ``exit`` record (yet): the run is still running, or its writer died."""
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    """One ``define_metric`` call as recorded: the key (or glob) and its options."""
+
+    name: str | None
+    glob: str | None
+    step_metric: str
+    summary: frozenset[str]
+    step_sync: bool
+    hidden: bool
+
+    @property
+    def key(self) -> str:
+        """The metric name, or its glob for a glob definition."""
+        return self.name if self.name is not None else (self.glob or "")
+
+
+@dataclass(frozen=True)
+class ArtifactEntry:
+    """One file of an artifact's manifest."""
+
+    path: str
+    digest: str
+    size: int
+    local_path: str | None
+    ref: str | None
+
+
+@dataclass
+class ArtifactVersion:
+    """One version of an artifact collection, as this run logged it.
+
+    ``version`` is the index W&B gives it on upload (``v0``, ``v1``, ...), counted in log order
+    among versions of distinct content: logging the same content again adds aliases to the
+    existing version, as the server does. ``aliases`` are the aliases that version holds at the end
+    of the run (an alias such as ``best`` moves to the newest version logged with it).
+    """
+
+    name: str
+    type: str
+    version: int
+    digest: str
+    metadata: dict[str, Any]
+    entries: tuple[ArtifactEntry, ...]
+    aliases: list[str] = field(default_factory=list)
+    logged_aliases: list[str] = field(default_factory=list)
+    description: str = ""
+
+    def entry(self, path: str) -> ArtifactEntry:
+        """The manifest entry for ``path``; ``KeyError`` listing the paths there are."""
+        for entry in self.entries:
+            if entry.path == path:
+                return entry
+        raise KeyError(f"{self.name}:v{self.version} has no file {path!r}; it has {[e.path for e in self.entries]}")
+
+
+@dataclass
+class RunRecords:
+    """Everything a run recorded, decoded from its ``.wandb`` log."""
+
+    path: Path
+    run_id: str = ""
+    project: str = ""
+    entity: str = ""
+    display_name: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: list[MetricDefinition] = field(default_factory=list)
+    artifact_log: list[ArtifactVersion] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's own folder (``.../wandb/offline-run-<date>-<id>``)."""
+        return self.path.parent
+
+    @property
+    def complete(self) -> bool:
+        """True once the log holds the run's ``exit`` record."""
+        return self.exit_code is not None
+
+    def metric(self, key: str) -> MetricDefinition | None:
+        """The latest definition recorded for a metric name or glob, or ``None``."""
+        found = None
+        for definition in self.metrics:
+            if definition.key == key:
+                found = definition
+        return found
+
+    def rows(self, key: str) -> list[dict[str, Any]]:
+        """History rows that hold ``key`` (a top-level key such as ``val_acc`` or ``samples``)."""
+        return [row for row in self.history if key in row]
+
+    def series(self, key: str, step_key: str = STEP_KEY) -> list[tuple[Any, Any]]:
+        """``(step, value)`` for every history row holding ``key``; step is ``None`` if absent."""
+        return [(row.get(step_key), row[key]) for row in self.history if key in row]
+
+    def keys(self) -> set[str]:
+        """Every top-level key that appears in the history (W&B's own ``_step`` etc. excluded)."""
+        return {k for row in self.history for k in row if not k.startswith("_")}
+
+    def artifacts(self, name: str | None = None, type: str | None = None) -> list[ArtifactVersion]:
+        """Artifact versions in log order, optionally of one collection name and / or type."""
+        return [
+            a
+            for a in self.artifact_log
+            if (name is None or a.name == name) and (type is None or a.type == type)
+        ]
+
+    def artifact_names(self, type: str | None = None) -> list[str]:
+        """Names of the artifact collections this run logged to, in first-logged order."""
+        return list(dict.fromkeys(a.name for a in self.artifacts(type=type)))
+
+    def resolve_artifact(self, name: str, alias_or_version: str = "latest") -> ArtifactVersion:
+        """The version of ``name`` that holds an alias (``best``) or has an index (``v3``).
+
+        Raises:
+            KeyError: no such collection, alias or version; the message lists what exists.
+        """
+        versions = self.artifacts(name)
+        if not versions:
+            raise KeyError(f"no artifact named {name!r} in this run; it has {self.artifact_names()}")
+        tag = alias_or_version
+        if tag.startswith("v") and tag[1:].isdigit():
+            for version in versions:
+                if version.version == int(tag[1:]):
+                    return version
+        for version in versions:
+            if tag in version.aliases:
+                return version
+        known = sorted({a for v in versions for a in v.aliases} | {f"v{v.version}" for v in versions})
+        raise KeyError(f"artifact {name!r} has no version or alias {tag!r}; it has {known}")
+
+
+def iter_records(path: str | Path) -> Iterator[Any]:
+    """Yield each whole ``Record`` protobuf in a ``.wandb`` log, in order.
+
+    A truncated tail (a chunk or record the writer has not finished) ends the iteration quietly:
+    it is "not yet", not corruption. A checksum mismatch inside the file raises ``ValueError``.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if len(data) < _HEADER_LEN:
+        return
+    magic, ident, version = struct.unpack("<4sHB", data[:_HEADER_LEN])
+    if magic != _MAGIC or ident != _IDENT or version != 0:
+        raise ValueError(f"{path} is not a W&B transaction log (header {data[:_HEADER_LEN]!r})")
+    pos = _HEADER_LEN
+    pending: bytearray | None = None
+    while pos < len(data):
+        left = _BLOCK_LEN - pos % _BLOCK_LEN
+        if left < _HEADER_LEN:
+            pos += left
+            continue
+        if pos + _HEADER_LEN > len(data):
+            return
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER_LEN])
+        start = pos + _HEADER_LEN
+        if start + length > len(data):
+            return
+        chunk = data[start : start + length]
+        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
+            if crc == 0 and length == 0 and kind == 0:  # zero-filled tail being written
+                return
+            raise ValueError(f"{path}: checksum mismatch at byte {pos}")
+        pos = start + length
+        if kind == _FULL:
+            payload: bytes | None = chunk
+        elif kind == _FIRST:
+            pending, payload = bytearray(chunk), None
+        elif kind == _MIDDLE and pending is not None:
+            pending += chunk
+            payload = None
+        elif kind == _LAST and pending is not None:
+            payload, pending = bytes(pending + chunk), None
+        else:
+            raise ValueError(f"{path}: unexpected chunk type {kind} at byte {pos}")
+        if payload is not None:
+            record = pb.Record()
+            record.ParseFromString(payload)
+            yield record
+
+
+def _item_path(item: Any) -> list[str]:
+    return list(item.nested_key) if item.nested_key else [item.key]
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        child = target.get(part)
+        if not isinstance(child, dict):
+            child = target[part] = {}
+        target = child
+    target[path[-1]] = value
+
+
+def _remove_path(target: dict[str, Any], path: list[str]) -> None:
+    for part in path[:-1]:
+        target = target.get(part, {})
+        if not isinstance(target, dict):
+            return
+    target.pop(path[-1], None)
+
+
+def _apply_updates(target: dict[str, Any], record: Any) -> None:
+    for item in record.update:
+        _set_path(target, _item_path(item), json.loads(item.value_json))
+    for item in record.remove:
+        _remove_path(target, _item_path(item))
+
+
+def _manifest_entries(manifest: Any) -> tuple[ArtifactEntry, ...]:
+    entries = [
+        ArtifactEntry(e.path, e.digest, int(e.size), e.local_path or None, e.ref or None) for e in manifest.contents
+    ]
+    if not entries and manifest.manifest_file_path:
+        with gzip.open(manifest.manifest_file_path, "rt") as fh:
+            for line in fh:
+                e = json.loads(line)
+                entries.append(
+                    ArtifactEntry(e["path"], e["digest"], int(e.get("size") or 0), e.get("local_path"), e.get("ref"))
+                )
+    return tuple(sorted(entries, key=lambda e: e.path))
+
+
+def _add_artifact(run: RunRecords, record: Any) -> None:
+    aliases = list(record.aliases)
+    metadata = json.loads(record.metadata) if record.metadata else {}
+    existing = run.artifacts(record.name)
+    same = next((v for v in existing if v.digest == record.digest), None)
+    if same is None:
+        same = ArtifactVersion(
+            name=record.name,
+            type=record.type,
+            version=len(existing),
+            digest=record.digest,
+            metadata=metadata,
+            entries=_manifest_entries(record.manifest),
+            description=record.description,
+        )
+        run.artifact_log.append(same)
+    for alias in aliases:  # an alias lives on one version of a collection at a time
+        for version in existing:
+            if alias in version.aliases:
+                version.aliases.remove(alias)
+        if alias not in same.aliases:
+            same.aliases.append(alias)
+        if alias not in same.logged_aliases:
+            same.logged_aliases.append(alias)
+
+
+def _decode(path: Path) -> RunRecords:
+    run = RunRecords(path=path)
+    for record in iter_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            r = record.run
+            run.run_id, run.project, run.entity = r.run_id, r.project, r.entity
+            run.display_name = r.display_name or run.display_name
+            _apply_updates(run.config, r.config)
+            _apply_updates(run.summary, r.summary)
+        elif kind == "config":
+            _apply_updates(run.config, record.config)
+        elif kind == "history":
+            row: dict[str, Any] = {}
+            for item in record.history.item:
+                _set_path(row, _item_path(item), json.loads(item.value_json))
+            run.history.append(row)
+        elif kind == "summary":
+            _apply_updates(run.summary, record.summary)
+        elif kind == "metric":
+            m = record.metric
+            summary = frozenset(f.name for f, on in m.summary.ListFields() if on)
+            run.metrics.append(
+                MetricDefinition(
+                    name=m.name or None,
+                    glob=m.glob_name or None,
+                    step_metric=m.step_metric,
+                    summary=summary,
+                    step_sync=m.options.step_sync,
+                    hidden=m.options.hidden,
+                )
+            )
+        elif kind == "artifact":
+            _add_artifact(run, record.artifact)
+        elif kind == "files":
+            run.files.extend(f.path for f in record.files.files if f.path not in run.files)
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
+    run.config.pop("_wandb", None)
+    return run
+
+
+def _log_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"no W&B run at {path}")
+    logs = sorted(path.glob("run-*.wandb"))
+    if len(logs) == 1:
+        return logs[0]
+    runs = find_runs(path)
+    if len(runs) == 1:
+        return next(runs[0].glob("run-*.wandb"))
+    if not runs:
+        raise FileNotFoundError(f"no run-<id>.wandb under {path}")
+    raise ValueError(f"{path} holds {len(runs)} runs; pass one of: {[str(r) for r in runs]}")
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every run folder (one holding a ``run-<id>.wandb``) under ``root``, oldest first."""
+    return sorted({p.parent for p in Path(root).rglob("run-*.wandb")}, key=lambda p: (p.name.split("-")[-2], str(p)))
+
+
+def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = True) -> RunRecords:
+    """Decode a run's log.
+
+    Args:
+        path: the ``run-<id>.wandb`` file, the run's folder, or a folder holding exactly one run.
+        timeout: seconds to wait for the ``exit`` record. ``run.finish()`` can return before the
+            log's tail is on disk, so a missing tail is taken as "not yet" and read again.
+        require_exit: with ``False``, a run still in progress is returned as far as it is written
+            (``complete`` is then ``False``) instead of raising.
+
+    Raises:
+        FileNotFoundError: no run there.
+        ValueError: the folder holds several runs (the message lists them), or the file is not a
+            W&B log.
+        IncompleteRunError: ``require_exit`` and no ``exit`` record within ``timeout``.
+    """
+    log = _log_file(Path(path))
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _decode(log)
+        if run.complete or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if require_exit and not run.complete:
+        raise IncompleteRunError(f"{log} has no exit record after {timeout:.0f}s: the run has not finished")
+    return run

@@ -1,0 +1,137 @@
+"""Shared helpers: fit the digits model under a real offline WandbLogger and read back its records,
+and run multi-process scripts as subprocesses with a timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import wandb
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+
+from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+from lw_callbacks.records import RunRecords, find_runs, read_run
+
+SCRIPTS = Path(__file__).parent / "scripts"
+REPO = Path(__file__).parent.parent
+
+
+def make_logger(save_dir: Path | str = "runs", **kwargs: Any) -> WandbLogger:
+    """An offline ``WandbLogger`` writing under ``save_dir`` (relative to the test's cwd)."""
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    kwargs.setdefault("project", "lw-tests")
+    return WandbLogger(save_dir=str(save_dir), **kwargs)
+
+
+def make_trainer(
+    callbacks: Sequence[Callback] = (), logger: Any = None, **kwargs: Any
+) -> Trainer:
+    """A small CPU Trainer: 2 epochs, few batches, no progress bar, logging every step."""
+    options: dict[str, Any] = {
+        "max_epochs": 2,
+        "limit_train_batches": 6,
+        "limit_val_batches": 3,
+        "accelerator": "cpu",
+        "devices": 1,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": "lightning",
+    }
+    options.update(kwargs)
+    return Trainer(logger=make_logger() if logger is None else logger, callbacks=list(callbacks), **options)
+
+
+def finish_and_read(trainer: Trainer | None = None, save_dir: Path | str = "runs") -> RunRecords:
+    """Finish the current W&B run and decode its records."""
+    wandb.finish()
+    runs = find_runs(save_dir)
+    assert len(runs) == 1, f"expected exactly one run under {save_dir}, found {runs}"
+    return read_run(runs[0])
+
+
+def fit_digits(
+    callbacks: Sequence[Callback] = (),
+    model: LightningModule | None = None,
+    datamodule: LightningDataModule | None = None,
+    **trainer_kwargs: Any,
+) -> tuple[Trainer, RunRecords]:
+    """Fit the digits model with ``callbacks`` and return the Trainer and the run's records."""
+    trainer = make_trainer(callbacks, **trainer_kwargs)
+    trainer.fit(model or DigitsClassifier(), datamodule=datamodule or DigitsDataModule(batch_size=32))
+    return trainer, finish_and_read(trainer)
+
+
+def run_ranks(
+    script: str | Path,
+    *args: str,
+    out_dir: Path,
+    launcher: str = "python",
+    nprocs: int = 2,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Run a multi-process script and return what each rank reported, ordered by rank.
+
+    ``launcher`` is ``"python"`` (the script starts its own ranks, e.g. Lightning's ``ddp``) or
+    ``"torchrun"``. The script gets ``LW_REPORT_DIR``; each rank writes ``rank<N>.json`` there
+    (see ``scripts/_report.py``). A non-zero exit or a timeout fails with the processes' output, so
+    a deadlock fails fast instead of eating CI time.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    script = SCRIPTS / script if not Path(script).is_absolute() else Path(script)
+    if launcher == "torchrun":
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}", str(script), *args
+        ]
+    else:
+        cmd = [sys.executable, str(script), *args]
+    full_env = dict(os.environ)
+    full_env["LW_REPORT_DIR"] = str(out_dir)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(REPO), full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    try:
+        proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=os.getcwd())
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(
+            f"{script.name} did not finish in {timeout}s (hang?)\nstdout:\n{err.stdout}\nstderr:\n{err.stderr}"
+        ) from None
+    assert proc.returncode == 0, f"{script.name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    reports = sorted(out_dir.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
+    assert reports, f"{script.name} wrote no report\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return [json.loads(p.read_text()) for p in reports]
+
+
+def build_with_cli(callbacks_yaml: str, tmp_dir: Path, extra_args: Sequence[str] = ()) -> Any:
+    """Build a Trainer with LightningCLI from YAML, as a user's config file would, without running.
+
+    ``callbacks_yaml`` is the YAML list under ``trainer.callbacks`` (``class_path`` / ``init_args``
+    entries). Returns the ``LightningCLI`` object; its ``trainer.callbacks`` hold the built instances.
+    """
+    from lightning.pytorch.cli import LightningCLI
+
+    config = tmp_dir / "config.yaml"
+    body = "\n".join("    " + line for line in callbacks_yaml.strip("\n").splitlines())
+    config.write_text(
+        "trainer:\n"
+        "  accelerator: cpu\n"
+        "  logger:\n"
+        "    class_path: lightning.pytorch.loggers.WandbLogger\n"
+        "    init_args: {project: lw-tests, save_dir: runs}\n"
+        "  callbacks:\n" + body + "\n"
+    )
+    (Path("runs")).mkdir(exist_ok=True)
+    return LightningCLI(
+        DigitsClassifier,
+        DigitsDataModule,
+        run=False,
+        args=["--config", str(config), *extra_args],
+        save_config_callback=None,
+    )
