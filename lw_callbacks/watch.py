@@ -1,0 +1,415 @@
+"""WatchModel: gradient and parameter histograms, and the model graph, with nothing armed between log steps."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lw_callbacks._wandb import log as log_to_run
+from lw_callbacks._wandb import require_wandb_logger, run_of
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from torch.optim import Optimizer
+    from torch.utils.hooks import RemovableHandle
+
+__all__ = ["WatchModel"]
+
+_LOG_CHOICES = ("gradients", "parameters", "all")
+_MAX_BINS = 512  # wandb.Histogram.MAX_LENGTH
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+GRAPH_KEY = "graph_0"
+
+
+class WatchModel(Callback):
+    r"""Log histograms of gradients and / or parameters to W&B every ``log_freq`` optimizer steps.
+
+    The callback form of ``WandbLogger.watch`` / ``wandb.watch``, with the same keys and panels
+    (``gradients/<param name>``, ``parameters/<param name>``, ``graph_0`` in the summary), but:
+
+    - it installs no hook on any parameter or module to collect histograms: on a log step it reads
+      the gradients in ``on_before_optimizer_step``, where they are final (after gradient
+      accumulation and the DDP all-reduce) and unscaled (after the AMP ``GradScaler.unscale_``);
+      between log steps it costs one modulo per optimizer step;
+    - ``log_freq`` counts optimizer steps (``trainer.global_step``), not micro-batches, and
+      histograms land at ``trainer/global_step`` 0, ``log_freq``, ``2 * log_freq``, ...;
+    - only global rank 0 does any work, with no collective;
+    - it removes everything it installed when fit ends (or fails), so the same model can be fit
+      again, resumed, or watched by another instance, with no error and no duplicate keys;
+    - it is configured like any other callback, including from LightningCLI YAML.
+
+    Only trainable parameters (``requires_grad``) are watched. A parameter whose gradient is
+    ``None`` on a log step (unused in that step) gets no gradient histogram at that step. Values
+    that are NaN or infinite are left out of a histogram; a tensor with no finite value gets no
+    histogram at that step.
+
+    Args:
+        log: ``"gradients"``, ``"parameters"`` or ``"all"`` (both).
+        log_freq: log every this many optimizer steps (``trainer.global_step``), starting at step 0.
+        log_graph: log the model's module graph (as ``wandb.watch(log_graph=True)`` does) from the
+            first training batch of each fit; its forward hooks are removed at the end of that batch.
+        include: parameter-name patterns (``fnmatch`` style, e.g. ``"encoder.*"``, matched against
+            ``LightningModule.named_parameters()`` names) to watch; ``None`` watches every
+            trainable parameter.
+        exclude: parameter-name patterns not to watch (applied after ``include``), e.g.
+            ``["*.bias", "*norm*"]``.
+        bins: bins per histogram (1 to 512; W&B shows at most 512).
+
+    Raises:
+        ValueError: at construction, for a ``log`` outside the accepted values, ``log_freq < 1``,
+            ``bins`` outside 1..512, or patterns that are not strings.
+        MisconfigurationException: at ``setup``, when the Trainer has no ``WandbLogger``.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.loggers import WandbLogger
+        from lw_callbacks import WatchModel
+
+        trainer = Trainer(
+            logger=WandbLogger(project="mnist"),
+            callbacks=[WatchModel(log="all", log_freq=100, exclude=["*.bias"])],
+        )
+        trainer.fit(model, datamodule=dm)
+
+    From LightningCLI YAML::
+
+        trainer:
+          callbacks:
+            - class_path: lw_callbacks.WatchModel
+              init_args: {log: all, log_freq: 50}
+    """
+
+    def __init__(
+        self,
+        log: Literal["gradients", "parameters", "all"] = "gradients",
+        log_freq: int = 100,
+        log_graph: bool = False,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        bins: int = 64,
+    ) -> None:
+        super().__init__()
+        if log not in _LOG_CHOICES:
+            raise ValueError(
+                f"WatchModel(log={log!r}) is not supported: `log` must be one of "
+                f"{', '.join(repr(c) for c in _LOG_CHOICES)}. To log nothing, leave WatchModel out of the callbacks."
+            )
+        if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
+            raise ValueError(
+                f"WatchModel(log_freq={log_freq!r}) is not supported: `log_freq` must be an int >= 1 "
+                "(the number of optimizer steps between two logs), e.g. log_freq=100."
+            )
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= _MAX_BINS:
+            raise ValueError(
+                f"WatchModel(bins={bins!r}) is not supported: `bins` must be an int from 1 to {_MAX_BINS} "
+                "(W&B keeps at most 512 bins per histogram), e.g. bins=64."
+            )
+        # not ``self.log``: Lightning sets ``callback.log = pl_module.log`` on every callback at fit start
+        self.log_mode = log
+        self.log_freq = log_freq
+        self.log_graph = bool(log_graph)
+        self.include = _patterns("include", include)
+        self.exclude = _patterns("exclude", exclude)
+        self.bins = bins
+        self._run: Any | None = None
+        self._watched: list[tuple[str, nn.Parameter]] = []
+        self._last_step: int | None = None
+        self._graph_pending = False
+        self._graph: Any | None = None
+        self._graph_handles: list[RemovableHandle] = []
+        self._warned: set[tuple[str, ...]] = set()
+
+    @property
+    def log_gradients(self) -> bool:
+        """Whether gradient histograms are logged."""
+        return self.log_mode in ("gradients", "all")
+
+    @property
+    def log_parameters(self) -> bool:
+        """Whether parameter histograms are logged."""
+        return self.log_mode in ("parameters", "all")
+
+    @property
+    def watched_names(self) -> list[str]:
+        """Names of the parameters watched in the current fit (empty outside a fit and off rank 0)."""
+        return [name for name, _ in self._watched]
+
+    # ----------------------------------------------------------------------------------------- hooks
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            require_wandb_logger(trainer, type(self).__name__)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+        watched = self._select(pl_module)
+        if trainer.global_rank != 0:
+            return
+        self._run = run_of(require_wandb_logger(trainer, type(self).__name__), trainer.global_rank)
+        if self._run is None:
+            return
+        self._watched = watched
+        self._last_step = None
+        self._graph_pending = self.log_graph
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._graph_pending and not self._graph_handles:
+            self._arm_graph(pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._graph_pending:
+            self._graph_pending = False
+            self._finish_graph()
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        step = trainer.global_step
+        if self._run is None or step % self.log_freq != 0 or step == self._last_step or not self._watched:
+            return
+        self._last_step = step
+        payload: dict[str, Any] = {}
+        try:
+            if self.log_gradients:
+                grads = [(f"gradients/{n}", p.grad) for n, p in self._watched if p.grad is not None]
+                payload.update(_histograms(grads, self.bins))
+            if self.log_parameters:
+                payload.update(_histograms([(f"parameters/{n}", p) for n, p in self._watched], self.bins))
+        except Exception as err:  # a logging failure must never end a training run
+            rank_zero_warn(
+                f"WatchModel: computing histograms at step {step} failed ({type(err).__name__}: {err}); "
+                "training goes on without them."
+            )
+            return
+        if payload:
+            log_to_run(self._run, payload, step, type(self).__name__)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._release()
+
+    # --------------------------------------------------------------------------------------- helpers
+
+    def _select(self, pl_module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The trainable parameters that pass ``include`` / ``exclude``; warns about unmatched patterns."""
+        trainable = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        names = [n for n, _ in trainable]
+        unmatched = tuple(
+            f"{kind}={pattern!r}"
+            for kind, patterns in (("include", self.include), ("exclude", self.exclude))
+            for pattern in patterns or ()
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
+        )
+        if unmatched and unmatched not in self._warned:
+            self._warned.add(unmatched)
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            rank_zero_warn(
+                f"WatchModel: these patterns match no trainable parameter of {type(pl_module).__name__}: "
+                f"{', '.join(unmatched)}. Parameter names look like: {shown or '(none)'}."
+            )
+        watched = [
+            (n, p)
+            for n, p in trainable
+            if (self.include is None or any(fnmatch.fnmatchcase(n, pat) for pat in self.include))
+            and not any(fnmatch.fnmatchcase(n, pat) for pat in self.exclude or ())
+        ]
+        if not watched and ("no-params",) not in self._warned:
+            self._warned.add(("no-params",))
+            why = "it has no trainable parameter" if not trainable else "`include` / `exclude` leave none"
+            rank_zero_warn(
+                f"WatchModel: nothing to watch in {type(pl_module).__name__}: {why}. No histogram is logged."
+            )
+        return watched
+
+    def _arm_graph(self, pl_module: nn.Module) -> None:
+        import wandb
+        from wandb.data_types import Node
+
+        graph = wandb.Graph(format="torch")
+        self._graph = graph
+
+        def node_hook(name: str) -> Any:
+            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+                if id(module) in graph.nodes_by_id:
+                    return
+                params = [(pname, list(p.size())) for pname, p in module.named_parameters()]
+                graph.add_node(
+                    Node(
+                        id=id(module),
+                        name=name,
+                        class_name=str(module),
+                        output_shape=_nested_shape(output),
+                        parameters=params,
+                        num_parameters=[math.prod(size) for _, size in params],
+                    )
+                )
+
+            return hook
+
+        for name, module in _graph_modules(pl_module):
+            self._graph_handles.append(module.register_forward_hook(node_hook(name)))
+
+    def _finish_graph(self) -> None:
+        self._disarm_graph()
+        graph, self._graph = self._graph, None
+        if graph is None or self._run is None:
+            return
+        if not graph.nodes:
+            rank_zero_warn("WatchModel: no module ran in the first training batch, so no graph was logged.")
+            return
+        try:
+            self._run.summary[GRAPH_KEY] = graph
+        except Exception as err:  # a logging failure must never end a training run
+            rank_zero_warn(f"WatchModel: logging the model graph failed ({type(err).__name__}: {err}).")
+
+    def _disarm_graph(self) -> None:
+        for handle in self._graph_handles:
+            handle.remove()
+        self._graph_handles = []
+
+    def _release(self) -> None:
+        """Remove every hook this callback installed and drop its references to the model."""
+        self._disarm_graph()
+        self._graph = None
+        self._graph_pending = False
+        self._watched = []
+        self._run = None
+
+
+def _patterns(argument: str, value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    patterns = [value] if isinstance(value, str) else list(value)
+    bad = [p for p in patterns if not isinstance(p, str)]
+    if bad:
+        raise ValueError(
+            f"WatchModel({argument}={value!r}) is not supported: `{argument}` must be a parameter-name pattern "
+            f"or a list of them (fnmatch style, e.g. {argument}=['layer_1.*', '*.bias']); got {bad!r}."
+        )
+    return patterns
+
+
+def _graph_modules(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The modules ``wandb.watch`` draws as graph nodes: children, looking inside plain containers."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, _CONTAINERS):
+            found.extend(_graph_modules(child, full))
+        else:
+            found.append((full, child))
+    return found
+
+
+def _nested_shape(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return list(value.shape)
+    if isinstance(value, (list, tuple)):
+        return [_nested_shape(v) for v in value]
+    if isinstance(value, dict):
+        return [_nested_shape(v) for v in value.values()]
+    return []
+
+
+def _histograms(named: Sequence[tuple[str, Tensor]], bins: int) -> dict[str, Any]:
+    """``wandb.Histogram`` of each tensor: ``bins`` equal bins between its finite min and max.
+
+    Works on the tensors' own device and copies only the ranges and the counts to the CPU, in one
+    transfer each. Values that are NaN or infinite are left out; a tensor with no finite value (or
+    no element) is skipped.
+    """
+    import numpy as np
+    import wandb
+
+    keys: list[str] = []
+    flats: list[Tensor] = []
+    extra_zeros: list[int] = []
+    for key, tensor in named:
+        flat, zeros = _flat_values(tensor)
+        if flat.numel() == 0 and zeros == 0:
+            continue
+        keys.append(key)
+        flats.append(flat)
+        extra_zeros.append(zeros)
+    if not flats:
+        return {}
+    ranges = _to_cpu([torch.stack(torch.aminmax(f)) if f.numel() else f.new_zeros(2) for f in flats]).tolist()
+    counts: list[Tensor | None] = []
+    for i, (flat, (lo, hi)) in enumerate(zip(flats, ranges, strict=True)):
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop NaN / inf, then measure again
+            flat = flat[torch.isfinite(flat)]
+            flats[i] = flat
+            if flat.numel() == 0 and extra_zeros[i] == 0:
+                ranges[i] = [math.nan, math.nan]
+                counts.append(None)
+                continue
+            lo, hi = _to_cpu(list(torch.aminmax(flat))).tolist() if flat.numel() else (0.0, 0.0)
+        if extra_zeros[i]:  # a sparse tensor's implicit zeros must fall inside the range
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+        ranges[i] = [lo, hi]
+        counts.append(None if lo == hi else torch.histc(flat, bins=bins, min=lo, max=hi))
+    computed = [c for c in counts if c is not None]
+    cpu_counts = iter(_to_cpu(computed).tolist() if computed else [])
+    out: dict[str, Any] = {}
+    for key, flat, zeros, (lo, hi), count in zip(keys, flats, extra_zeros, ranges, counts, strict=True):
+        if math.isnan(lo):
+            continue
+        if count is None:  # every value equal: one bin, as wandb.watch does
+            values, edges = [float(flat.numel() + zeros)], [lo, hi]
+        else:
+            values = next(cpu_counts)
+            edges = [lo + (hi - lo) * j / bins for j in range(bins)] + [hi]
+            if zeros:
+                zero_bin = min(int((0.0 - lo) / (hi - lo) * bins), bins - 1)
+                values[zero_bin] += zeros
+        out[key] = wandb.Histogram(np_histogram=(np.asarray(values), np.asarray(edges)))
+    return out
+
+
+def _flat_values(tensor: Tensor) -> tuple[Tensor, int]:
+    """A 1-D float view of ``tensor``'s values, and the count of a sparse tensor's implicit zeros."""
+    t = tensor.detach()
+    zeros = 0
+    if t.is_sparse:
+        t = t.coalesce()
+        values = t.values()
+        zeros = t.numel() - values.numel()
+        t = values
+    flat = t.reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    return flat, zeros
+
+
+def _to_cpu(tensors: list[Tensor]) -> Tensor:
+    """Stack same-shaped tensors and copy them to the CPU, in one transfer when they share a device."""
+    try:
+        return torch.stack([t.float() for t in tensors]).cpu()
+    except RuntimeError:  # tensors on several devices
+        return torch.stack([t.float().cpu() for t in tensors])
