@@ -1,0 +1,848 @@
+"""LogPredictionSamples: the same evaluation samples every epoch, as captioned images and a W&B Table."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+from typing_extensions import override
+
+from lw_callbacks import _wandb
+
+__all__ = ["LogPredictionSamples"]
+
+STAGES = ("validation", "test", "predict")
+_INPUT_KEYS = ("image", "images", "img", "x", "input", "inputs", "input_ids", "text", "features", "pixel_values")
+_TARGET_KEYS = ("label", "labels", "y", "target", "targets", "class", "classes")
+_OUTPUT_KEYS = ("preds", "pred", "predictions", "logits", "probs", "probabilities", "scores", "y_hat")
+_ACCEPTED_BATCH = (
+    "a tuple / list `(x, y, ...)`, a dict holding the input and target under `input_key` / `target_key`, "
+    "or a bare input tensor (no targets)"
+)
+_ACCEPTED_OUTPUT = (
+    "a tensor of labels `(N,)`, a tensor of logits or probabilities `(N, C)`, a dict holding one of those under "
+    f"{list(_OUTPUT_KEYS)} (or `output_key`), or nothing usable (None, a scalar loss, a dict without "
+    "predictions), in which case the callback runs `pl_module(x)` on the chosen samples"
+)
+_MAX_SCORE_COLUMNS = 64
+_MAX_VALUES_SHOWN = 64
+
+
+@dataclass
+class _Sample:
+    """One chosen example, already on the CPU: what the table and the captions need."""
+
+    id: int
+    display: Any  # uint8 HxW / HxWxC array, a PIL image, a string, a list of values
+    truth: Any
+    pred: Any = None
+    scores: list[float] | None = None
+
+
+@dataclass
+class _StageState:
+    """What one stage (validation, test or predict) keeps between batches and epochs: O(num_samples)."""
+
+    positions: list[int] | None = None  # stream positions chosen on this rank, sorted, fixed once chosen
+    ids: dict[int, int] = field(default_factory=dict)  # stream position -> dataset index (the sample id)
+    seen: int = 0  # examples of the stream passed so far in this epoch
+    checked: bool = False  # the first batch's layout and output have been validated
+    ran: bool = False  # at least one batch reached the callback during this fit / test / predict
+    collected: dict[int, _Sample] = field(default_factory=dict)  # this epoch's samples, by stream position
+    images: dict[int, Any] = field(default_factory=dict)  # display form of each id, computed once
+    input_kind: str | None = None  # "image" or "value"
+    inputs_table: Any = None  # the wandb.Table holding the inputs, logged once per run
+    inputs_run: str | None = None  # id of the run that holds inputs_table
+    warned: set[str] = field(default_factory=set)
+
+
+class LogPredictionSamples(Callback):
+    r"""Log the model's predictions on the same ``num_samples`` evaluation examples every epoch.
+
+    At the end of each chosen validation epoch (and of ``trainer.test`` / ``trainer.predict`` when
+    ``stages`` asks for them), global rank 0 logs at ``trainer/global_step``:
+
+    * ``<section>/images``: the samples as images captioned ``Ground Truth: <y> - Prediction: <p>``
+      (class names when ``class_names`` is given), when ``log_images`` and the inputs are images;
+    * ``<section>/inputs``: a W&B Table ``id, image | input, ground truth``, logged **once per run**
+      (the first time the stage logs), which holds the pixels;
+    * ``<section>/table``: a new W&B Table every epoch, ``id, sample, ground truth, prediction`` and,
+      when the model gives class scores, one ``score_<class>`` column per class. ``sample`` is a
+      reference to the row of ``<section>/inputs`` with that id (``wandb.Table.index_ref``), so
+      later epochs upload only predictions, never the images again.
+
+    ``<section>`` is ``key`` for validation and ``<key>_test`` / ``<key>_predict`` for the other stages.
+
+    **Which samples.** The examples at fixed positions of the evaluation stream, spread evenly over
+    it (the first ``num_samples`` when its length is unknown), chosen once and kept: with the usual
+    unshuffled evaluation loader they are the same dataset examples every epoch. ``id`` is the
+    example's index in the dataset. Only the chosen examples are detached and copied to the CPU;
+    batches holding none of them cost a few integer comparisons.
+
+    **Where predictions come from**, with no change to the LightningModule: the output of
+    ``validation_step`` / ``test_step`` / ``predict_step`` when it is a tensor of labels ``(N,)`` (the
+    W&B guide's module), logits or probabilities ``(N, C)`` (argmax; the scores column holds the
+    softmax, or the probabilities as given), or a dict holding either under ``preds`` / ``logits``
+    / ``probs`` (or ``output_key``). Otherwise (``None``, a scalar loss, a dict without predictions)
+    the callback runs ``pl_module(x)`` on the chosen samples only.
+
+    **Batches**: ``(x, y, ...)`` tuples / lists, dicts (``input_key`` / ``target_key``; by default the
+    first of ``image, images, x, input, inputs, input_ids, text, ...`` and ``label, labels, y,
+    target, ...`` found), or a bare input tensor. **Inputs**: image tensors or arrays ``(N, C, H, W)``,
+    ``(N, H, W)`` or ``(N, H, W, C)`` with 1, 3 or 4 channels, ``uint8`` or float of any range
+    (scaled for display; NaN / inf pixels are drawn as black / white), lists of PIL images or
+    arrays; anything else (token ids, feature vectors, text) goes into the table as text / values,
+    with no image column and no image panel.
+
+    **Distributed runs.** Each rank sees its own shard of the evaluation set; this callback logs
+    **rank 0's samples** and enters no collective at all: nothing to gather, nothing that can hang,
+    no work on the other ranks beyond checking the first batch's layout (so a bad layout fails on
+    every rank alike). With Lightning's default unshuffled ``DistributedSampler`` rank 0's shard is
+    the same every epoch, and ``id`` is still the dataset index.
+
+    Args:
+        num_samples: how many examples to log (rank 0's first ``num_samples`` positions, spread).
+        every_n_epochs: log validation every this many epochs, from the first epoch on
+            (epochs 0, n, 2n, ...). Test and predict log every time they run.
+        key: name of the panel section (``key/images``, ``key/table``, ``key/inputs``).
+        class_names: names for labels ``0 .. C-1``, used in captions, the table and score columns.
+        log_images: log the captioned-image panel.
+        log_table: log the inputs table once and a predictions table every logged epoch.
+        log_scores: add per-class ``score_<class>`` columns when the model gives class scores
+            (up to 64 classes).
+        stages: which loops to log: any of ``"validation"``, ``"test"``, ``"predict"``.
+        log_sanity_check: also log during the sanity-check validation before training.
+        input_key: key of the input in dict batches (``None``: the first usual name present).
+        target_key: key of the target in dict batches (``None``: the first usual name present).
+        output_key: key of the predictions in dict step outputs (``None``: ``preds``, ``logits``, ...).
+        dataloader_idx: which evaluation dataloader to sample from.
+
+    Raises:
+        ValueError: at construction, for ``num_samples < 1``, ``every_n_epochs < 1``, an unknown or
+            empty ``stages``, or ``class_names`` that are not strings; at the first batch of a stage,
+            for a batch or step output this callback cannot read (the message names the shape or type
+            that arrived and what is accepted), and for ``class_names`` that do not cover the labels.
+        MisconfigurationException: at ``setup``, when the Trainer has no ``WandbLogger``.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.loggers import WandbLogger
+        from lw_callbacks import LogPredictionSamples
+
+        trainer = Trainer(
+            logger=WandbLogger(project="mnist"),
+            callbacks=[LogPredictionSamples(num_samples=16, class_names=[str(i) for i in range(10)])],
+        )
+        trainer.fit(model, datamodule=dm)  # validation_step may return preds, logits, or nothing
+
+    An empty validation set logs nothing and warns once.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 16,
+        every_n_epochs: int = 1,
+        key: str = "predictions",
+        class_names: list[str] | None = None,
+        log_images: bool = True,
+        log_table: bool = True,
+        log_scores: bool = True,
+        stages: list[str] | tuple[str, ...] | str = ("validation",),
+        log_sanity_check: bool = False,
+        input_key: str | None = None,
+        target_key: str | None = None,
+        output_key: str | None = None,
+        dataloader_idx: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(
+                f"LogPredictionSamples(num_samples={num_samples!r}): num_samples must be an integer >= 1 "
+                "(how many examples to log each epoch), e.g. num_samples=16."
+            )
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(
+                f"LogPredictionSamples(every_n_epochs={every_n_epochs!r}): every_n_epochs must be an integer "
+                ">= 1 (1 logs every validation epoch, 5 every fifth), e.g. every_n_epochs=1."
+            )
+        stage_list = [stages] if isinstance(stages, str) else list(stages)
+        unknown = [s for s in stage_list if s not in STAGES]
+        if unknown or not stage_list:
+            raise ValueError(
+                f"LogPredictionSamples(stages={stages!r}): unknown stage(s) {unknown or stage_list}; accepted "
+                f"stages are {list(STAGES)}, e.g. stages=['validation', 'test']."
+            )
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"LogPredictionSamples(key={key!r}): key must be a non-empty string, e.g. key='predictions'."
+            )
+        if class_names is not None:
+            class_names = list(class_names)
+            if not all(isinstance(n, str) for n in class_names):
+                raise ValueError(
+                    f"LogPredictionSamples(class_names={class_names!r}): class_names must be a list of strings, "
+                    "one per class in label order, e.g. class_names=['cat', 'dog']."
+                )
+        if isinstance(dataloader_idx, bool) or not isinstance(dataloader_idx, int) or dataloader_idx < 0:
+            raise ValueError(
+                f"LogPredictionSamples(dataloader_idx={dataloader_idx!r}): dataloader_idx must be an integer >= 0."
+            )
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.key = key
+        self.class_names = class_names
+        self.log_images = bool(log_images)
+        self.log_table = bool(log_table)
+        self.log_scores = bool(log_scores)
+        self.stages = tuple(dict.fromkeys(stage_list))
+        self.log_sanity_check = bool(log_sanity_check)
+        self.input_key = input_key
+        self.target_key = target_key
+        self.output_key = output_key
+        self.dataloader_idx = dataloader_idx
+        self._state: dict[str, _StageState] = {s: _StageState() for s in self.stages}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(key=self.key, stages=self.stages)
+
+    def section(self, stage: str) -> str:
+        """The panel section a stage logs under: ``key`` for validation, ``key_<stage>`` otherwise."""
+        return self.key if stage == "validation" else f"{self.key}_{stage}"
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _wandb.require_wandb_logger(trainer, type(self).__name__)
+        for name in self._stages_of(stage):
+            self._state[name].ran = False
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for name in self._stages_of(stage):
+            st = self._state[name]
+            if not st.ran and "empty" not in st.warned:
+                st.warned.add("empty")
+                rank_zero_warn(
+                    f"LogPredictionSamples: the {name} loop ran no batch (empty {name} set, or limit_*_batches=0, "
+                    f"or dataloader_idx={self.dataloader_idx} does not exist); nothing was logged."
+                )
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start("validation")
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start("test")
+
+    @override
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start("predict")
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_end("validation", trainer, pl_module, outputs, batch, dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_end("test", trainer, pl_module, outputs, batch, dataloader_idx)
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_end("predict", trainer, pl_module, outputs, batch, dataloader_idx)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_end("validation", trainer)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_end("test", trainer)
+
+    @override
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_end("predict", trainer)
+
+    # ------------------------------------------------------------------ per batch
+    def _stages_of(self, trainer_stage: str | None) -> list[str]:
+        wanted = {"fit": "validation", "validate": "validation", "test": "test", "predict": "predict"}.get(
+            str(trainer_stage or ""), ""
+        )
+        return [wanted] if wanted in self._state else []
+
+    def _epoch_start(self, stage: str) -> None:
+        st = self._state.get(stage)
+        if st is not None:
+            st.seen = 0
+            st.collected = {}
+
+    def _active(self, stage: str, trainer: pl.Trainer) -> bool:
+        if stage not in self._state:
+            return False
+        if trainer.sanity_checking and not self.log_sanity_check:
+            return False
+        if stage == "validation" and not trainer.sanity_checking:
+            return trainer.current_epoch % self.every_n_epochs == 0
+        return True
+
+    def _batch_end(
+        self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, dl_idx: int
+    ) -> None:
+        if dl_idx != self.dataloader_idx or not self._active(stage, trainer):
+            return
+        st = self._state[stage]
+        st.ran = True
+        x, y = self._split_batch(batch)
+        n = _batch_len(x)
+        if not st.checked:  # every rank checks the first batch, so a bad layout fails everywhere alike
+            self._check_first(stage, x, y, outputs, n)
+            st.checked = True
+        if st.positions is None:
+            self._choose_positions(stage, trainer)
+        if trainer.global_rank != 0:  # rank 0's samples are logged; the other ranks do no more work
+            return
+        assert st.positions is not None
+        start = st.seen
+        st.seen += n
+        lo = bisect.bisect_left(st.positions, start)
+        hi = bisect.bisect_left(st.positions, start + n)
+        if lo == hi:
+            return
+        local = [p - start for p in st.positions[lo:hi]]
+        try:
+            self._collect(stage, pl_module, x, y, outputs, local, start)
+        except _InputError:
+            raise
+        except Exception as err:  # a logging problem never ends training
+            if "collect" not in st.warned:
+                st.warned.add("collect")
+                rank_zero_warn(
+                    f"LogPredictionSamples: could not read the {stage} samples of this batch "
+                    f"({type(err).__name__}: {err}); they are left out of the log."
+                )
+
+    def _split_batch(self, batch: Any) -> tuple[Any, Any]:
+        if isinstance(batch, Mapping):
+            x_key = self.input_key or next((k for k in _INPUT_KEYS if k in batch), None)
+            y_key = self.target_key or next((k for k in _TARGET_KEYS if k in batch), None)
+            if x_key is None or x_key not in batch:
+                raise _InputError(
+                    f"LogPredictionSamples: the batch is a dict with keys {sorted(map(str, batch))} and no input under "
+                    f"{[self.input_key] if self.input_key else list(_INPUT_KEYS)}. Pass "
+                    "LogPredictionSamples(input_key=..., target_key=...) naming your keys. Accepted batches: "
+                    f"{_ACCEPTED_BATCH}."
+                )
+            if self.target_key is not None and self.target_key not in batch:
+                raise _InputError(
+                    f"LogPredictionSamples(target_key={self.target_key!r}): the batch dict has keys "
+                    f"{sorted(map(str, batch))}; pass the key that holds the targets (or target_key=None)."
+                )
+            return batch[x_key], (batch[y_key] if y_key is not None else None)
+        if isinstance(batch, (tuple, list)) and batch and not isinstance(batch[0], str):
+            if len(batch) == 1:
+                return batch[0], None
+            return batch[0], batch[1]
+        if isinstance(batch, (Tensor, np.ndarray)) or (isinstance(batch, list) and batch):
+            return batch, None
+        raise _InputError(
+            f"LogPredictionSamples: cannot read a batch of type {type(batch).__name__}"
+            f"{_describe(batch)}. Accepted batches: {_ACCEPTED_BATCH}."
+        )
+
+    def _check_first(self, stage: str, x: Any, y: Any, outputs: Any, n: int) -> None:
+        st = self._state[stage]
+        st.input_kind = _input_kind(x)
+        if y is not None and _batch_len(y) != n:
+            raise _InputError(
+                f"LogPredictionSamples: the {stage} batch holds {n} inputs ({_describe(x)}) but {_batch_len(y)} "
+                f"targets ({_describe(y)}); inputs and targets must have the same first dimension."
+            )
+        value = self._output_tensor(outputs, n, stage)
+        if self.class_names is None:
+            return
+        labels, scores = _labels_and_scores(value) if value is not None else (None, None)
+        k = len(self.class_names)
+        needed = []
+        if scores is not None and scores.ndim == 2 and scores.shape[1] > 1:
+            needed.append(("scores", int(scores.shape[1]) - 1))
+        for what, vals in (("labels", _int_values(y)), ("predictions", _int_values(labels))):
+            if vals:
+                needed.append((what, max(vals)))
+        for what, top in needed:
+            if top >= k:
+                raise _InputError(
+                    f"LogPredictionSamples(class_names=<{k} names>): the first {stage} batch holds {what} up to "
+                    f"class {top}, which needs at least {top + 1} class names. Pass one name per class in label "
+                    "order, or class_names=None to show the numbers."
+                )
+
+    def _output_tensor(self, outputs: Any, n: int, stage: str) -> Tensor | None:
+        """The step output's predictions tensor, layout checked; ``None`` means "run forward"."""
+        value = outputs
+        if isinstance(outputs, Mapping):
+            keys = [self.output_key] if self.output_key else list(_OUTPUT_KEYS)
+            found = next((k for k in keys if k in outputs), None)
+            if found is None:
+                if self.output_key is not None:
+                    raise _InputError(
+                        f"LogPredictionSamples(output_key={self.output_key!r}): the {stage} step returned a dict "
+                        f"with keys {sorted(map(str, outputs))}; pass the key holding predictions, or output_key=None."
+                    )
+                return None
+            value = outputs[found]
+        if value is None or (isinstance(value, Tensor) and value.ndim == 0):
+            return None
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, Tensor):
+            return None  # e.g. (loss, something): not predictions; run forward
+        _check_prediction_shape(value, n, stage, "step output")
+        return value
+
+    # ------------------------------------------------------------------ choosing samples
+    def _choose_positions(self, stage: str, trainer: pl.Trainer) -> None:
+        st = self._state[stage]
+        loader, num_batches = _loader_of(trainer, stage, self.dataloader_idx)
+        length = _stream_length(loader, num_batches)
+        k = self.num_samples
+        if length is None or length <= k:
+            positions = list(range(k))
+        else:
+            positions = sorted({round(i * (length - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
+        st.positions = positions
+        st.ids = {p: _dataset_index(loader, p) for p in positions}
+        sampler = getattr(loader, "sampler", None)
+        shuffled = isinstance(sampler, RandomSampler) or (
+            isinstance(sampler, DistributedSampler) and bool(getattr(sampler, "shuffle", False))
+        )
+        if shuffled and trainer.global_rank == 0:
+            rank_zero_warn(
+                f"LogPredictionSamples: the {stage} dataloader shuffles, so the examples at the chosen positions "
+                "change every epoch. Use shuffle=False for evaluation loaders to follow the same samples."
+            )
+
+    # ------------------------------------------------------------------ collecting (rank 0, chosen rows only)
+    def _collect(
+        self, stage: str, pl_module: pl.LightningModule, x: Any, y: Any, outputs: Any, local: list[int], start: int
+    ) -> None:
+        st = self._state[stage]
+        value = self._output_tensor(outputs, _batch_len(x), stage)
+        if value is None:
+            labels, scores = self._forward(pl_module, x, local, stage)
+        else:
+            labels, scores = _labels_and_scores(_take(value, local))
+        truths = _label_list(_take(y, local)) if y is not None else [None] * len(local)
+        preds = _label_list(labels)
+        probs = _probabilities(scores) if scores is not None else None
+        ids = [st.ids.get(start + p, start + p) for p in local]
+        xs = _take(x, local) if any(sid not in st.images for sid in ids) else None  # pixels are copied once
+        for j, pos in enumerate(p + start for p in local):
+            sid = ids[j]
+            if sid not in st.images:
+                assert xs is not None
+                st.images[sid] = _display(xs[j], st.input_kind or "value")
+            st.collected[pos] = _Sample(
+                id=sid,
+                display=st.images[sid],
+                truth=truths[j],
+                pred=preds[j],
+                scores=probs[j] if probs is not None else None,
+            )
+
+    def _forward(
+        self, pl_module: pl.LightningModule, x: Any, local: list[int], stage: str
+    ) -> tuple[Tensor, Tensor | None]:
+        chosen = _take(x, local, keep_device=True)
+        try:
+            with torch.no_grad():
+                out = pl_module(chosen)
+        except Exception as err:
+            raise _InputError(
+                f"LogPredictionSamples: the {stage} step returned no predictions, so the callback ran the module "
+                f"forward on the chosen samples ({_describe(chosen)}), which failed: {type(err).__name__}: {err}. "
+                f"Return predictions from the step, as one of: {_ACCEPTED_OUTPUT}."
+            ) from err
+        if isinstance(out, Mapping):
+            found = next((k for k in ([self.output_key] if self.output_key else _OUTPUT_KEYS) if k in out), None)
+            out = out[found] if found is not None else None
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+            out = out[0]
+        if not isinstance(out, Tensor):
+            raise _InputError(
+                f"LogPredictionSamples: pl_module(x) on the chosen {stage} samples returned "
+                f"{type(out).__name__}; expected logits / probabilities (N, C) or labels (N,)."
+            )
+        _check_prediction_shape(out, len(local), stage, "forward output")
+        labels, scores = _labels_and_scores(out.detach().cpu())
+        return labels, scores
+
+    # ------------------------------------------------------------------ logging (rank 0)
+    def _epoch_end(self, stage: str, trainer: pl.Trainer) -> None:
+        if not self._active(stage, trainer):
+            return
+        st = self._state[stage]
+        samples = [st.collected[p] for p in sorted(st.collected)]
+        st.collected = {}
+        if not samples or trainer.global_rank != 0:
+            return
+        run = _wandb.get_run(trainer, type(self).__name__)
+        if run is None:
+            return
+        try:
+            self._log(stage, run, samples, trainer.global_step)
+        except Exception as err:  # a logging failure never ends training
+            rank_zero_warn(
+                f"LogPredictionSamples: building the {stage} samples for W&B failed ({type(err).__name__}: {err}); "
+                "training goes on without them."
+            )
+
+    def _name(self, label: Any) -> Any:
+        if label is None:
+            return None
+        if self.class_names is not None and isinstance(label, int):
+            if 0 <= label < len(self.class_names):
+                return self.class_names[label]
+            return str(label)
+        return label
+
+    def _log(self, stage: str, run: Any, samples: list[_Sample], step: int) -> None:
+        import wandb
+
+        st = self._state[stage]
+        section = self.section(stage)
+        owner = type(self).__name__
+        is_image = st.input_kind == "image"
+        if self.log_table:
+            if st.inputs_table is None or st.inputs_run != getattr(run, "id", None):
+                rows = [
+                    [s.id, wandb.Image(s.display) if is_image else _cell(s.display), _cell(self._name(s.truth))]
+                    for s in samples
+                ]
+                columns: list[str | int] = ["id", "image" if is_image else "input", "ground truth"]
+                inputs = wandb.Table(columns=columns, data=rows)
+                # Logged on its own first: its artifact must exist before a later table can reference its rows.
+                if _wandb.log(run, {f"{section}/inputs": inputs}, step, owner):
+                    st.inputs_table, st.inputs_run = inputs, getattr(run, "id", None)
+            columns = ["id", "sample", "ground truth", "prediction"]  # a new Table every call
+            n_classes = max((len(s.scores) for s in samples if s.scores is not None), default=0)
+            with_scores = self.log_scores and 0 < n_classes <= _MAX_SCORE_COLUMNS
+            if self.log_scores and n_classes > _MAX_SCORE_COLUMNS and "scores" not in st.warned:
+                st.warned.add("scores")
+                rank_zero_warn(
+                    f"LogPredictionSamples: {n_classes} classes is more than {_MAX_SCORE_COLUMNS}; the table holds "
+                    "no per-class score columns."
+                )
+            if with_scores:
+                columns += [f"score_{self._name(c)}" for c in range(n_classes)]
+            row_of = _row_index(st.inputs_table)
+            rows = []
+            for s in samples:
+                ref = st.inputs_table.index_ref(row_of[s.id]) if s.id in row_of else None
+                row = [s.id, ref, _cell(self._name(s.truth)), _cell(self._name(s.pred))]
+                if with_scores:
+                    scores = s.scores or []
+                    row += [round(float(v), 6) if i < len(scores) else None for i, v in _pad(scores, n_classes)]
+                rows.append(row)
+            _wandb.log(run, {f"{section}/table": wandb.Table(columns=columns, data=rows)}, step, owner)
+        if self.log_images:
+            if not is_image:
+                if "images" not in st.warned:
+                    st.warned.add("images")
+                    rank_zero_warn(
+                        f"LogPredictionSamples: the {stage} inputs are not images ({st.input_kind}); "
+                        "they go into the table only, with no image panel."
+                    )
+                return
+            images = [wandb.Image(s.display, caption=self._caption(s)) for s in samples]
+            _wandb.log(run, {f"{section}/images": images}, step, owner)
+
+    def _caption(self, s: _Sample) -> str:
+        truth = "?" if s.truth is None else self._name(s.truth)
+        return f"Ground Truth: {truth} - Prediction: {self._name(s.pred)}"
+
+
+class _InputError(ValueError):
+    """A batch or step output this callback cannot read: a configuration error, raised."""
+
+
+# ---------------------------------------------------------------------- helpers
+def _describe(obj: Any) -> str:
+    if isinstance(obj, (Tensor, np.ndarray)):
+        return f"{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
+    if isinstance(obj, (list, tuple)):
+        inner = f" of {type(obj[0]).__name__}" if obj else ""
+        return f"{type(obj).__name__} of {len(obj)}{inner}"
+    return type(obj).__name__
+
+
+def _batch_len(x: Any) -> int:
+    if isinstance(x, (Tensor, np.ndarray)):
+        if x.ndim == 0:
+            raise _InputError(
+                f"LogPredictionSamples: the batch input is a scalar ({_describe(x)}); expected a first (batch) "
+                f"dimension. Accepted batches: {_ACCEPTED_BATCH}."
+            )
+        return int(x.shape[0])
+    try:
+        return len(x)
+    except TypeError:
+        raise _InputError(
+            f"LogPredictionSamples: cannot tell the batch size of a {type(x).__name__}. Accepted batches: "
+            f"{_ACCEPTED_BATCH}."
+        ) from None
+
+
+def _is_pil(obj: Any) -> bool:
+    return type(obj).__module__.startswith("PIL.") and hasattr(obj, "size") and hasattr(obj, "mode")
+
+
+def _image_layout(shape: tuple[int, ...]) -> str | None:
+    """For one sample's shape: ``"hw"``, ``"chw"``, ``"hwc"`` or ``None`` (not an image)."""
+    if len(shape) == 2:
+        return "hw" if min(shape) > 1 else None
+    if len(shape) == 3:
+        if shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+            return "chw"
+        if shape[-1] in (1, 3, 4):
+            return "hwc"
+        if shape[0] in (1, 3, 4):
+            return "chw"
+    return None
+
+
+def _input_kind(x: Any) -> str:
+    if isinstance(x, (Tensor, np.ndarray)):
+        shape = tuple(x.shape)
+        if len(shape) <= 2:
+            return "value"
+        if len(shape) in (3, 4) and _image_layout(shape[1:]) is not None:
+            return "image"
+        raise _InputError(
+            f"LogPredictionSamples: the batch input is a {_describe(x)}, which is neither an image batch "
+            "(N, C, H, W) / (N, H, W) / (N, H, W, C) with 1, 3 or 4 channels, nor values per example (N,) / (N, D)."
+        )
+    if isinstance(x, (list, tuple)) and x:
+        first = x[0]
+        if _is_pil(first):
+            return "image"
+        if isinstance(first, (Tensor, np.ndarray)) and _image_layout(tuple(first.shape)) is not None:
+            return "image"
+        return "value"
+    return "value"
+
+
+def _take(x: Any, local: list[int], keep_device: bool = False) -> Any:
+    """Rows ``local`` of a batch element, copied (never a view that keeps the whole batch alive)."""
+    if isinstance(x, Tensor):
+        idx = torch.as_tensor(local, dtype=torch.long, device=x.device)
+        rows = x.detach().index_select(0, idx)
+        return rows if keep_device else rows.cpu()
+    if isinstance(x, np.ndarray):
+        return x[np.asarray(local)].copy()
+    return [x[i] for i in local]
+
+
+def _check_prediction_shape(value: Tensor, n: int, stage: str, what: str) -> None:
+    if value.ndim == 0 or value.ndim > 2 or value.shape[0] != n:
+        raise _InputError(
+            f"LogPredictionSamples: the {stage} {what} is a {_describe(value)}, but the batch holds {n} examples. "
+            f"Accepted: {_ACCEPTED_OUTPUT}."
+        )
+
+
+def _labels_and_scores(value: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Labels and (when there are any) class scores of a few rows of predictions."""
+    if value.ndim == 1:
+        if value.is_floating_point():
+            finite = torch.isfinite(value)
+            if bool(finite.all()) and bool((value == value.round()).all()):
+                return value.long(), None
+            return (value > 0.5).long() if bool(((value >= 0) & (value <= 1)).all()) else (value > 0).long(), None
+        return value, None
+    if value.shape[1] == 1:  # one binary score per example
+        v = value[:, 0].float()
+        p = v if bool(((v >= 0) & (v <= 1)).all()) else torch.sigmoid(v)
+        return (p > 0.5).long(), torch.stack([1 - p, p], dim=1)
+    return value.argmax(dim=1), value
+
+
+def _probabilities(scores: Tensor) -> list[list[float]]:
+    s = scores.detach().float().cpu()
+    if s.ndim != 2:
+        return [[float(v)] for v in s.reshape(-1)]
+    is_prob = bool(((s >= 0) & (s <= 1)).all()) and bool(torch.allclose(s.sum(dim=1), torch.ones(len(s)), atol=1e-3))
+    p = s if is_prob else torch.softmax(s, dim=1)
+    return p.tolist()
+
+
+def _label_list(values: Any) -> list[Any]:
+    if isinstance(values, Tensor):
+        v = values.detach().cpu()
+        if v.ndim == 2:  # one-hot targets
+            v = v.argmax(dim=1)
+        return [_plain(a) for a in v.tolist()]
+    if isinstance(values, np.ndarray):
+        return [_plain(a) for a in (values.argmax(axis=1) if values.ndim == 2 else values).tolist()]
+    return [_plain(a) for a in values]
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        v = v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _int_values(values: Any) -> list[int]:
+    if values is None:
+        return []
+    try:
+        return [v for v in _label_list(values) if isinstance(v, int) and not isinstance(v, bool)]
+    except Exception:
+        return []
+
+
+def _display(sample: Any, kind: str) -> Any:
+    """What the table and the image panel show for one sample: uint8 pixels, a PIL image, text or values."""
+    if kind == "image":
+        if _is_pil(sample):
+            return sample
+        arr = sample.detach().cpu().numpy() if isinstance(sample, Tensor) else np.asarray(sample)
+        return _to_uint8(arr)
+    if isinstance(sample, str):
+        return sample
+    if isinstance(sample, (Tensor, np.ndarray)):
+        arr = sample.detach().cpu().numpy() if isinstance(sample, Tensor) else sample
+        flat = arr.reshape(-1)[:_MAX_VALUES_SHOWN]
+        vals = [_plain(round(float(v), 6)) if arr.dtype.kind == "f" else _plain(v) for v in flat.tolist()]
+        if arr.ndim == 0:
+            return vals[0]
+        text = " ".join(str(v) for v in vals)
+        return text + (" ..." if arr.size > _MAX_VALUES_SHOWN else "")
+    return str(sample)
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    layout = _image_layout(tuple(arr.shape))
+    if layout == "chw":
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    a = arr.astype(np.float64)
+    finite = np.isfinite(a)
+    if finite.any():
+        lo, hi = float(a[finite].min()), float(a[finite].max())
+    else:
+        lo, hi = 0.0, 1.0
+    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0  # [0, 1] floats keep their brightness
+    elif arr.dtype.kind in "iu" and lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    scaled = np.where(np.isnan(a), 0.0, scaled)
+    scaled = np.where(np.isposinf(a), 1.0, scaled)
+    scaled = np.where(np.isneginf(a), 0.0, scaled)
+    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _cell(v: Any) -> Any:
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return str(v)
+
+
+def _pad(scores: Sequence[float], n: int) -> list[tuple[int, float]]:
+    return [(i, scores[i] if i < len(scores) else math.nan) for i in range(n)]
+
+
+def _row_index(table: Any) -> dict[int, int]:
+    if table is None:
+        return {}
+    return {row[0]: i for i, row in enumerate(table.data)}
+
+
+def _loader_of(trainer: pl.Trainer, stage: str, idx: int) -> tuple[Any, Any]:
+    attr = {"validation": "val", "test": "test", "predict": "predict"}[stage]
+    loaders = getattr(trainer, f"{attr}_dataloaders", None)
+    counts = getattr(trainer, f"num_{attr}_batches", None)
+    if isinstance(loaders, (list, tuple)):
+        loader = loaders[idx] if idx < len(loaders) else None
+    elif isinstance(loaders, Mapping):
+        loader = list(loaders.values())[idx] if idx < len(loaders) else None
+    else:
+        loader = loaders if idx == 0 else None
+    count = counts[idx] if isinstance(counts, (list, tuple)) and idx < len(counts) else None
+    return loader, count
+
+
+def _stream_length(loader: Any, num_batches: Any) -> int | None:
+    """How many examples this rank's evaluation stream yields, or ``None`` when it cannot be told."""
+    if loader is None:
+        return None
+    sampler = getattr(loader, "sampler", None)
+    length: int | None = None
+    try:
+        length = len(sampler) if sampler is not None else None
+    except TypeError:
+        length = None
+    batch_size = getattr(loader, "batch_size", None)
+    if isinstance(num_batches, int) and isinstance(batch_size, int) and batch_size > 0:
+        capped = num_batches * batch_size
+        length = capped if length is None else min(length, capped)
+    return length
+
+
+def _dataset_index(loader: Any, position: int) -> int:
+    """The dataset index of the example at ``position`` of this rank's stream (the position if unknown)."""
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, SequentialSampler):
+        return position
+    if isinstance(sampler, DistributedSampler) and not sampler.shuffle:
+        total = len(sampler.dataset)  # type: ignore[arg-type]
+        if total:
+            return (sampler.rank + position * sampler.num_replicas) % total
+    return position
