@@ -33,6 +33,7 @@ __all__ = [
     "ArtifactEntry",
     "ArtifactVersion",
     "IncompleteRunError",
+    "LoggedTable",
     "MetricDefinition",
     "RunRecords",
     "find_runs",
@@ -107,6 +108,38 @@ class ArtifactVersion:
             if entry.path == path:
                 return entry
         raise KeyError(f"{self.name}:v{self.version} has no file {path!r}; it has {[e.path for e in self.entries]}")
+
+
+@dataclass(frozen=True)
+class LoggedTable:
+    """One ``wandb.Table`` logged under a history key, as stored in its ``run_table`` artifact.
+
+    ``data`` is the table's full JSON (``columns``, ``data``, ``column_types``), whose image cells
+    name entries of ``entries``; the copy under ``files/media/table/`` has placeholder image cells.
+    ``client_id`` identifies the artifact in ``wandb-client-artifact://<client_id>/...`` references.
+    """
+
+    key: str
+    artifact: str
+    client_id: str
+    data: dict[str, Any]
+    entries: tuple[ArtifactEntry, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.data.get("columns", []))
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows as ``{column: cell}`` dicts."""
+        return [dict(zip(self.columns, row, strict=False)) for row in self.data.get("data", [])]
+
+    def entry(self, path: str) -> ArtifactEntry:
+        """The manifest entry for ``path`` (an image cell's ``path``); ``KeyError`` if absent."""
+        for entry in self.entries:
+            if entry.path == path:
+                return entry
+        raise KeyError(f"{self.artifact} has no file {path!r}; it has {[e.path for e in self.entries]}")
 
 
 @dataclass
@@ -188,6 +221,23 @@ class RunRecords:
         known = sorted({a for v in versions for a in v.aliases} | {f"v{v.version}" for v in versions})
         raise KeyError(f"artifact {name!r} has no version or alias {tag!r}; it has {known}")
 
+
+    def tables(self, key: str) -> list[LoggedTable]:
+        """Every ``wandb.Table`` logged under history key ``key``, in log order, read from the
+        staged ``<key>.table.json`` of its ``run_table`` artifact (one per log call, even when two
+        calls logged identical content)."""
+        found: list[LoggedTable] = []
+        entry_name = f"{key}.table.json"
+        for record in iter_records(self.path):
+            if record.WhichOneof("record_type") != "artifact" or record.artifact.type != "run_table":
+                continue
+            entries = _manifest_entries(record.artifact.manifest)
+            table_entry = next((e for e in entries if e.path == entry_name), None)
+            if table_entry is None or table_entry.local_path is None:
+                continue
+            data = json.loads(Path(table_entry.local_path).read_text(encoding="utf-8"))
+            found.append(LoggedTable(key, record.artifact.name, record.artifact.client_id, data, entries))
+        return found
 
 def iter_records(path: str | Path) -> Iterator[Any]:
     """Yield each whole ``Record`` protobuf in a ``.wandb`` log, in order.
