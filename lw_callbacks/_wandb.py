@@ -112,15 +112,22 @@ def log(run: Any, payload: Mapping[str, Any], step: int, owner: str) -> bool:
     return True
 
 
-def define_metric(run: Any, name: str, *, summary: str | None = None, hidden: bool = False) -> None:
+def define_metric(
+    run: Any, name: str, *, summary: str | None = None, hidden: bool = False, overwrite: bool = False
+) -> None:
     """``define_metric`` that keeps WandbLogger's x-axis (``trainer/global_step``, ``step_sync``).
 
     A key defined on its own stops inheriting WandbLogger's ``"*"`` rule, so every named
     definition must repeat ``step_metric`` or the key silently loses its x-axis.
+
+    ``overwrite=True`` replaces an earlier definition of the same key; without it W&B merges the
+    two (two calls with ``summary="max"`` then ``summary="min"`` leave ``{"min", "max"}``).
     """
     kwargs: dict[str, Any] = {"step_metric": STEP_KEY, "step_sync": True}
     if summary is not None:
         kwargs["summary"] = summary
     if hidden:
         kwargs["hidden"] = True
+    if overwrite:
+        kwargs["overwrite"] = True
     run.define_metric(name, **kwargs)
