@@ -1,0 +1,729 @@
+"""UploadCheckpoints: every checkpoint ModelCheckpoint keeps, safe in W&B without slowing training;
+restore_checkpoint: one of them back as a local path, online or from an offline run."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import re
+import string
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from typing_extensions import override
+
+from lw_callbacks import _uploader
+from lw_callbacks._uploader import ENTRY_NAME, PENDING, SKIPPED, STAGING_FOLDER, Job, Ledger, Uploader
+from lw_callbacks._wandb import active_run, get_run, require_wandb_logger
+
+__all__ = ["UploadCheckpoints", "restore_checkpoint"]
+
+_OWNER = "UploadCheckpoints"
+_NAME_FIELDS = ("run_id", "monitor", "mode", "index")
+_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_RESERVED_ALIAS = re.compile(r"^(latest|best|v\d+|epoch-\d+|step-\d+)$")
+_PROGRESS_MIN_BYTES = 64 * 2**20
+
+
+class UploadCheckpoints(Checkpoint):
+    r"""Upload every checkpoint that ``ModelCheckpoint`` saves as a W&B ``model`` artifact, in the background.
+
+    Each ``ModelCheckpoint`` on the Trainer (or each one passed in ``checkpoints``) gets its own
+    artifact collection, ``model-<run id>-<monitor>`` by default, so two checkpoint callbacks never
+    fight over one ``best`` alias. Every new or changed file becomes a new version holding one file,
+    ``model.ckpt``, with metadata (``score``, ``monitor``, ``mode``, ``epoch``, ``global_step``,
+    ``original_filename``, ``is_last`` and the ``ModelCheckpoint`` settings) and aliases:
+
+    - ``latest`` on the newest checkpoint, ``best`` on the best one by that callback's ``monitor``
+      and ``mode`` (it moves as the best changes; a callback without ``monitor`` has no ``best``),
+    - ``epoch-<n>`` and ``step-<n>``, and the ``aliases`` you pass (they end on the newest version).
+
+    Training does not wait for uploads. Right after ``ModelCheckpoint`` has written a file (this
+    callback is a ``Checkpoint``, which Lightning calls after other callbacks, and at ``setup`` it
+    moves itself after the ``ModelCheckpoint`` callbacks), it makes a hard link to it in a staging
+    folder (``.upload-staging`` beside the checkpoint; a copy where hard links are impossible) and returns; hashing and ``log_artifact`` run on a
+    background thread. The link keeps the file's content alive, so a checkpoint that top-k rotation
+    deletes a moment later is still uploaded whole. Content uploaded before is not uploaded again,
+    and a ``last.ckpt`` symlink (``save_last="link"``) is not uploaded apart from its target; a
+    ``last.ckpt`` copy saved at the same step as a top-k file holds the same weights and is skipped.
+
+    When fit ends, and when it ends with an exception or ``KeyboardInterrupt``, pending uploads are
+    flushed (with a progress bar when large files remain) for at most ``flush_timeout`` seconds, and
+    failed uploads are retried. Your checkpoint files are never moved, changed or deleted.
+
+    The callback's ``state_dict`` holds a ledger of the files handed over and their digests, so a
+    fit resumed from a checkpoint neither uploads them again nor misses one: copies that a killed
+    process left in a staging folder are uploaded by the next fit.
+
+    Attributes:
+        collection_names: after ``setup``, the artifact name of each tracked ``ModelCheckpoint`` in
+            Trainer order (the same on every rank).
+
+    Args:
+        name: template of each collection's name, with the fields ``{run_id}``, ``{monitor}``,
+            ``{mode}`` and ``{index}`` (the callback's position among the tracked ones). ``None``:
+            ``model-{run_id}-{monitor}``, or ``model-{run_id}`` for a callback without ``monitor``.
+            Characters outside ``A-Z a-z 0-9 _ . -`` in a monitor name (``val/acc``) become ``_``.
+        aliases: extra aliases for every new version (letters, digits, ``_ . -``).
+        checkpoints: the ``ModelCheckpoint`` callbacks to upload; ``None``: every one on the Trainer.
+        flush_timeout: seconds to wait for pending uploads when fit ends or fails.
+        staging_dir: where hand-over links are made; ``None``: ``.upload-staging`` in each
+            checkpoint's folder, which is on the same filesystem, so the hand-over is a hard link.
+        progress_bar: show a progress bar while flushing when 64 MiB or more remain.
+
+    Raises:
+        MisconfigurationException: at construction for a bad ``name`` template, alias or timeout;
+            at ``setup`` when the Trainer has no ``WandbLogger`` or two callbacks get the same name.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.loggers import WandbLogger
+        from lw_callbacks import UploadCheckpoints, restore_checkpoint
+
+        upload = UploadCheckpoints()
+        trainer = Trainer(logger=WandbLogger(project="mnist"),  # keep log_model off
+                          callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"), upload])
+        trainer.fit(model, datamodule=dm)
+        path = restore_checkpoint(upload.collection_names[0] + ":best")
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        aliases: Sequence[str] = (),
+        checkpoints: Sequence[ModelCheckpoint] | None = None,
+        flush_timeout: float = 600.0,
+        staging_dir: str | None = None,
+        progress_bar: bool = True,
+    ) -> None:
+        super().__init__()
+        self.name = _check_template(name)
+        self.aliases = _check_aliases(aliases)
+        if not isinstance(flush_timeout, (int, float)) or not flush_timeout > 0 or math.isinf(flush_timeout):
+            raise MisconfigurationException(
+                f"UploadCheckpoints(flush_timeout={flush_timeout!r}) must be a positive, finite number of seconds "
+                "to wait for pending uploads when fit ends, e.g. `flush_timeout=600`."
+            )
+        self.flush_timeout = float(flush_timeout)
+        self.checkpoints = list(checkpoints) if checkpoints is not None else None
+        self.staging_dir = staging_dir
+        self.progress_bar = bool(progress_bar)
+        self.collection_names: list[str] = []
+        self._ledger = Ledger()
+        self._state_loaded = False
+        self._tracked: list[ModelCheckpoint] = []
+        self._uploader: Uploader | None = None
+        self._fingerprints: dict[int, tuple[Any, ...]] = {}
+        self._handed_step: dict[int, int] = {}
+        self._fit_start_ns = 0
+        self._warned_copy = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, aliases=list(self.aliases))
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        logger = require_wandb_logger(trainer, _OWNER)
+        if getattr(logger, "_log_model", False):
+            rank_zero_warn(
+                f"{_OWNER} and `WandbLogger(log_model={logger._log_model!r})` would both upload every checkpoint "
+                "(twice the storage, and log_model copies and hashes on the training thread). Turn off "
+                "`log_model` (`WandbLogger(log_model=False)`, the default) and keep UploadCheckpoints."
+            )
+        self._tracked = self._find_checkpoints(trainer)
+        run = get_run(trainer, _OWNER)
+        run_id = str(run.id) if run is not None else None
+        run_id = trainer.strategy.broadcast(run_id, src=0)  # every rank, so names are known everywhere
+        self.collection_names = self._names(run_id) if run_id is not None else []
+        self._run_after_checkpoints(trainer)
+        self._fingerprints.clear()
+        self._handed_step.clear()
+        if run is None or not self._tracked:
+            if run is not None:
+                rank_zero_warn(
+                    f"{_OWNER}: the Trainer has no ModelCheckpoint, so there is nothing to upload. Add one, e.g. "
+                    "`ModelCheckpoint(monitor='val_loss')`: Lightning adds its default ModelCheckpoint only when no "
+                    "other Checkpoint callback (such as UploadCheckpoints) is present."
+                )
+            self._uploader = None
+            return
+        for mc, coll in zip(self._tracked, self.collection_names, strict=True):
+            self._ledger.collection(coll, mc.monitor, mc.mode)
+        self._uploader = Uploader(run, self._ledger, _OWNER)
+        self._uploader.start()
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start_ns = time.time_ns()
+        if self._uploader is None:
+            return
+        if self._state_loaded and trainer.ckpt_path:
+            # The file we resume from was handed over by the fit that saved it (uploaded then, or
+            # left in its staging folder, picked up below).
+            real = os.path.realpath(trainer.ckpt_path)
+            with contextlib.suppress(OSError):
+                self._ledger.note(real, _uploader.signature(os.stat(real)), SKIPPED, reason="resumed from")
+        self._recover_leftovers()
+        self._scan(trainer)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._scan(trainer)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._scan(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._scan(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._scan(trainer)
+        self._flush("fit ended")
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._uploader is None:
+            return
+        try:
+            self._scan(trainer)
+        finally:
+            self._flush(f"fit stopped with {type(exception).__name__}")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._uploader is not None:
+            self._flush("teardown")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"ledger": self._ledger.to_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "ledger" in state_dict:
+            self._ledger = Ledger.from_dict(state_dict["ledger"])
+            self._state_loaded = True
+
+    # ------------------------------------------------------------------ setup helpers
+    def _find_checkpoints(self, trainer: pl.Trainer) -> list[ModelCheckpoint]:
+        if self.checkpoints is None:
+            return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        missing = [cb for cb in self.checkpoints if cb not in trainer.checkpoint_callbacks]
+        if missing:
+            raise MisconfigurationException(
+                f"{_OWNER}(checkpoints=...) got {len(missing)} ModelCheckpoint(s) that are not among the Trainer's "
+                "callbacks; pass the same instances to `Trainer(callbacks=[...])`, or leave `checkpoints=None` to "
+                "upload every ModelCheckpoint on the Trainer."
+            )
+        return list(self.checkpoints)
+
+    def _names(self, run_id: str) -> list[str]:
+        names: list[str] = []
+        for index, mc in enumerate(self._tracked):
+            monitor = _sanitize(mc.monitor) if mc.monitor else "none"
+            if self.name is None:
+                name = f"model-{run_id}-{monitor}" if mc.monitor else f"model-{run_id}"
+                if name in names:
+                    name = f"{name}-{index}"
+            else:
+                name = _sanitize(self.name.format(run_id=run_id, monitor=monitor, mode=mc.mode, index=index))
+                if name in names:
+                    raise MisconfigurationException(
+                        f"{_OWNER}(name={self.name!r}) gives the same artifact name {name!r} to two ModelCheckpoints; "
+                        "add a field that tells them apart, e.g. `name='model-{run_id}-{monitor}-{index}'`."
+                    )
+            names.append(name[:128])
+        return names
+
+    def _run_after_checkpoints(self, trainer: pl.Trainer) -> None:
+        """Make sure this callback's hooks run after every tracked ModelCheckpoint's."""
+        callbacks = list(getattr(trainer, "callbacks", []))
+        if self not in callbacks or not self._tracked:
+            return
+        last = max(callbacks.index(mc) for mc in self._tracked if mc in callbacks)
+        mine = callbacks.index(self)
+        if mine > last:
+            return
+        callbacks.remove(self)
+        callbacks.insert(last, self)  # `last` shifted down by one after the removal
+        setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: a hook loop already running keeps the old one
+
+    def _recover_leftovers(self) -> None:
+        assert self._uploader is not None
+        folders = {self._staging_for(mc.dirpath or ".") for mc in self._tracked}
+        for folder in sorted(folders):
+            if not folder.is_dir():
+                continue
+            for job in _uploader.read_notes(folder):
+                known = self._ledger.files.get(job.source)
+                if known is not None and known.get("status") not in (PENDING, None):
+                    continue
+                job.seq = self._ledger.take_seq()
+                job.attempts = 0
+                self._ledger.collection(job.collection, job.metadata.get("monitor"), job.metadata.get("mode", "min"))
+                self._ledger.note(job.source, job.signature, PENDING, collection=job.collection, seq=job.seq)
+                self._uploader.submit(job)
+
+    def _staging_for(self, folder: str | os.PathLike[str]) -> Path:
+        if self.staging_dir is not None:
+            return Path(self.staging_dir)
+        return Path(os.path.abspath(folder)) / STAGING_FOLDER
+
+    # ------------------------------------------------------------------ hand-over (training thread)
+    def _scan(self, trainer: pl.Trainer) -> None:
+        if self._uploader is None:
+            return
+        for index, mc in enumerate(self._tracked):
+            fingerprint = (
+                getattr(mc, "_last_global_step_saved", None),
+                getattr(mc, "_last_checkpoint_saved", None),
+                mc.last_model_path,
+                mc.best_model_path,
+                tuple(mc.best_k_models),
+            )
+            if self._fingerprints.get(index) == fingerprint:
+                continue
+            self._fingerprints[index] = fingerprint
+            try:
+                self._scan_one(trainer, index, mc)
+            except Exception as err:  # a hand-over problem never stops training
+                rank_zero_warn(f"{_OWNER}: could not hand over checkpoints of {mc!r} ({type(err).__name__}: {err}).")
+
+    def _scan_one(self, trainer: pl.Trainer, index: int, mc: ModelCheckpoint) -> None:
+        paths = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
+        found = []
+        for path in dict.fromkeys(str(p) for p in paths if p):
+            real = os.path.realpath(path)
+            try:
+                st = os.stat(real)
+            except OSError:
+                continue
+            sig = _uploader.signature(st)
+            if not os.path.isfile(real) or self._ledger.is_known(real, sig):
+                continue
+            found.append((st.st_mtime_ns, path, real, sig))
+        for _, path, real, sig in sorted(found):
+            is_last = bool(mc.last_model_path) and path == str(mc.last_model_path) and path not in mc.best_k_models
+            fresh = sig[3] >= self._fit_start_ns - 2_000_000_000
+            if is_last and fresh and self._handed_step.get(index) == trainer.global_step:
+                self._ledger.note(real, sig, SKIPPED, reason="same step as a top-k checkpoint")
+                continue
+            self._hand_over(trainer, index, mc, path, real, sig, is_last, fresh)
+            if not is_last and fresh:
+                self._handed_step[index] = trainer.global_step
+
+    def _hand_over(
+        self,
+        trainer: pl.Trainer,
+        index: int,
+        mc: ModelCheckpoint,
+        path: str,
+        real: str,
+        sig: list[int],
+        is_last: bool,
+        fresh: bool,
+    ) -> None:
+        assert self._uploader is not None
+        collection = self.collection_names[index]
+        score = _score_of(trainer, mc, path, fresh)
+        epoch = trainer.current_epoch if fresh else None
+        step = trainer.global_step if fresh else None
+        metadata = {
+            "score": score if score is not None and math.isfinite(score) else None,
+            "monitor": mc.monitor,
+            "mode": mc.mode,
+            "epoch": epoch,
+            "global_step": step,
+            "original_filename": os.path.basename(path),
+            "original_path": os.path.abspath(path),
+            "is_last": is_last,
+            "ModelCheckpoint": _settings(mc),
+        }
+        aliases = ([f"epoch-{epoch}", f"step-{step}"] if fresh else []) + list(self.aliases)
+        seq = self._ledger.take_seq()
+        folder = self._staging_for(os.path.dirname(real))
+        staged: str | None = str(folder / f"{seq:06d}-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+        assert staged is not None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            how = _uploader.hand_over(real, staged)
+            if how == "copy" and not self._warned_copy:
+                self._warned_copy = True
+                rank_zero_warn(
+                    f"{_OWNER}: could not hard-link checkpoints into {folder} (another filesystem?), so each one is "
+                    "copied there on the training thread. Pass `staging_dir` on the checkpoints' filesystem."
+                )
+        except OSError as err:
+            full = err.errno == errno.ENOSPC
+            rank_zero_warn(
+                f"{_OWNER}: could not stage {path} for upload ({'disk full: ' if full else ''}{err}). It will be "
+                "uploaded from the original file when fit ends, if it still exists then."
+            )
+            staged = None
+        job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases)
+        self._ledger.note(real, sig, PENDING, collection=collection, seq=seq)
+        if staged is None:
+            self._uploader.defer(job)
+        else:
+            _uploader.write_note(job)
+            self._uploader.submit(job)
+
+    # ------------------------------------------------------------------ flush
+    def _flush(self, why: str) -> None:
+        uploader = self._uploader
+        if uploader is None:
+            return
+        self._uploader = None
+        left = uploader.flush(self.flush_timeout, self.progress_bar, _PROGRESS_MIN_BYTES)
+        stopped = uploader.stop(timeout=5.0 if not left else 0.1)
+        if left:
+            lines = "\n".join(
+                f"  {j.source} -> {j.collection}" + (f" ({j.error})" if j.error else " (not reached)")
+                + (f"; staged copy kept at {j.staged}" if j.staged else "")
+                for j in left
+            )
+            rank_zero_warn(
+                f"{_OWNER}: {len(left)} checkpoint(s) were not uploaded when {why} "
+                f"(flush_timeout={self.flush_timeout:g}s):\n{lines}\nThe next fit resumed from these checkpoints "
+                "uploads the staged copies; your checkpoint files are untouched."
+            )
+        elif not stopped:
+            rank_zero_warn(f"{_OWNER}: the upload worker did not stop; a daemon thread, it ends with the process.")
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_template(name: str | None) -> str | None:
+    if name is None:
+        return None
+    accepted = ", ".join("{" + f + "}" for f in _NAME_FIELDS)
+    problem = None
+    try:
+        fields = [(lit, fld, spec, conv) for lit, fld, spec, conv in string.Formatter().parse(name)]
+    except ValueError as err:
+        fields, problem = [], str(err)
+    for literal, fld, _spec, _conv in fields:
+        if literal and not _SAFE.match(literal):
+            problem = f"{literal!r} has characters other than letters, digits, '_', '.', '-'"
+        if fld is not None and fld not in _NAME_FIELDS:
+            problem = f"unknown field {{{fld}}}"
+    if problem is None and not name:
+        problem = "it is empty"
+    if problem is not None:
+        raise MisconfigurationException(
+            f"UploadCheckpoints(name={name!r}) is not a valid artifact name template: {problem}. Use letters, "
+            f"digits, '_', '.', '-' and the fields {accepted}, e.g. `name='model-{{run_id}}-{{monitor}}'`."
+        )
+    return name
+
+
+def _check_aliases(aliases: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    out = []
+    for alias in aliases:
+        if not isinstance(alias, str) or not _SAFE.match(alias) or len(alias) > 128:
+            raise MisconfigurationException(
+                f"UploadCheckpoints(aliases=...) got {alias!r}: an alias is 1-128 letters, digits, '_', '.' or '-' "
+                "(no '/', ':' or spaces), e.g. `aliases=['baseline', 'lr-1e-3']`."
+            )
+        if _RESERVED_ALIAS.match(alias):
+            raise MisconfigurationException(
+                f"UploadCheckpoints(aliases=...) got {alias!r}, which the callback sets itself ('latest', 'best', "
+                "'epoch-<n>', 'step-<n>') or which W&B reserves for versions ('v<n>'); choose another name."
+            )
+        out.append(alias)
+    return tuple(dict.fromkeys(out))
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _score_of(trainer: pl.Trainer, mc: ModelCheckpoint, path: str, fresh: bool) -> float | None:
+    if mc.monitor is None:
+        return None
+    if path in mc.best_k_models:
+        return _as_float(mc.best_k_models[path])
+    if fresh:
+        return _as_float(trainer.callback_metrics.get(mc.monitor))
+    return None
+
+
+def _settings(mc: ModelCheckpoint) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, timedelta):
+            return value.total_seconds()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return str(value)
+
+    keys = {
+        "monitor": "monitor",
+        "mode": "mode",
+        "save_last": "save_last",
+        "save_top_k": "save_top_k",
+        "save_weights_only": "save_weights_only",
+        "every_n_train_steps": "_every_n_train_steps",
+        "every_n_epochs": "_every_n_epochs",
+        "train_time_interval": "_train_time_interval",
+        "save_on_train_epoch_end": "_save_on_train_epoch_end",
+        "dirpath": "dirpath",
+        "filename": "filename",
+    }
+    return {k: plain(getattr(mc, attr, None)) for k, attr in keys.items()}
+
+
+# ---------------------------------------------------------------------- restore
+def restore_checkpoint(
+    ref: str,
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Get a checkpoint logged by :class:`UploadCheckpoints` (or ``WandbLogger(log_model=...)``) as a local file.
+
+    ``ref`` is ``"[entity/project/]name[:alias or version]"`` (alias ``latest`` when left out), e.g.
+    ``"my-team/mnist/model-abc123-val_acc:best"`` or ``"model-abc123-val_acc:v3"``.
+
+    - Offline, or given ``run_dir``: the version is resolved from the run's own records
+      (:mod:`lw_callbacks.records`): the run in ``run_dir``, else the run live in this process, else
+      a run under ``$WANDB_DIR`` or the current directory that logged ``name``. Its staged file (the
+      manifest's ``local_path``) is checked against the recorded md5 digest and linked (or copied)
+      to ``<root>/<name>-v<N>/model.ckpt``.
+    - Online, with ``entity/project/`` in ``ref``: through the W&B API, downloaded into
+      ``<root>/<name>-v<N>/``.
+
+    It works on every rank with no collective: each process gets the same path (one process
+    downloads, the others wait for it). It never unpickles anything: the file loads with
+    ``LitModule.load_from_checkpoint(path)`` or ``trainer.fit(model, ckpt_path=path)``. A checkpoint
+    from someone else is a pickle that can run code when loaded; inspect it with
+    ``torch.load(path, map_location="cpu", weights_only=True)``, which refuses anything but tensors
+    and plain containers.
+
+    Args:
+        ref: the artifact reference.
+        run_dir: an offline run's folder (``.../wandb/offline-run-<date>-<id>``) or a folder holding it.
+        root: where the file is put; default ``$WANDB_ARTIFACT_DIR`` or ``./artifacts``.
+        timeout: seconds to wait for a run still being written (its log may lag ``wandb.finish()``,
+            and another rank may still be uploading) and for another process's download.
+
+    Returns:
+        The local path of the checkpoint file.
+
+    Raises:
+        LookupError: no collection ``name``, or it has no such alias or version; the message lists
+            what exists.
+        ValueError: ``ref`` is malformed, or the staged file's md5 differs from the recorded digest.
+        FileNotFoundError: no run to read, or the staged file is gone (after ``wandb sync``?).
+
+    Example::
+
+        path = restore_checkpoint("model-abc123-val_acc:best", run_dir="wandb/offline-run-20260101_120000-abc123")
+        model = LitModule.load_from_checkpoint(path)
+    """
+    entity_project, name, tag = _parse_ref(ref)
+    out_root = Path(root) if root is not None else Path(os.environ.get("WANDB_ARTIFACT_DIR") or "artifacts")
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if run_dir is None and entity_project and mode not in ("offline", "dryrun", "disabled"):
+        live = active_run()
+        if live is None or not _run_is_offline(live):
+            return _restore_online(ref if ":" in ref else f"{ref}:{tag}", name, out_root, timeout)
+    return _restore_offline(name, tag, run_dir, out_root, timeout)
+
+
+def _parse_ref(ref: str) -> tuple[str, str, str]:
+    if not isinstance(ref, str) or not ref.strip():
+        raise ValueError(f"restore_checkpoint(ref={ref!r}): expected 'entity/project/name:alias' or 'name:alias'.")
+    path, _, tag = ref.strip().rpartition(":") if ":" in ref else (ref.strip(), "", "latest")
+    parts = path.split("/")
+    if len(parts) > 3 or not all(parts) or not tag:
+        raise ValueError(
+            f"restore_checkpoint(ref={ref!r}): expected 'entity/project/name:alias', 'project/name:alias', "
+            "'name:alias' or 'name' (alias 'latest'), e.g. 'model-abc123-val_acc:best'."
+        )
+    return "/".join(parts[:-1]), parts[-1], tag
+
+
+def _run_is_offline(run: Any) -> bool:
+    return bool(getattr(getattr(run, "settings", None), "_offline", False)) or getattr(
+        getattr(run, "settings", None), "mode", ""
+    ) in ("offline", "dryrun")
+
+
+def _candidate_runs(name: str, run_dir: str | os.PathLike[str] | None) -> list[tuple[Path, bool]]:
+    """Run folders to look in, best first, with whether each is the run live in this process."""
+    from lw_callbacks.records import find_runs
+
+    if run_dir is not None:
+        path = Path(run_dir)
+        if not path.exists():
+            raise FileNotFoundError(f"restore_checkpoint(run_dir={str(run_dir)!r}): no such folder")
+        if any(path.glob("run-*.wandb")) or path.is_file():
+            return [(path, False)]
+        runs = find_runs(path)
+        if not runs:
+            raise FileNotFoundError(f"restore_checkpoint(run_dir={str(run_dir)!r}): no run-<id>.wandb under it")
+        return [(r, False) for r in reversed(runs)]
+    found: list[tuple[Path, bool]] = []
+    live = active_run()
+    live_dir = None
+    if live is not None:
+        live_dir = Path(os.path.realpath(live.settings.sync_dir))
+        found.append((live_dir, True))
+    roots = [os.environ.get("WANDB_DIR"), os.getcwd()]
+    others: list[Path] = []
+    for base in dict.fromkeys(Path(r) for r in roots if r):
+        for pattern in ("wandb/*run-*/run-*.wandb", "*/wandb/*run-*/run-*.wandb", "*run-*/run-*.wandb"):
+            others.extend(p.parent for p in base.glob(pattern))
+    unique = sorted({os.path.realpath(p) for p in others} - {str(live_dir)}, key=lambda p: (Path(p).name, p))
+    # Runs whose id appears in the artifact name first (the default name holds the run id), newest first.
+    hinted = [p for p in unique if Path(p).name.rsplit("-", 1)[-1] in name]
+    rest = [p for p in unique if p not in hinted]
+    found.extend((Path(p), False) for p in [*reversed(hinted), *reversed(rest)])
+    return found
+
+
+def _restore_offline(name: str, tag: str, run_dir: Any, out_root: Path, timeout: float) -> Path:
+    from lw_callbacks.records import read_run
+
+    candidates = _candidate_runs(name, run_dir)
+    if not candidates:
+        raise FileNotFoundError(
+            f"restore_checkpoint: no W&B run to read {name!r} from (no run in this process and none under "
+            f"$WANDB_DIR or {os.getcwd()}); pass run_dir='.../wandb/offline-run-<date>-<id>'."
+        )
+    deadline = time.monotonic() + timeout
+    seen: dict[str, list[str]] = {}
+    while True:
+        waiting = False  # a run still being written may yet log the name or move the alias
+        for path, live in candidates:
+            records = read_run(path, timeout=0 if live else min(2.0, timeout), require_exit=False)
+            names = records.artifact_names()
+            seen[str(records.run_dir)] = names
+            waiting = waiting or not records.complete
+            if name not in names:
+                continue
+            try:
+                version = records.resolve_artifact(name, tag)
+            except KeyError as err:
+                if records.complete or time.monotonic() >= deadline:
+                    raise LookupError(f"restore_checkpoint: {err.args[0]} (run {records.run_dir})") from None
+                break
+            return _materialize(name, version, out_root)
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    listing = "; ".join(f"{run}: {names or 'no artifacts'}" for run, names in seen.items())
+    raise LookupError(f"restore_checkpoint: no artifact named {name!r}; the runs read have {listing}")
+
+
+def _materialize(name: str, version: Any, out_root: Path) -> Path:
+    entries = [e for e in version.entries if e.path == ENTRY_NAME] or [
+        e for e in version.entries if e.path.endswith(".ckpt")
+    ]
+    if len(entries) != 1:
+        raise LookupError(
+            f"restore_checkpoint: {name}:v{version.version} holds {[e.path for e in version.entries]}, "
+            f"not one checkpoint file ({ENTRY_NAME})"
+        )
+    entry = entries[0]
+    source = entry.local_path
+    if not source or not os.path.isfile(source):
+        raise FileNotFoundError(
+            f"restore_checkpoint: {name}:v{version.version}'s staged file {source!r} is gone (W&B deletes staged "
+            "copies once `wandb sync` has uploaded them); restore it with the online reference "
+            f"'entity/project/{name}:v{version.version}'."
+        )
+    target = out_root / f"{name}-v{version.version}" / os.path.basename(entry.path)
+    if target.is_file() and target.stat().st_size == entry.size and _uploader.md5_b64(target) == entry.digest:
+        return target.resolve()
+    actual = _uploader.md5_b64(source)
+    if actual != entry.digest:
+        raise ValueError(
+            f"restore_checkpoint: the staged file of {name}:v{version.version} ({source}) has md5 {actual}, but the "
+            f"run recorded {entry.digest}: it changed after it was logged. Versions of {name}: aliases "
+            f"{version.aliases}; refusing to return it."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
+    try:
+        _uploader.hand_over(source, str(tmp))
+        os.replace(tmp, target)  # atomic: ranks doing this at once all end with the same whole file
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target.resolve()
+
+
+def _restore_online(ref: str, name: str, out_root: Path, timeout: float) -> Path:  # pragma: no cover - needs a server
+    import wandb
+
+    api = wandb.Api()
+    try:
+        artifact = api.artifact(ref, type="model")
+    except Exception as err:
+        known = ""
+        try:
+            collection_path = ref.rsplit(":", 1)[0]
+            versions = api.artifacts("model", collection_path)
+            known = "; it has " + ", ".join(f"v{v.version} {v.aliases}" for v in versions)
+        except Exception:
+            pass
+        raise LookupError(f"restore_checkpoint: W&B has no {ref!r} ({err}){known}") from err
+    target_dir = out_root / f"{name}-{artifact.version}"
+    done = target_dir / ".complete"
+    lock = target_dir.with_name(target_dir.name + ".lock")
+    target_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:  # another process downloads it: wait for it
+        deadline = time.monotonic() + max(timeout, 600.0)
+        while not done.exists() and lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    else:
+        os.close(fd)
+        try:
+            if not done.exists():
+                artifact.download(root=str(target_dir))
+                done.touch()
+        finally:
+            lock.unlink(missing_ok=True)
+    if not done.exists():
+        artifact.download(root=str(target_dir))
+        done.touch()
+    files = sorted(target_dir.rglob("*.ckpt"))
+    if len(files) != 1:
+        raise LookupError(f"restore_checkpoint: {ref} holds {[str(f) for f in files]}, not one .ckpt file")
+    return files[0].resolve()
