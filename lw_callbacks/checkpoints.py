@@ -51,11 +51,12 @@ class UploadCheckpoints(Checkpoint):
     Training does not wait for uploads. Right after ``ModelCheckpoint`` has written a file (this
     callback is a ``Checkpoint``, which Lightning calls after other callbacks, and at ``setup`` it
     moves itself after the ``ModelCheckpoint`` callbacks), it makes a hard link to it in a staging
-    folder (``.upload-staging`` beside the checkpoint; a copy where hard links are impossible) and returns; hashing and ``log_artifact`` run on a
-    background thread. The link keeps the file's content alive, so a checkpoint that top-k rotation
-    deletes a moment later is still uploaded whole. Content uploaded before is not uploaded again,
-    and a ``last.ckpt`` symlink (``save_last="link"``) is not uploaded apart from its target; a
-    ``last.ckpt`` copy saved at the same step as a top-k file holds the same weights and is skipped.
+    folder (``.upload-staging`` beside the checkpoint; a copy where hard links are impossible) and
+    returns; hashing and ``log_artifact`` run on a background thread. The link keeps the file's
+    content alive, so a checkpoint that top-k rotation deletes a moment later is still uploaded
+    whole. Content uploaded before is not uploaded again, and a ``last.ckpt`` symlink
+    (``save_last="link"``) is not uploaded apart from its target; a ``last.ckpt`` copy saved at the
+    same step as a top-k file holds the same weights and is skipped.
 
     When fit ends, and when it ends with an exception or ``KeyboardInterrupt``, pending uploads are
     flushed (with a progress bar when large files remain) for at most ``flush_timeout`` seconds, and
