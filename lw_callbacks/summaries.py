@@ -274,6 +274,8 @@ class MetricSummaries(Callback):
         if not self._active:
             return
         step, epoch = _logged_step(trainer), trainer.current_epoch
+        if logs and metrics and "epoch" in self._names:
+            self._seen.add("epoch")  # Lightning adds `epoch` to every row it logs without an explicit step
         for key, value in metrics.items():
             if self._held.get(key) is value:
                 continue  # the same tensor as last time: not newly logged
