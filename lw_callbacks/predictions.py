@@ -302,9 +302,8 @@ class LogPredictionSamples(Callback):
 
     # ------------------------------------------------------------------ per batch
     def _stages_of(self, trainer_stage: str | None) -> list[str]:
-        wanted = {"fit": "validation", "validate": "validation", "test": "test", "predict": "predict"}.get(
-            str(trainer_stage or ""), ""
-        )
+        name = str(getattr(trainer_stage, "value", trainer_stage) or "")  # TrainerFn or its string value
+        wanted = {"fit": "validation", "validate": "validation", "test": "test", "predict": "predict"}.get(name, "")
         return [wanted] if wanted in self._state else []
 
     def _epoch_start(self, stage: str) -> None:
