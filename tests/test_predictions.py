@@ -16,7 +16,7 @@ import torch
 import wandb
 from conftest import ISOLATED
 from harness import build_with_cli, fit_digits, make_trainer, run_ranks
-from lightning.pytorch import Callback, LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningModule
 from PIL import Image
 from torch.nn import CrossEntropyLoss, Linear
 from torch.nn import functional as F
@@ -34,8 +34,8 @@ STEP = "trainer/global_step"
 # ---------------------------------------------------------------- the W&B guide's module, unchanged
 # but for the input size (8x8 digits instead of 28x28 MNIST) and torchmetrics' current `accuracy`
 # signature (task / num_classes are required since torchmetrics 0.11).
-class My_LitModule(LightningModule):  # noqa: N801 - the guide's name
-    def __init__(self, n_classes=10, n_layer_1=128, n_layer_2=256, lr=1e-3):  # noqa: ANN001, ANN204
+class My_LitModule(LightningModule):
+    def __init__(self, n_classes=10, n_layer_1=128, n_layer_2=256, lr=1e-3):
         """method used to define the model parameters"""
         super().__init__()
 
@@ -50,11 +50,11 @@ class My_LitModule(LightningModule):  # noqa: N801 - the guide's name
         # save hyper-parameters to self.hparams (auto-logged by W&B)
         self.save_hyperparameters()
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         """method used for inference input -> output"""
 
         # (b, 1, 8, 8) -> (b, 1*8*8)
-        batch_size, channels, width, height = x.size()
+        batch_size, channels, width, height = x.size()  # noqa: RUF059 - the guide's line
         x = x.view(batch_size, -1)
 
         # let's do 3 x (linear + relu)
@@ -63,7 +63,7 @@ class My_LitModule(LightningModule):  # noqa: N801 - the guide's name
         x = self.layer_3(x)
         return x
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, batch_idx):
         """needs to return a loss from a single batch"""
         _, loss, acc = self._get_preds_loss_accuracy(batch)
 
@@ -72,7 +72,7 @@ class My_LitModule(LightningModule):  # noqa: N801 - the guide's name
         self.log("train_accuracy", acc)
         return loss
 
-    def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+    def validation_step(self, batch, batch_idx):
         """used for logging metrics"""
         preds, loss, acc = self._get_preds_loss_accuracy(batch)
 
@@ -81,11 +81,11 @@ class My_LitModule(LightningModule):  # noqa: N801 - the guide's name
         self.log("val_accuracy", acc)
         return preds
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         """defines model optimizer"""
         return Adam(self.parameters(), lr=self.lr)
 
-    def _get_preds_loss_accuracy(self, batch):  # noqa: ANN001, ANN202
+    def _get_preds_loss_accuracy(self, batch):
         """convenience function since train/valid/test steps are similar"""
         x, y = batch
         logits = self(x)
@@ -383,7 +383,8 @@ def test_feature_vectors_go_into_the_table_as_values(tmp_path: Path) -> None:
     model, dm = DigitsClassifier(), VectorDigits(batch_size=32)
     with pytest.warns(UserWarning, match="not images"):
         _, rec = fit_digits([callback], model=model, datamodule=dm, max_epochs=2)
-    assert "predictions/images" not in rec.keys()
+    keys = rec.keys()
+    assert "predictions/images" not in keys
     (inputs,) = rec.tables("predictions/inputs")
     assert inputs.columns == ["id", "input", "ground truth"]
     assert not [e for e in inputs.entries if e.path.endswith(".png")]
@@ -404,7 +405,8 @@ def test_every_n_epochs_sanity_check_and_test_stage(tmp_path: Path) -> None:
     rec = read_run(find_runs("runs")[0])
     assert [s for s, _ in rec.series("predictions/images")] == [6, 18]  # epochs 0 and 2; no sanity check at 0
     assert [s for s, _ in rec.series("predictions_test/images")] == [18]
-    assert "predictions/table" not in rec.keys() and not rec.tables("predictions/inputs")
+    keys = rec.keys()
+    assert "predictions/table" not in keys and not rec.tables("predictions/inputs")
 
 
 # ---------------------------------------------------------------- bad input
@@ -457,7 +459,8 @@ def test_empty_validation_set_logs_nothing_and_warns_once(recwarn: pytest.Warnin
     _, rec = fit_digits([LogPredictionSamples()], datamodule=EmptyVal(batch_size=32), max_epochs=2)
     ours = [w for w in recwarn if "LogPredictionSamples" in str(w.message)]
     assert len(ours) == 1 and "ran no batch" in str(ours[0].message)
-    assert not any(k.startswith("predictions") for k in rec.keys())
+    keys = rec.keys()
+    assert not any(k.startswith("predictions") for k in keys)
     assert not rec.artifacts(type="run_table")
 
 
