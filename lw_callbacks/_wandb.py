@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import WandbLogger
@@ -27,7 +28,9 @@ STEP_KEY = "trainer/global_step"
 
 __all__ = [
     "STEP_KEY",
+    "active_run",
     "define_metric",
+    "run_folder",
     "find_wandb_logger",
     "get_run",
     "is_disabled",
@@ -88,6 +91,14 @@ def run_of(logger: Any, global_rank: int) -> Any | None:
     return run
 
 
+def active_run() -> Any | None:
+    """The run started in this process (``wandb.run``), or ``None``; for code outside a Trainer."""
+    import wandb
+
+    run = wandb.run
+    return None if run is None or is_disabled(run) else run
+
+
 def get_run(trainer: pl.Trainer, owner: str) -> Any | None:
     """The live run for a callback on ``trainer``: rank 0 only, ``None`` elsewhere or when disabled.
 
@@ -131,3 +142,27 @@ def define_metric(
     if overwrite:
         kwargs["overwrite"] = True
     run.define_metric(name, **kwargs)
+
+
+def run_folder(run: Any, logger: Any = None) -> Path:
+    """The run's own folder, the one holding ``run-<id>.wandb``, wherever it landed.
+
+    ``run.settings.sync_dir`` is right for a run started in this process, but not for a run
+    *attached* from another process: under ``ddp_spawn`` Lightning's ``WandbLogger`` starts the run
+    in the main process and the spawned rank 0 attaches to it, and wandb (0.31) gives the attached
+    run this process's default settings, so ``run.dir`` then names a folder that is not the run's.
+    This looks for the log under the logger's ``save_dir``, ``WANDB_DIR`` and the settings' root.
+    """
+    settings = run.settings
+    sync_dir = Path(settings.sync_dir)
+    log_name = f"run-{run.id}.wandb"
+    if (sync_dir / log_name).exists():
+        return sync_dir.resolve()
+    roots = [getattr(logger, "save_dir", None), os.environ.get("WANDB_DIR"), settings.root_dir, "."]
+    found: list[Path] = []
+    for root in roots:
+        if root:
+            found += [p.parent for p in Path(root).glob(f"*/*-{run.id}/{log_name}")]
+    if not found:
+        return sync_dir.resolve()
+    return max(found, key=lambda p: p.stat().st_mtime).resolve()

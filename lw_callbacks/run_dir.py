@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
-from lw_callbacks._wandb import require_wandb_logger, run_of
+from lw_callbacks._wandb import require_wandb_logger, run_folder, run_of
 
 __all__ = ["ShareRunDir"]
 
@@ -71,7 +71,7 @@ class ShareRunDir(Callback):
         logger = require_wandb_logger(trainer, type(self).__name__)
         info: dict[str, Any] | None = None
         if trainer.global_rank == 0:
-            info = self._describe(run_of(logger, 0))
+            info = self._describe(run_of(logger, 0), logger)
         # Every rank enters the broadcast (never a rank-0-only collective); None means "disabled".
         info = trainer.strategy.broadcast(info, src=0)
         if info is None:
@@ -94,14 +94,14 @@ class ShareRunDir(Callback):
             self._redirect_checkpoints(trainer)
 
     @staticmethod
-    def _describe(run: Any) -> dict[str, Any] | None:
+    def _describe(run: Any, logger: Any) -> dict[str, Any] | None:
         if run is None:
             return None
-        settings = run.settings
+        folder = run_folder(run, logger)  # <root>/wandb/<offline-run-...>, also for an attached run
         return {
-            "run_dir": os.path.realpath(settings.sync_dir),
-            "files_dir": os.path.realpath(run.dir),
-            "wandb_dir": os.path.realpath(settings.root_dir),
+            "run_dir": str(folder),
+            "files_dir": str(folder / "files"),
+            "wandb_dir": str(folder.parent.parent),
             "run_id": run.id,
             "run_name": run.name or None,
         }

@@ -24,9 +24,12 @@ REPO = Path(__file__).parent.parent
 
 def make_logger(save_dir: Path | str = "runs", **kwargs: Any) -> WandbLogger:
     """An offline ``WandbLogger`` writing under ``save_dir`` (relative to the test's cwd)."""
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    # Absolute: wandb's service process outlives a test and would resolve a relative path against
+    # the folder the first test of the session ran in.
+    path = Path(save_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
     kwargs.setdefault("project", "lw-tests")
-    return WandbLogger(save_dir=str(save_dir), **kwargs)
+    return WandbLogger(save_dir=str(path), **kwargs)
 
 
 def make_trainer(
@@ -94,6 +97,9 @@ def run_ranks(
     else:
         cmd = [sys.executable, str(script), *args]
     full_env = dict(os.environ)
+    # A fresh job starts its own wandb service, as a real launch would; inheriting this test
+    # process's service would resolve relative paths against another test's folder.
+    full_env.pop("WANDB_SERVICE", None)
     full_env["LW_REPORT_DIR"] = str(out_dir)
     full_env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(REPO), full_env.get("PYTHONPATH", "")])
     full_env.update(env or {})
