@@ -39,6 +39,7 @@ __all__ = [
     "find_runs",
     "iter_records",
     "read_run",
+    "summarize",
 ]
 
 STEP_KEY = "trainer/global_step"
@@ -284,7 +285,7 @@ def iter_records(path: str | Path) -> Iterator[Any]:
         else:
             raise ValueError(f"{path}: unexpected chunk type {kind} at byte {pos}")
         if payload is not None:
-            record = pb.Record()
+            record = pb.Record()  # type: ignore[attr-defined]
             record.ParseFromString(payload)
             yield record
 
@@ -446,3 +447,72 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
     if require_exit and not run.complete:
         raise IncompleteRunError(f"{log} has no exit record after {timeout:.0f}s: the run has not finished")
     return run
+
+
+def summarize(run: RunRecords, text: bool = False) -> Any:
+    """What a user would look for in the W&B UI: keys with their steps, summary, metric
+    definitions, artifact versions with aliases, and files. A dict, or with ``text`` a report."""
+    keys: dict[str, dict[str, Any]] = {}
+    for row in run.history:
+        step = row.get(STEP_KEY)
+        for key, value in row.items():
+            if key.startswith("_") or key == STEP_KEY:
+                continue
+            if isinstance(value, dict):
+                kind = value.get("_type", "dict")
+            else:
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                kind = "number" if number else type(value).__name__
+            info = keys.setdefault(key, {"rows": 0, "type": kind, "first_step": step, "last_step": step})
+            info["rows"] += 1
+            info["last_step"] = step
+    info_dict: dict[str, Any] = {
+        "run_id": run.run_id,
+        "project": run.project,
+        "run_dir": str(run.run_dir),
+        "complete": run.complete,
+        "exit_code": run.exit_code,
+        "keys": keys,
+        "summary": {
+            k: v
+            for k, v in run.summary.items()
+            if not k.startswith("_") and not (isinstance(v, dict) and "_type" in v)  # media: see history
+        },
+        "metrics": [
+            {"key": m.key, "summary": sorted(m.summary), "step_metric": m.step_metric, "hidden": m.hidden}
+            for m in run.metrics
+            if m.key not in ("*", STEP_KEY)
+        ],
+        "artifacts": [
+            {"name": a.name, "type": a.type, "version": f"v{a.version}", "aliases": sorted(a.aliases),
+             "files": [e.path for e in a.entries], "metadata": a.metadata}
+            for a in run.artifact_log
+        ],
+        "files": len(run.files),
+    }
+    if not text:
+        return info_dict
+    lines = [f"run {run.run_id} ({run.project}) at {run.run_dir}",
+             f"  state: {'finished, exit code ' + str(run.exit_code) if run.complete else 'still running'}"]
+    lines.append(f"  history keys ({len(keys)}):")
+    for key, info in sorted(keys.items()):
+        lines.append(f"    {key:<40} {info['type']:<18} {info['rows']:>4} rows, "
+                     f"steps {info['first_step']}..{info['last_step']}")
+    if info_dict["summary"]:
+        lines.append("  summary:")
+        for key, value in sorted(info_dict["summary"].items()):
+            lines.append(f"    {key:<40} {json.dumps(value, default=str)[:80]}")
+    if info_dict["metrics"]:
+        lines.append("  metric definitions:")
+        for m in info_dict["metrics"]:
+            lines.append(f"    {m['key']:<40} summary={','.join(m['summary']) or '-'} x-axis={m['step_metric'] or '-'}"
+                         + (" hidden" if m["hidden"] else ""))
+    if run.artifact_log:
+        lines.append("  artifacts:")
+        for a in info_dict["artifacts"]:
+            lines.append(f"    {a['name']}:{a['version']:<5} ({a['type']}) aliases={','.join(a['aliases']) or '-'}"
+                         f" files={','.join(a['files'])}")
+    lines.append(f"  files: {len(run.files)}")
+    if run.run_dir.name.startswith("offline-run-"):
+        lines.append(f"  upload it with: wandb sync {run.run_dir}")
+    return "\n".join(lines)

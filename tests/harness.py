@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -91,9 +92,8 @@ def run_ranks(
     out_dir.mkdir(parents=True, exist_ok=True)
     script = SCRIPTS / script if not Path(script).is_absolute() else Path(script)
     if launcher == "torchrun":
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}", str(script), *args
-        ]
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}"]
+        cmd = [*torchrun, str(script), *args]
     else:
         cmd = [sys.executable, str(script), *args]
     full_env = dict(os.environ)
@@ -103,15 +103,23 @@ def run_ranks(
     full_env["LW_REPORT_DIR"] = str(out_dir)
     full_env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(REPO), full_env.get("PYTHONPATH", "")])
     full_env.update(env or {})
+    # Its own session, so a timeout kills every rank the job started, not only the launcher.
+    proc = subprocess.Popen(
+        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.getcwd(),
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=os.getcwd())
-    except subprocess.TimeoutExpired as err:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
         raise AssertionError(
-            f"{script.name} did not finish in {timeout}s (hang?)\nstdout:\n{err.stdout}\nstderr:\n{err.stderr}"
+            f"{script.name} did not finish in {timeout}s (hang?)\nstdout:\n{stdout}\nstderr:\n{stderr}"
         ) from None
-    assert proc.returncode == 0, f"{script.name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    output = f"stdout:\n{stdout}\nstderr:\n{stderr}"
+    assert proc.returncode == 0, f"{script.name} exited {proc.returncode}\n{output}"
     reports = sorted(out_dir.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
-    assert reports, f"{script.name} wrote no report\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert reports, f"{script.name} wrote no report\n{output}"
     return [json.loads(p.read_text()) for p in reports]
 
 

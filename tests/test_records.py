@@ -1,0 +1,219 @@
+"""The run-record reader agrees with wandb's own decoder and treats a half-written tail as "not yet"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lw_callbacks.records import IncompleteRunError, find_runs, iter_records, read_run
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real offline run with every record kind the package reads: metrics, summaries, media,
+    a table, config, and two versions of an artifact whose ``best`` alias moves."""
+    import os
+
+    import wandb
+
+    root = tmp_path_factory.mktemp("records")
+    env = {k: str(root / k.lower()) for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        run = wandb.init(project="lw-tests", dir=str(root), mode="offline", config={"lr": 0.1, "net": {"width": 8}})
+        run.define_metric("trainer/global_step")
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        run.define_metric("val_acc", summary="max,min", step_metric="trainer/global_step", step_sync=True)
+        run.define_metric("val/*", summary="last", step_metric="trainer/global_step", hidden=True)
+        for i, acc in enumerate([0.2, 0.7, 0.5]):
+            run.log({"val_acc": acc, "val/loss": 1.0 / (i + 1), "trainer/global_step": 10 * i})
+        table = wandb.Table(columns=["id", "image"], data=[[0, wandb.Image(np.zeros((8, 8)))]])
+        run.log({"samples": [wandb.Image(np.ones((8, 8)), caption="one")], "tab": table, "trainer/global_step": 30})
+        for i, score in enumerate([0.4, 0.9]):
+            path = root / f"m{i}.ckpt"
+            path.write_bytes(bytes([i]) * 1000)
+            art = wandb.Artifact("model-x", type="model", metadata={"score": score})
+            art.add_file(str(path), name="model.ckpt")
+            run.log_artifact(art, aliases=["latest", "best", f"epoch-{i}"])
+        run.config.update({"extra": "yes"})
+        run.summary["note"] = {"best_step": 10}
+        run.finish()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    (folder,) = find_runs(root)
+    return folder
+
+
+def _leet(*args: str) -> str:
+    exe = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(exe), "leet", "inspect", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_agrees_with_wandb_leet_inspect(logged_run: Path) -> None:
+    run = read_run(logged_run)
+    records = [json.loads(line) for line in _leet("--json", str(logged_run)).splitlines() if line.startswith("{")]
+    state = json.loads(_leet("--summary", "--json", str(logged_run)))
+
+    # history: the same rows, in the same order, with the same values
+    leet_rows = [r["history"]["item"] for r in records if r["type"] == "history"]
+    assert len(leet_rows) == len(run.history) == 4
+    for ours, theirs in zip(run.history, leet_rows, strict=True):
+        flat: dict[str, Any] = {}
+        for key, value in ours.items():
+            if isinstance(value, dict) and "_type" in value:
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        assert flat == theirs
+
+    # summary: the run's final summary (W&B's own bookkeeping keys aside)
+    def public(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if not k.startswith("_")}
+
+    assert public(run.summary) == public(state["summary"])
+    assert run.summary["val_acc"] == {"max": 0.7, "min": 0.2}
+    assert state["run_id"] == run.run_id and state["project"] == run.project == "lw-tests"
+    assert run.config == state["config"] == {"lr": 0.1, "net": {"width": 8}, "extra": "yes"}
+
+    # metric definitions
+    leet_metrics = [r["metric"] for r in records if r["type"] == "metric"]
+    assert len(leet_metrics) == len(run.metrics)
+    for ours_m, theirs_m in zip(run.metrics, leet_metrics, strict=True):
+        assert ours_m.name == theirs_m.get("name") and ours_m.glob == theirs_m.get("glob_name")
+        assert ours_m.step_metric == theirs_m.get("step_metric", "")
+        assert ours_m.summary == {k for k, on in theirs_m.get("summary", {}).items() if on}
+        assert ours_m.step_sync == theirs_m.get("options", {}).get("step_sync", False)
+        assert ours_m.hidden == theirs_m.get("options", {}).get("hidden", False)
+    assert run.metric("val_acc") is not None and run.metric("val_acc").summary == {"max", "min"}  # type: ignore[union-attr]
+    assert run.metric("val/*") is not None and run.metric("val/*").hidden  # type: ignore[union-attr]
+
+    # artifacts: names, types, aliases as logged, metadata, manifest entries
+    leet_arts = [r["artifact"] for r in records if r["type"] == "artifact"]
+    assert [(a["name"], a["type"]) for a in leet_arts] == [(v.name, v.type) for v in run.artifact_log]
+    for ours_a, theirs_a in zip(run.artifact_log, leet_arts, strict=True):
+        assert sorted(ours_a.logged_aliases) == sorted(theirs_a["aliases"])
+        assert ours_a.metadata == json.loads(theirs_a.get("metadata") or "{}")
+        theirs_entries = {e["path"]: e["digest"] for e in theirs_a["manifest"]["contents"]}
+        assert {e.path: e.digest for e in ours_a.entries} == theirs_entries
+
+
+def test_aliases_move_to_the_newest_version(logged_run: Path) -> None:
+    run = read_run(logged_run)
+    v0, v1 = run.artifacts("model-x")
+    assert (v0.version, v1.version) == (0, 1)
+    assert v0.aliases == ["epoch-0"]  # latest and best moved on to v1
+    assert sorted(v1.aliases) == ["best", "epoch-1", "latest"]
+    assert run.resolve_artifact("model-x", "best") is v1
+    assert run.resolve_artifact("model-x", "v0") is v0
+    assert run.resolve_artifact("model-x", "epoch-0").metadata == {"score": 0.4}
+    entry = v1.entry("model.ckpt")
+    assert entry.size == 1000 and entry.local_path and Path(entry.local_path).read_bytes() == bytes([1]) * 1000
+    with pytest.raises(KeyError, match="'best', 'epoch-0', 'epoch-1', 'latest', 'v0', 'v1'"):
+        run.resolve_artifact("model-x", "nope")
+    with pytest.raises(KeyError, match="model-x"):
+        run.resolve_artifact("model-y")
+
+
+def test_series_and_files(logged_run: Path) -> None:
+    run = read_run(logged_run)
+    assert run.series("val_acc") == [(0, 0.2), (10, 0.7), (20, 0.5)]
+    assert run.rows("samples")[0]["samples"]["captions"] == ["one"]
+    assert any(f.startswith("media/images/samples_") for f in run.files)
+    assert {"val_acc", "val/loss", "samples", "tab", "trainer/global_step"} <= run.keys()
+    assert run.complete and run.exit_code == 0
+
+
+@pytest.mark.parametrize("cut", [1, 7, 100, 0.5, 0.9, -3])
+def test_truncated_tail_is_not_yet(logged_run: Path, tmp_path: Path, cut: float) -> None:
+    (log,) = logged_run.glob("run-*.wandb")
+    data = log.read_bytes()
+    size = int(len(data) * cut) if isinstance(cut, float) else (cut if cut > 0 else len(data) + cut)
+    partial = tmp_path / log.name
+    partial.write_bytes(data[:size])
+    with pytest.raises(IncompleteRunError, match="no exit record"):
+        read_run(partial, timeout=0.2)
+    run = read_run(partial, timeout=0, require_exit=False)
+    assert not run.complete
+    assert len(run.history) <= 4
+
+
+def test_waits_for_the_tail(logged_run: Path, tmp_path: Path) -> None:
+    (log,) = logged_run.glob("run-*.wandb")
+    data = log.read_bytes()
+    partial = tmp_path / log.name
+    partial.write_bytes(data[: len(data) - 5])
+
+    def finish_writing() -> None:
+        time.sleep(0.3)
+        partial.write_bytes(data)
+
+    writer = threading.Thread(target=finish_writing)
+    writer.start()
+    run = read_run(partial, timeout=10)
+    writer.join()
+    assert run.complete and len(run.history) == 4
+
+
+def test_corruption_is_an_error(logged_run: Path, tmp_path: Path) -> None:
+    (log,) = logged_run.glob("run-*.wandb")
+    data = bytearray(log.read_bytes())
+    data[200] ^= 0xFF
+    bad = tmp_path / log.name
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        list(iter_records(bad))
+    not_a_log = tmp_path / "run-x.wandb"
+    not_a_log.write_bytes(b"hello world")
+    with pytest.raises(ValueError, match="not a W&B transaction log"):
+        read_run(not_a_log)
+
+
+def test_folder_lookup(logged_run: Path, tmp_path: Path) -> None:
+    assert read_run(logged_run.parent.parent).run_id == read_run(logged_run).run_id  # a folder with one run
+    for i in range(2):
+        shutil.copytree(logged_run, tmp_path / "wandb" / f"offline-run-2026010{i}_000000-abc{i}")
+    assert [p.name[-4:] for p in find_runs(tmp_path)] == ["abc0", "abc1"]
+    with pytest.raises(ValueError, match="holds 2 runs"):
+        read_run(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        read_run(tmp_path / "missing")
+
+
+def test_inspect_command(logged_run: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lw_callbacks", "inspect", str(logged_run)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "val_acc" in text and '{"max": 0.7, "min": 0.2}' in text
+    assert "model-x:v1" in text and "aliases=best,epoch-1,latest" in text
+    assert f"wandb sync {logged_run}" in text
+    as_json = subprocess.run(
+        [sys.executable, "-m", "lw_callbacks", "inspect", "--json", str(logged_run)],
+        capture_output=True, text=True, timeout=60,
+    )
+    data = json.loads(as_json.stdout)
+    assert data["keys"]["val_acc"] == {"rows": 3, "type": "number", "first_step": 0, "last_step": 20}
+    assert [(a["name"], a["version"]) for a in data["artifacts"] if a["type"] == "model"] == [
+        ("model-x", "v0"), ("model-x", "v1")
+    ]
+    missing = subprocess.run(
+        [sys.executable, "-m", "lw_callbacks", "inspect", str(logged_run / "nope")], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "no W&B run" in missing.stderr
