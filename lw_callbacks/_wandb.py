@@ -30,12 +30,12 @@ __all__ = [
     "STEP_KEY",
     "active_run",
     "define_metric",
-    "run_folder",
     "find_wandb_logger",
     "get_run",
     "is_disabled",
     "log",
     "require_wandb_logger",
+    "run_folder",
     "run_of",
 ]
 

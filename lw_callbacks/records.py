@@ -449,6 +449,11 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
     return run
 
 
+def _short_list(items: list[str], keep: int = 3) -> str:
+    shown = ",".join(items[:keep])
+    return shown if len(items) <= keep else f"{shown},... ({len(items)} files)"
+
+
 def summarize(run: RunRecords, text: bool = False) -> Any:
     """What a user would look for in the W&B UI: keys with their steps, summary, metric
     definitions, artifact versions with aliases, and files. A dict, or with ``text`` a report."""
@@ -511,7 +516,7 @@ def summarize(run: RunRecords, text: bool = False) -> Any:
         lines.append("  artifacts:")
         for a in info_dict["artifacts"]:
             lines.append(f"    {a['name']}:{a['version']:<5} ({a['type']}) aliases={','.join(a['aliases']) or '-'}"
-                         f" files={','.join(a['files'])}")
+                         f" files={_short_list(a['files'])}")
     lines.append(f"  files: {len(run.files)}")
     if run.run_dir.name.startswith("offline-run-"):
         lines.append(f"  upload it with: wandb sync {run.run_dir}")

@@ -18,7 +18,7 @@ from lw_callbacks.records import find_runs
 def test_single_process_shares_the_run_folder(tmp_path: Path) -> None:
     share = ShareRunDir(checkpoints_in_run_dir=True)
     ckpt = ModelCheckpoint(monitor="val_acc", mode="max")
-    trainer, run = fit_digits([share, ckpt], max_epochs=1)
+    _, run = fit_digits([share, ckpt], max_epochs=1)
     assert share.run_id == run.run_id
     assert share.run_dir == run.run_dir.resolve()
     assert share.files_dir == share.run_dir / "files"
@@ -52,7 +52,7 @@ def test_second_fit_goes_to_the_new_run(tmp_path: Path) -> None:
 
 def test_needs_a_wandb_logger() -> None:
     trainer = make_trainer([ShareRunDir()], logger=False, max_epochs=1)
-    with pytest.raises(MisconfigurationException, match="ShareRunDir.*WandbLogger"):
+    with pytest.raises(MisconfigurationException, match=r"ShareRunDir.*WandbLogger"):
         trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
 
 

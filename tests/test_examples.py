@@ -1,0 +1,52 @@
+"""Every example runs, with fast settings, so none can rot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lw_callbacks.records import find_runs, read_run
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(example: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, LW_EXAMPLE_FAST="1")
+    env.pop("WANDB_SERVICE", None)
+    env.pop("WANDB_MODE", None)  # the examples choose offline by themselves when not logged in
+    proc = subprocess.run(
+        [sys.executable, str(example)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, f"{example.name} failed\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    runs = find_runs(tmp_path)
+    assert runs, f"{example.name} left no W&B run under its working directory"
+    assert all(r.name.startswith("offline-run-") for r in runs)
+    assert all(read_run(r).complete for r in runs)
+
+
+def test_main_example_reports_what_was_logged(tmp_path: Path) -> None:
+    env = dict(os.environ, LW_EXAMPLE_FAST="1")
+    env.pop("WANDB_SERVICE", None)
+    env.pop("WANDB_MODE", None)
+    script = Path(__file__).parent.parent / "examples" / "digits.py"
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = find_runs(tmp_path / "runs")
+    run = read_run(run_dir)
+    out = proc.stdout
+    assert f"wandb sync {run.run_dir}" in out
+    logged = run.keys()
+    for key in ("val_acc", "predictions/images", "gradients/layer_1.weight", "parameters/layer_1.weight"):
+        assert key in logged and key in out
+    (collection,) = run.artifact_names(type="model")
+    assert "best" in run.resolve_artifact(collection, "best").aliases
+    assert f"{collection}:v0" in out
+    assert set(run.summary["val_acc"]) == {"max"}
+    assert "best checkpoint back as a local file" in out
