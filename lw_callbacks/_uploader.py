@@ -195,7 +195,7 @@ class Uploader:
         self.bytes_done = 0
         self.failed: list[Job] = []
         self.deferred: list[Job] = []
-        self.uploaded: list[tuple[Job, str, list[str]]] = []
+        self.uploaded: list[tuple[Job, str, list[str], str | None]] = []  # job, digest, aliases, W&B's copy
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -252,6 +252,8 @@ class Uploader:
                 break
         if bar is not None:
             bar.close()
+        if idle:
+            self._restore_latest()
         with self._cond:
             left = list(self.failed) + list(self.deferred)
             if not idle:
@@ -272,6 +274,36 @@ class Uploader:
     def _queued_snapshot(self) -> list[Job]:
         with self._queue.mutex:
             return [j for j in self._queue.queue if j is not None]
+
+    def _restore_latest(self) -> None:
+        """W&B moves ``latest`` to whatever was logged last; after a retry logged an older checkpoint
+        last, log the newest one again (same content: the same version, which takes ``latest`` back)."""
+        import wandb
+
+        last: dict[str, tuple[Job, str, list[str], str | None]] = {}
+        newest: dict[str, tuple[Job, str, list[str], str | None]] = {}
+        for item in self.uploaded:
+            name = item[0].collection
+            last[name] = item
+            if name not in newest or item[0].seq > newest[name][0].seq:
+                newest[name] = item
+        for name, item in newest.items():
+            job, digest, _aliases, copy = item
+            if last[name][0].seq == job.seq:
+                continue
+            try:
+                if not copy or not os.path.isfile(copy):
+                    raise FileNotFoundError(f"W&B's staged copy {copy} is gone")
+                artifact = wandb.Artifact(name=name, type="model", metadata=job.metadata)
+                artifact.add_file(copy, name=ENTRY_NAME, policy="immutable")
+                aliases = ["latest", *job.aliases]
+                self.run.log_artifact(artifact, aliases=aliases)
+                self.uploaded.append((job, digest, aliases, copy))
+            except Exception as err:
+                rank_zero_warn(
+                    f"{self.owner}: could not move 'latest' of {name!r} back to {job.source} after a retried upload "
+                    f"({type(err).__name__}: {err}); 'latest' is on an older checkpoint."
+                )
 
     # ----------------------------------------------------------------- worker
     def _progress(self, n: int) -> None:
@@ -333,7 +365,7 @@ class Uploader:
         if state.is_better(job.score):
             aliases.append("best")
         aliases.extend(a for a in job.aliases if a not in aliases)
-        self._log(job, path, aliases)
+        staged_by_wandb = self._log(job, path, aliases)
         with ledger.lock:
             state.digests[digest] = job.seq
             state.latest_seq = max(state.latest_seq, job.seq)
@@ -341,10 +373,10 @@ class Uploader:
                 state.best_score = job.score
         ledger.set_status(job.source, UPLOADED, digest=digest, seq=job.seq)
         with self._cond:
-            self.uploaded.append((job, digest, aliases))
+            self.uploaded.append((job, digest, aliases, staged_by_wandb))
         self._cleanup(job)
 
-    def _log(self, job: Job, path: str, aliases: list[str]) -> None:
+    def _log(self, job: Job, path: str, aliases: list[str]) -> str | None:
         import wandb
 
         artifact = wandb.Artifact(name=job.collection, type="model", metadata=job.metadata)
@@ -360,6 +392,7 @@ class Uploader:
                 except OSError:
                     pass
             raise
+        return getattr(entry, "local_path", None)
 
     @staticmethod
     def _cleanup(job: Job) -> None:

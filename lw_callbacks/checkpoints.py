@@ -3,7 +3,6 @@ restore_checkpoint: one of them back as a local path, online or from an offline 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import os
@@ -63,8 +62,11 @@ class UploadCheckpoints(Checkpoint):
     failed uploads are retried. Your checkpoint files are never moved, changed or deleted.
 
     The callback's ``state_dict`` holds a ledger of the files handed over and their digests, so a
-    fit resumed from a checkpoint neither uploads them again nor misses one: copies that a killed
-    process left in a staging folder are uploaded by the next fit.
+    fit resumed from a checkpoint neither uploads them again nor misses one: files saved before the
+    resumed fit were handed over by the fit that saved them, and copies that a killed process left
+    in a staging folder are uploaded by the next fit. Without that state (the callback is new to
+    the fit), checkpoints the ``ModelCheckpoint`` already tracks are uploaded once, without epoch
+    and step.
 
     Attributes:
         collection_names: after ``setup``, the artifact name of each tracked ``ModelCheckpoint`` in
@@ -126,6 +128,7 @@ class UploadCheckpoints(Checkpoint):
         self._state_loaded = False
         self._tracked: list[ModelCheckpoint] = []
         self._uploader: Uploader | None = None
+        self._last_uploader: Uploader | None = None
         self._fingerprints: dict[int, tuple[Any, ...]] = {}
         self._handed_step: dict[int, int] = {}
         self._fit_start_ns = 0
@@ -154,6 +157,7 @@ class UploadCheckpoints(Checkpoint):
         run_id = trainer.strategy.broadcast(run_id, src=0)  # every rank, so names are known everywhere
         self.collection_names = self._names(run_id) if run_id is not None else []
         self._run_after_checkpoints(trainer)
+        self._fit_start_ns = time.time_ns() - 50_000_000  # file mtimes use a coarse clock
         self._fingerprints.clear()
         self._handed_step.clear()
         if run is None or not self._tracked:
@@ -172,15 +176,8 @@ class UploadCheckpoints(Checkpoint):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit_start_ns = time.time_ns()
         if self._uploader is None:
             return
-        if self._state_loaded and trainer.ckpt_path:
-            # The file we resume from was handed over by the fit that saved it (uploaded then, or
-            # left in its staging folder, picked up below).
-            real = os.path.realpath(trainer.ckpt_path)
-            with contextlib.suppress(OSError):
-                self._ledger.note(real, _uploader.signature(os.stat(real)), SKIPPED, reason="resumed from")
         self._recover_leftovers()
         self._scan(trainer)
 
@@ -202,6 +199,12 @@ class UploadCheckpoints(Checkpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._scan(trainer)
         self._flush("fit ended")
+        # Every rank learns what rank 0 logged, so `restore_checkpoint` right after fit gives every
+        # rank the same version (the run's own log reaches the disk only every 15 s while it runs).
+        logged = _logged_by(self._last_uploader) if trainer.global_rank == 0 else None
+        logged = trainer.strategy.broadcast(logged, src=0)
+        if logged:
+            _LOGGED.update(logged)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -211,6 +214,7 @@ class UploadCheckpoints(Checkpoint):
             self._scan(trainer)
         finally:
             self._flush(f"fit stopped with {type(exception).__name__}")
+            _LOGGED.update(_logged_by(self._last_uploader) or {})
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -327,7 +331,12 @@ class UploadCheckpoints(Checkpoint):
             found.append((st.st_mtime_ns, path, real, sig))
         for _, path, real, sig in sorted(found):
             is_last = bool(mc.last_model_path) and path == str(mc.last_model_path) and path not in mc.best_k_models
-            fresh = sig[3] >= self._fit_start_ns - 2_000_000_000
+            fresh = sig[3] >= self._fit_start_ns
+            if not fresh and self._state_loaded:
+                # Saved by the fit this one resumes from, which handed it over (it was uploaded, or
+                # its staged copy is picked up from the staging folder by `_recover_leftovers`).
+                self._ledger.note(real, sig, SKIPPED, reason="saved before the resumed fit")
+                continue
             if is_last and fresh and self._handed_step.get(index) == trainer.global_step:
                 self._ledger.note(real, sig, SKIPPED, reason="same step as a top-k checkpoint")
                 continue
@@ -397,6 +406,7 @@ class UploadCheckpoints(Checkpoint):
         if uploader is None:
             return
         self._uploader = None
+        self._last_uploader = uploader
         left = uploader.flush(self.flush_timeout, self.progress_bar, _PROGRESS_MIN_BYTES)
         stopped = uploader.stop(timeout=5.0 if not left else 0.1)
         if left:
@@ -415,6 +425,37 @@ class UploadCheckpoints(Checkpoint):
 
 
 # ---------------------------------------------------------------------- helpers
+# What UploadCheckpoints logged in this process (on rank 0, and shared with every rank at the end of
+# fit): collection -> versions as the run's records will show them. A running run's log is written
+# to disk only every 15 s (wandb's `x_transaction_log_flush_interval`), so `restore_checkpoint`
+# looks here first for a collection of a run that is still being written.
+_LOGGED: dict[str, list[dict[str, Any]]] = {}
+
+
+def _logged_by(uploader: Uploader | None) -> dict[str, list[dict[str, Any]]] | None:
+    """The versions ``uploader`` logged per collection, numbered and aliased as W&B does."""
+    if uploader is None or not uploader.uploaded:
+        return None
+    out: dict[str, list[dict[str, Any]]] = {}
+    for job, digest, aliases, local_path in uploader.uploaded:
+        if job.collection not in out:
+            out[job.collection] = [dict(v, aliases=list(v["aliases"])) for v in _LOGGED.get(job.collection, [])]
+        versions = out[job.collection]
+        same = next((v for v in versions if v["digest"] == digest), None)
+        if same is None:
+            same = {
+                "version": len(versions), "digest": digest, "size": job.size, "local_path": local_path,
+                "aliases": [], "metadata": job.metadata,
+            }
+            versions.append(same)
+        for alias in ["latest", *aliases]:  # W&B adds `latest`; an alias lives on the newest version logged with it
+            for v in versions:
+                if alias in v["aliases"]:
+                    v["aliases"].remove(alias)
+            same["aliases"].append(alias)
+    return out
+
+
 def _check_template(name: str | None) -> str | None:
     if name is None:
         return None
@@ -519,8 +560,10 @@ def restore_checkpoint(
     ``"my-team/mnist/model-abc123-val_acc:best"`` or ``"model-abc123-val_acc:v3"``.
 
     - Offline, or given ``run_dir``: the version is resolved from the run's own records
-      (:mod:`lw_callbacks.records`): the run in ``run_dir``, else the run live in this process, else
-      a run under ``$WANDB_DIR`` or the current directory that logged ``name``. Its staged file (the
+      (:mod:`lw_callbacks.records`): the run in ``run_dir``; else what ``UploadCheckpoints`` logged
+      in this process (known on every rank once fit ends: a running run's log reaches the disk only
+      every 15 s); else the run live in this process, or a run under ``$WANDB_DIR`` or the current
+      directory that logged ``name``. Its staged file (the
       manifest's ``local_path``) is checked against the recorded md5 digest and linked (or copied)
       to ``<root>/<name>-v<N>/model.ckpt``.
     - Online, with ``entity/project/`` in ``ref``: through the W&B API, downloaded into
@@ -616,8 +659,24 @@ def _candidate_runs(name: str, run_dir: str | os.PathLike[str] | None) -> list[t
     return found
 
 
+def _logged_version(name: str, tag: str) -> Any:
+    """The version of ``name`` that UploadCheckpoints logged in this process, as the records show it."""
+    from lw_callbacks.records import ArtifactEntry, ArtifactVersion
+
+    versions = _LOGGED[name]
+    for v in versions:
+        if tag in v["aliases"] or tag == f"v{v['version']}":
+            entry = ArtifactEntry(ENTRY_NAME, v["digest"], v["size"], v["local_path"], None)
+            return ArtifactVersion(name, "model", v["version"], "", v["metadata"], (entry,), list(v["aliases"]))
+    known = sorted({a for v in versions for a in v["aliases"]} | {f"v{v['version']}" for v in versions})
+    raise LookupError(f"restore_checkpoint: artifact {name!r} has no version or alias {tag!r}; it has {known}")
+
+
 def _restore_offline(name: str, tag: str, run_dir: Any, out_root: Path, timeout: float) -> Path:
     from lw_callbacks.records import read_run
+
+    if run_dir is None and name in _LOGGED:
+        return _materialize(name, _logged_version(name, tag), out_root)
 
     candidates = _candidate_runs(name, run_dir)
     if not candidates:

@@ -1,0 +1,499 @@
+"""UploadCheckpoints and restore_checkpoint on real offline runs, read back from the run's own records."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wandb
+from harness import build_with_cli, make_logger, make_trainer, run_ranks
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lw_callbacks import _uploader
+from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
+from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+from lw_callbacks.records import ArtifactVersion, RunRecords, find_runs, read_run
+
+ISOLATED = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR", "TMPDIR")
+
+
+def md5(path: str | Path) -> str:
+    return base64.b64encode(hashlib.md5(Path(path).read_bytes()).digest()).decode()
+
+
+class Observer(Checkpoint):
+    """Listed after the ModelCheckpoints: after each of their hooks, remembers the content of every
+    checkpoint file in their folders, and the step it was first seen at."""
+
+    def __init__(self, *checkpoints: ModelCheckpoint) -> None:
+        self.checkpoints = checkpoints
+        self.seen: dict[tuple[str, str], int] = {}  # (real path, md5) -> global step first seen
+
+    def _look(self, trainer: Trainer) -> None:
+        for mc in self.checkpoints:
+            if not mc.dirpath or not os.path.isdir(mc.dirpath):
+                continue
+            for path in Path(mc.dirpath).glob("*.ckpt"):
+                if path.is_file() and not path.is_symlink():
+                    self.seen.setdefault((os.path.realpath(path), md5(path)), trainer.global_step)
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        self._look(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._look(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._look(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._look(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._look(trainer)
+
+    def files(self, mc: ModelCheckpoint, prefix: str = "") -> dict[str, int]:
+        """md5 -> step, for the contents of ``mc``'s files named ``prefix*`` that are not ``last*.ckpt``."""
+        folder = os.path.realpath(mc.dirpath or "")
+        return {
+            digest: step
+            for (path, digest), step in self.seen.items()
+            if os.path.dirname(path) == folder and Path(path).name.startswith(prefix)
+            and not Path(path).name.startswith("last")
+        }
+
+
+def versions(records: RunRecords, name: str) -> list[ArtifactVersion]:
+    return records.artifacts(name, type="model")
+
+
+def only_run(root: Path) -> RunRecords:
+    runs = find_runs(root)
+    assert len(runs) == 1, runs
+    return read_run(runs[0])
+
+
+# --------------------------------------------------------------------------------------------- one fit, many checks
+@dataclass
+class Main:
+    records: RunRecords
+    names: list[str]
+    acc: ModelCheckpoint
+    loss: ModelCheckpoint
+    observer: Observer
+    best_acc_md5: str
+    live_restored: Path
+    live_restored_md5: str
+    restored: Path
+    resumed: RunRecords
+    resumed_names: list[str]
+    resumed_epochs: int
+    resumed_start_step: int
+    resumed_end_step: int
+    loaded: bool
+    dirpath: Path
+    files_after_a: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def isolated_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The W&B isolation of conftest, for fixtures that fit once for several tests."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ISOLATED:
+            folder = root / "env" / name.lower()
+            folder.mkdir(parents=True)
+            mp.setenv(name, str(folder))
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.setenv("WANDB_CONSOLE", "off")
+        mp.delenv("WANDB_RUN_ID", raising=False)
+        mp.chdir(root)
+        mp.setattr(tempfile, "tempdir", None)
+        yield root
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@pytest.fixture(scope="module")
+def main(isolated_dir: Path) -> Main:
+    """Run A: two ModelCheckpoints (val_acc max top-1 + last, val_loss min top-2), 4 epochs; the best
+    restored inside the live run and from the finished run's folder; run B resumes from it."""
+    root = isolated_dir
+    dirpath = root / "ckpts"
+    acc = ModelCheckpoint(dirpath=dirpath, monitor="val_acc", mode="max", save_last=True, filename="acc-{epoch}-{step}")
+    loss = ModelCheckpoint(dirpath=dirpath, monitor="val_loss", mode="min", save_top_k=2, filename="loss-{epoch}")
+    upload = UploadCheckpoints(aliases=["exp-a"])
+    observer = Observer(acc, loss)
+    trainer = make_trainer([upload, acc, loss, observer], logger=make_logger(root / "a"), max_epochs=4)
+    trainer.fit(DigitsClassifier(lr=0.02), datamodule=DigitsDataModule(batch_size=32))
+    names = list(upload.collection_names)
+    files_after_a = {os.path.realpath(p): md5(p) for p in dirpath.iterdir() if p.is_file()}
+    best_acc_md5 = md5(acc.best_model_path)
+    live = restore_checkpoint(f"{names[0]}:best", root=root / "live")  # inside the running offline run
+    live_md5 = md5(live)
+    wandb.finish()
+    records = only_run(root / "a")
+    restored = restore_checkpoint(f"{names[0]}:best", run_dir=records.run_dir, root=root / "restored")
+
+    # Run B: a new run resumed from the restored best checkpoint, one more epoch.
+    acc_b = ModelCheckpoint(
+        dirpath=dirpath, monitor="val_acc", mode="max", save_last=True, filename="acc-{epoch}-{step}"
+    )
+    loss_b = ModelCheckpoint(dirpath=dirpath, monitor="val_loss", mode="min", save_top_k=2, filename="loss-{epoch}")
+    upload_b = UploadCheckpoints(aliases=["exp-a"])
+    start: list[int] = []
+
+    class Start(Checkpoint):
+        def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            start.append(trainer.global_step)
+
+    trainer_b = make_trainer([upload_b, acc_b, loss_b, Start()], logger=make_logger(root / "b"), max_epochs=5)
+    trainer_b.fit(DigitsClassifier(lr=0.02), datamodule=DigitsDataModule(batch_size=32), ckpt_path=str(restored))
+    wandb.finish()
+    resumed = only_run(root / "b")
+    return Main(
+        records, names, acc, loss, observer, best_acc_md5, live, live_md5, restored, resumed,
+        list(upload_b.collection_names), trainer_b.current_epoch, start[0], trainer_b.global_step,
+        upload_b._state_loaded, dirpath, files_after_a,
+    )
+
+
+def test_one_collection_per_checkpoint_callback(main: Main) -> None:
+    run_id = main.records.run_id
+    assert main.names == [f"model-{run_id}-val_acc", f"model-{run_id}-val_loss"]
+    assert main.records.artifact_names(type="model") == main.names
+    for name, mc in zip(main.names, (main.acc, main.loss), strict=True):
+        assert {v.metadata["monitor"] for v in versions(main.records, name)} == {mc.monitor}
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_aliases_follow_each_callbacks_monitor_and_mode(main: Main, index: int) -> None:
+    name = main.names[index]
+    vs = versions(main.records, name)
+    assert len(vs) >= 2
+    scores = [v.metadata["score"] for v in vs]
+    pick = max if index == 0 else min  # val_acc mode max, val_loss mode min
+    best = [v for v in vs if "best" in v.aliases]
+    assert len(best) == 1 and best[0].metadata["score"] == pick(scores)
+    newest = max(vs, key=lambda v: (v.metadata["global_step"], v.version))
+    assert [v for v in vs if "latest" in v.aliases] == [newest]
+    assert [v for v in vs if "exp-a" in v.aliases] == [newest]
+    for v in vs:
+        assert f"epoch-{v.metadata['epoch']}" in v.aliases
+        assert f"step-{v.metadata['global_step']}" in v.aliases
+    # The best moved: it was logged on more than one version of the max-acc / min-loss run.
+    assert sum("best" in v.logged_aliases for v in vs) >= 2 or len({*scores}) == 1
+
+
+def test_metadata_of_each_version(main: Main) -> None:
+    for name, mc in zip(main.names, (main.acc, main.loss), strict=True):
+        for v in versions(main.records, name):
+            meta = v.metadata
+            assert meta["monitor"] == mc.monitor and meta["mode"] == mc.mode
+            assert meta["ModelCheckpoint"]["save_top_k"] == mc.save_top_k
+            assert meta["ModelCheckpoint"]["save_last"] == mc.save_last
+            assert meta["ModelCheckpoint"]["dirpath"] == str(main.dirpath)
+            assert meta["original_filename"] == Path(meta["original_path"]).name
+            assert meta["original_path"].startswith(os.path.realpath(main.dirpath))
+            assert isinstance(meta["score"], float)
+            if not meta["is_last"]:
+                prefix = "acc" if mc is main.acc else "loss"
+                assert meta["original_filename"].startswith(f"{prefix}-epoch={meta['epoch']}")
+            assert [e.path for e in v.entries] == ["model.ckpt"]
+
+
+def test_staged_files_match_digest_and_saved_file(main: Main) -> None:
+    saved = {digest for _path, digest in main.observer.seen}
+    deleted = 0
+    for name in main.names:
+        for v in versions(main.records, name):
+            entry = v.entry("model.ckpt")
+            assert entry.local_path and os.path.isfile(entry.local_path)
+            assert md5(entry.local_path) == entry.digest
+            assert entry.digest in saved  # the content the ModelCheckpoint wrote
+            original = v.metadata["original_path"]
+            if not os.path.exists(original):
+                deleted += 1  # removed by top-k rotation after the hand-over: still whole here
+                assert (original, entry.digest) in main.observer.seen
+    assert deleted >= 1, "no checkpoint was deleted by top-k rotation: the case is not exercised"
+
+
+def test_every_saved_checkpoint_uploaded_exactly_once(main: Main) -> None:
+    for name, mc in zip(main.names, (main.acc, main.loss), strict=True):
+        uploaded = [v.entry("model.ckpt").digest for v in versions(main.records, name)]
+        assert len(uploaded) == len(set(uploaded))
+        topk = main.observer.files(mc, "acc-" if mc is main.acc else "loss-")
+        expected = set(topk)
+        if mc.save_last:
+            topk_steps = set(topk.values())
+            folder = os.path.realpath(main.dirpath)
+            for (path, digest), step in main.observer.seen.items():
+                if os.path.dirname(path) == folder and Path(path).name == "last.ckpt" and step not in topk_steps:
+                    expected.add(digest)  # a last.ckpt saved at a step without a top-k file
+        assert set(uploaded) == expected
+
+
+def test_no_staging_leftovers_and_user_files_untouched(main: Main) -> None:
+    assert not (main.dirpath / _uploader.STAGING_FOLDER).exists()
+    # After run A: exactly the files its ModelCheckpoints keep, each with the content they wrote.
+    kept = {os.path.realpath(p) for mc in (main.acc, main.loss) for p in [*mc.best_k_models, mc.last_model_path] if p}
+    assert set(main.files_after_a) == kept
+    for path, digest in main.files_after_a.items():
+        assert (path, digest) in main.observer.seen
+
+
+def test_restore_offline_returns_the_best_file_and_fit_resumes(main: Main) -> None:
+    assert md5(main.restored) == main.best_acc_md5
+    assert main.restored.name == "model.ckpt"
+    best = main.records.resolve_artifact(main.names[0], "best")
+    assert main.restored.parent.name == f"{main.names[0]}-v{best.version}"
+    model = DigitsClassifier.load_from_checkpoint(main.restored)
+    assert model.hparams.lr == 0.02
+    # Trainer.fit(ckpt_path=restored) resumed at the best checkpoint's step, not from scratch.
+    assert main.loaded
+    assert main.resumed_start_step == best.metadata["global_step"] > 0
+    assert main.resumed_end_step > main.resumed_start_step
+    assert main.resumed_epochs == 5
+
+
+def test_restore_inside_the_live_run(main: Main) -> None:
+    assert main.live_restored_md5 == main.best_acc_md5
+
+
+def test_resume_does_not_upload_earlier_files_again(main: Main) -> None:
+    earlier = {v.entry("model.ckpt").digest for v in main.records.artifacts(type="model")}
+    later = main.resumed.artifacts(type="model")
+    assert later, "the resumed fit uploaded nothing"
+    assert set(main.resumed.artifact_names(type="model")) <= set(main.resumed_names)
+    for v in later:
+        assert v.entry("model.ckpt").digest not in earlier
+        assert v.metadata["epoch"] is not None and v.metadata["epoch"] >= 4  # saved by the resumed fit
+
+
+def test_restore_errors_list_what_exists(main: Main) -> None:
+    run_dir = main.records.run_dir
+    with pytest.raises(LookupError, match="no artifact named 'model-nope'") as err:
+        restore_checkpoint("model-nope:best", run_dir=run_dir, timeout=1)
+    assert main.names[0] in str(err.value)
+    with pytest.raises(LookupError, match="no version or alias 'epoch-99'") as err:
+        restore_checkpoint(f"{main.names[1]}:epoch-99", run_dir=run_dir, timeout=1)
+    assert "best" in str(err.value) and "latest" in str(err.value)
+    with pytest.raises(ValueError, match="ref"):
+        restore_checkpoint("a/b/c/d:best", run_dir=run_dir)
+
+
+# --------------------------------------------------------------------------------------------- faults
+def test_failing_log_artifact_is_reported_and_retried_at_flush(wandb_env: Path) -> None:
+    logger = make_logger()
+    run = logger.experiment
+    real_log_artifact = run.log_artifact
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("injected: W&B unreachable")
+        return real_log_artifact(*args, **kwargs)
+
+    run.log_artifact = flaky
+    mc = ModelCheckpoint(dirpath="ckpts", monitor="val_acc", mode="max", save_top_k=-1, filename="{epoch}")
+    observer = Observer(mc)
+    trainer = make_trainer([UploadCheckpoints(), mc, observer], logger=logger, max_epochs=3)
+    with pytest.warns(UserWarning, match="injected: W&B unreachable") as caught:
+        trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    assert any("retried when fit ends" in str(w.message) for w in caught)
+    assert not any("were not uploaded" in str(w.message) for w in caught)
+    files = sorted(Path("ckpts").glob("*.ckpt"))
+    before = {os.path.realpath(p): md5(p) for p in files}
+    wandb.finish()
+    records = only_run(Path("runs"))
+    (name,) = records.artifact_names(type="model")
+    vs = versions(records, name)
+    assert {v.entry("model.ckpt").digest for v in vs} == set(observer.files(mc)) == set(before.values())
+    newest = max(vs, key=lambda v: v.metadata["global_step"])
+    assert "latest" in newest.aliases, [(v.version, v.metadata["global_step"], v.logged_aliases) for v in vs]  # logged late (after a retry) or not, latest is the newest
+    best = max(vs, key=lambda v: v.metadata["score"])
+    assert "best" in best.aliases
+    assert {os.path.realpath(p): md5(p) for p in sorted(Path("ckpts").glob("*.ckpt"))} == before  # untouched
+
+    # A staged file that no longer matches its recorded digest is refused, naming both digests.
+    staged = vs[0].entry("model.ckpt").local_path
+    assert staged is not None
+    os.chmod(staged, 0o600)
+    with open(staged, "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(ValueError, match="md5") as err:
+        restore_checkpoint(f"{name}:v0", run_dir=records.run_dir)
+    assert vs[0].entry("model.ckpt").digest in str(err.value)
+
+
+def test_staging_disk_full_uploads_from_the_original_at_flush(wandb_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(src: str, dst: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device (injected)", dst)
+
+    monkeypatch.setattr(_uploader, "_link", full)
+    monkeypatch.setattr(_uploader, "_copy", full)
+    # No monitor, top-1: each epoch's file replaces the previous one, which is then gone at flush.
+    mc = ModelCheckpoint(dirpath="ckpts", save_top_k=1, filename="{epoch}")
+    observer = Observer(mc)
+    trainer = make_trainer([UploadCheckpoints(), mc, observer], max_epochs=3)
+    with pytest.warns(UserWarning) as caught:
+        trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    messages = [str(w.message) for w in caught]
+    assert sum("disk full" in m for m in messages) == 3
+    assert sum("deleted" in m and "before it could be uploaded" in m for m in messages) == 2
+    kept = Path(mc.best_model_path)
+    wandb.finish()
+    records = only_run(Path("runs"))
+    (name,) = records.artifact_names(type="model")
+    (version,) = versions(records, name)
+    assert version.metadata["original_path"] == os.path.realpath(kept)
+    assert version.entry("model.ckpt").digest == md5(kept) == md5(version.entry("model.ckpt").local_path or "")
+    assert "latest" in version.aliases and "best" not in version.aliases  # no monitor: no best
+
+
+class FailAt(DigitsClassifier):
+    def __init__(self, step: int, error: type[BaseException]) -> None:
+        super().__init__()
+        self.fail_step, self.error = step, error
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.global_step == self.fail_step:
+            raise self.error("injected mid-fit failure")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_exception_mid_fit_keeps_every_saved_checkpoint(wandb_env: Path, error: type[BaseException]) -> None:
+    mc = ModelCheckpoint(
+        dirpath="ckpts", save_top_k=-1, every_n_train_steps=2, save_on_exception=True, filename="{step}"
+    )
+    observer = Observer(mc)
+    trainer = make_trainer([UploadCheckpoints(), mc, observer])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit if error is KeyboardInterrupt else RuntimeError):
+            trainer.fit(FailAt(9, error), datamodule=DigitsDataModule(batch_size=32))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a KeyboardInterrupt
+    saved = observer.files(mc)
+    assert len(saved) >= 5  # steps 2, 4, 6, 8 and the save on exception
+    wandb.finish()
+    records = read_run(find_runs("runs")[0], require_exit=False)
+    (name,) = records.artifact_names(type="model")
+    assert {v.entry("model.ckpt").digest for v in versions(records, name)} == set(saved)
+
+
+def test_leftover_staged_copies_are_uploaded_by_the_resumed_fit(wandb_env: Path) -> None:
+    logger = make_logger("a")
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("injected: W&B down for this whole fit")
+
+    logger.experiment.log_artifact = down
+    mc = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, save_last=True, filename="{epoch}")
+    observer = Observer(mc)
+    trainer = make_trainer([UploadCheckpoints(flush_timeout=20), mc, observer], logger=logger)
+    with pytest.warns(UserWarning, match="were not uploaded"):
+        trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    first_name = logger.experiment.id
+    wandb.finish()
+    staged = sorted((Path("ckpts") / _uploader.STAGING_FOLDER).glob("*.ckpt"))
+    assert len(staged) == 2  # epoch 0 and 1; the last.ckpt copies share their steps
+
+    mc_b = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, save_last=True, filename="{epoch}")
+    trainer_b = make_trainer([UploadCheckpoints(flush_timeout=20), mc_b], logger=make_logger("b"), max_epochs=3)
+    trainer_b.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32), ckpt_path=mc.last_model_path)
+    wandb.finish()
+    records = only_run(Path("b"))
+    old = versions(records, f"model-{first_name}")
+    assert {v.entry("model.ckpt").digest for v in old} == set(observer.files(mc))
+    assert not (Path("ckpts") / _uploader.STAGING_FOLDER).exists()
+    new = [v for n in records.artifact_names(type="model") if n != f"model-{first_name}" for v in versions(records, n)]
+    assert [v.metadata["epoch"] for v in new] == [2]  # only the resumed fit's own checkpoint
+
+
+# --------------------------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "model-{run}"}, r"unknown field \{run\}"),
+        ({"name": "model-{monitor"}, "name="),
+        ({"name": "model/{monitor}"}, "letters, digits"),
+        ({"aliases": ["good", "bad/alias"]}, "bad/alias"),
+        ({"aliases": ["with space"]}, "with space"),
+        ({"aliases": ["best"]}, "sets itself"),
+        ({"aliases": ["v3"]}, "reserves"),
+        ({"flush_timeout": 0}, "flush_timeout"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(MisconfigurationException, match=match):
+        UploadCheckpoints(**kwargs)
+
+
+def test_name_template_and_double_upload_warning(wandb_env: Path) -> None:
+    a = ModelCheckpoint(monitor="val/acc", mode="max")
+    b = ModelCheckpoint(monitor="val_loss")
+    upload = UploadCheckpoints(name="ckpt-{monitor}-{mode}-{index}-{run_id}")
+    trainer = make_trainer([upload, a, b], logger=make_logger(log_model="all"))
+    with pytest.warns(UserWarning, match=r"Turn off `log_model`"):
+        upload.setup(trainer, DigitsClassifier(), "fit")
+    run_id = trainer.logger.experiment.id  # type: ignore[union-attr]
+    assert upload.collection_names == [f"ckpt-val_acc-max-0-{run_id}", f"ckpt-val_loss-min-1-{run_id}"]
+    assert trainer.callbacks.index(upload) > max(trainer.callbacks.index(a), trainer.callbacks.index(b))
+    upload.teardown(trainer, DigitsClassifier(), "fit")
+    clash = UploadCheckpoints(name="ckpt-{mode}")
+    with pytest.raises(MisconfigurationException, match="same artifact name"):
+        clash.setup(make_trainer([clash, ModelCheckpoint(), ModelCheckpoint(monitor="x")]), DigitsClassifier(), "fit")
+
+
+def test_lightning_cli_yaml_builds_it(wandb_env: Path) -> None:
+    cli = build_with_cli(
+        """
+- class_path: lightning.pytorch.callbacks.ModelCheckpoint
+  init_args: {monitor: val_acc, mode: max}
+- class_path: lw_callbacks.checkpoints.UploadCheckpoints
+  init_args:
+    name: "model-{run_id}-{monitor}"
+    aliases: [baseline]
+    flush_timeout: 120
+    progress_bar: false
+""",
+        wandb_env,
+    )
+    (upload,) = [c for c in cli.trainer.callbacks if isinstance(c, UploadCheckpoints)]
+    assert upload.name == "model-{run_id}-{monitor}"
+    assert upload.aliases == ("baseline",)
+    assert upload.flush_timeout == 120.0 and upload.progress_bar is False
+
+
+def test_ddp_two_processes_upload_each_file_once(wandb_env: Path) -> None:
+    save_dir = wandb_env / "ddp"
+    reports = run_ranks("checkpoints_ddp.py", str(save_dir), out_dir=wandb_env / "reports", timeout=180)
+    assert [r["rank"] for r in reports] == [0, 1]
+    rank0, rank1 = reports
+    assert rank0["names"] == rank1["names"] and len(rank0["names"]) == 1
+    assert rank1["uploader_alive"] is False and rank0["uploader_alive"] is False
+    files = rank0["files"]
+    assert len(files) == 2  # save_top_k=-1, two epochs
+    vs = rank0["versions"]
+    assert rank0["artifact_records"] == len(vs) == len(files)  # one upload per file, from rank 0 only
+    assert {v["original_path"]: v["digest"] for v in vs} == files
+    best = [v for v in vs if "best" in v["aliases"]]
+    assert len(best) == 1 and best[0]["score"] == max(v["score"] for v in vs)
+    # every rank got the same path, holding the best checkpoint
+    assert rank0["restored"] == rank1["restored"]
+    assert rank0["restored_md5"] == rank1["restored_md5"] == files[rank0["best_model_path"]]
