@@ -99,14 +99,6 @@ def active_run() -> Any | None:
     return None if run is None or is_disabled(run) else run
 
 
-def active_run() -> Any | None:
-    """The run started in this process (``wandb.run``), or ``None``; for code outside a Trainer."""
-    import wandb
-
-    run = wandb.run
-    return None if run is None or is_disabled(run) else run
-
-
 def get_run(trainer: pl.Trainer, owner: str) -> Any | None:
     """The live run for a callback on ``trainer``: rank 0 only, ``None`` elsewhere or when disabled.
 
