@@ -11,19 +11,10 @@ command that uploads an offline run. The LightningModule has no W&B code at all.
 from __future__ import annotations
 
 import argparse
-import netrc
 import os
 from pathlib import Path
 
-
-def logged_in() -> bool:
-    """True when a W&B API key is configured (environment or ``~/.netrc`` from ``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+from lw_callbacks.demo import offline_unless_logged_in
 
 
 def main() -> None:
@@ -34,8 +25,7 @@ def main() -> None:
     parser.add_argument("--save-dir", default="runs", help="where W&B writes the run (default: ./runs)")
     args = parser.parse_args()
     fast = args.fast or os.environ.get("LW_EXAMPLE_FAST") == "1"
-    if "WANDB_MODE" not in os.environ and not logged_in():
-        os.environ["WANDB_MODE"] = "offline"
+    offline_unless_logged_in()
 
     import wandb
     from lightning.pytorch import Trainer, seed_everything

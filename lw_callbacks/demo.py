@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import netrc
+import os
 from typing import Any
 
 import torch
@@ -21,9 +23,25 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["CLASS_NAMES", "DigitsClassifier", "DigitsDataModule", "load_digits_tensors"]
+__all__ = ["CLASS_NAMES", "DigitsClassifier", "DigitsDataModule", "load_digits_tensors", "offline_unless_logged_in"]
 
 CLASS_NAMES = [str(i) for i in range(10)]
+
+
+def offline_unless_logged_in() -> str:
+    """Set ``WANDB_MODE=offline`` unless it is set or a W&B API key is configured; return the mode.
+
+    A key counts when ``WANDB_API_KEY`` is set or ``wandb login`` wrote it to ``~/.netrc``.
+    """
+    if "WANDB_MODE" not in os.environ:
+        try:
+            key = os.environ.get("WANDB_API_KEY")
+            logged_in = bool(key) or netrc.netrc().authenticators("api.wandb.ai") is not None
+        except (FileNotFoundError, netrc.NetrcParseError):
+            logged_in = False
+        if not logged_in:
+            os.environ["WANDB_MODE"] = "offline"
+    return os.environ.get("WANDB_MODE", "online")
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
