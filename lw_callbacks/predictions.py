@@ -226,8 +226,9 @@ class LogPredictionSamples(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _wandb.require_wandb_logger(trainer, type(self).__name__)
-        for name in self._stages_of(stage):
-            self._state[name].ran = False
+        for name in self._stages_of(stage):  # a new fit / test / predict may bring other data
+            st = self._state[name]
+            st.ran, st.checked, st.positions, st.ids, st.images = False, False, None, {}, {}
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -549,7 +550,8 @@ class LogPredictionSamples(Callback):
         owner = type(self).__name__
         is_image = st.input_kind == "image"
         if self.log_table:
-            if st.inputs_table is None or st.inputs_run != getattr(run, "id", None):
+            known = _row_index(st.inputs_table)
+            if st.inputs_run != getattr(run, "id", None) or any(s.id not in known for s in samples):
                 rows = [
                     [s.id, wandb.Image(s.display) if is_image else _cell(s.display), _cell(self._name(s.truth))]
                     for s in samples
