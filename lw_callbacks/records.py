@@ -38,6 +38,7 @@ __all__ = [
     "RunRecords",
     "find_runs",
     "iter_records",
+    "read_resumed",
     "read_run",
     "summarize",
 ]
@@ -358,8 +359,11 @@ def _add_artifact(run: RunRecords, record: Any) -> None:
             same.logged_aliases.append(alias)
 
 
-def _decode(path: Path) -> RunRecords:
-    run = RunRecords(path=path)
+def _decode(path: Path, run: RunRecords | None = None) -> RunRecords:
+    if run is None:
+        run = RunRecords(path=path)
+    else:  # a later segment of the same run continues the earlier ones
+        run.path, run.exit_code = path, None
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -452,6 +456,38 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
 def _short_list(items: list[str], keep: int = 3) -> str:
     shown = ",".join(items[:keep])
     return shown if len(items) <= keep else f"{shown},... ({len(items)} files)"
+
+
+def read_resumed(root: str | Path, run_id: str | None = None, *, timeout: float = 10.0) -> RunRecords:
+    """One view of a run that was resumed offline, merged from its segments.
+
+    Offline, each ``wandb.init(id=..., resume="allow")`` of the same run writes a folder of its own
+    (``offline-run-<date>-<id>``); ``wandb sync`` of those folders uploads them into one run. This
+    reads every segment of ``run_id`` under ``root`` in start order and merges them as W&B does:
+    history rows appended, summary and config updated, artifact versions and aliases continued
+    across segments. ``path`` of the result is the newest segment's log.
+
+    Raises:
+        FileNotFoundError: no segment of that run under ``root``.
+        ValueError: ``run_id`` is ``None`` and ``root`` holds runs of several ids.
+        IncompleteRunError: a segment has no ``exit`` record within ``timeout``.
+    """
+    segments = find_runs(root)
+    ids = {p.name.rsplit("-", 1)[-1] for p in segments}
+    if run_id is None:
+        if len(ids) > 1:
+            raise ValueError(f"{root} holds runs {sorted(ids)}; pass run_id")
+        run_id = next(iter(ids), None)
+    segments = [p for p in segments if p.name.rsplit("-", 1)[-1] == run_id]
+    if not segments:
+        raise FileNotFoundError(f"no segment of run {run_id!r} under {root}")
+    merged: RunRecords | None = None
+    for segment in segments:
+        log = _log_file(segment)
+        read_run(log, timeout=timeout)  # waits for this segment's exit record
+        merged = _decode(log, merged)
+    assert merged is not None
+    return merged
 
 
 def summarize(run: RunRecords, text: bool = False) -> Any:

@@ -217,3 +217,29 @@ def test_inspect_command(logged_run: Path) -> None:
         [sys.executable, "-m", "lw_callbacks", "inspect", str(logged_run / "nope")], capture_output=True, text=True
     )
     assert missing.returncode == 1 and "no W&B run" in missing.stderr
+
+
+def test_resumed_segments_merge(tmp_path: Path) -> None:
+    import wandb
+
+    from lw_callbacks.records import read_resumed
+
+    root = tmp_path / "runs"
+    for segment, (steps, score) in enumerate([((0, 1, 2), 0.3), ((2, 3), 0.8)]):
+        run = wandb.init(project="lw-tests", dir=str(root), id="resumeme", resume="allow", mode="offline")
+        for step in steps:
+            run.log({"loss": 1.0 / (step + 1), "trainer/global_step": step})
+        path = tmp_path / f"m{segment}.ckpt"
+        path.write_bytes(bytes([segment]) * 10)
+        art = wandb.Artifact("model-resumeme", type="model", metadata={"score": score})
+        art.add_file(str(path), name="model.ckpt")
+        run.log_artifact(art, aliases=["latest", "best"])
+        run.finish()
+    assert len(find_runs(root)) == 2  # offline, each resume writes a folder of its own
+    merged = read_resumed(root)
+    assert merged.run_id == "resumeme" and merged.complete
+    assert [s for s, _ in merged.series("loss")] == [0, 1, 2, 2, 3]
+    v0, v1 = merged.artifacts("model-resumeme")
+    assert (v0.version, v1.version) == (0, 1) and v0.aliases == [] and sorted(v1.aliases) == ["best", "latest"]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        read_resumed(root, "nope")
