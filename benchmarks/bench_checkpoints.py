@@ -1,0 +1,124 @@
+"""UploadCheckpoints: training-thread time of one 256 MB checkpoint hand-over vs WandbLogger(log_model="all"),
+and fit time with a checkpoint every epoch, with vs without uploading.
+
+Hand-over case: both paths run in one process on the same run, round after round, on a freshly written
+256 MB file each time (writing it is not timed). A is ``WandbLogger.after_save_checkpoint`` with
+``log_model="all"`` (what Lightning runs on the training thread after each save: copy, md5,
+``log_artifact``). B is what UploadCheckpoints runs on the training thread after the same save (stat,
+hard link, a small note file, queue). Before each B round the background worker is let finish the
+previous file, as it would between checkpoints minutes apart.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import compare, fit_seconds
+
+SIZE = 256 * 2**20
+
+
+def _handover_case(rounds: int) -> None:
+    import torch
+    import wandb
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lw_callbacks.checkpoints import UploadCheckpoints
+    from lw_callbacks.demo import DigitsClassifier
+
+    root = Path(tempfile.mkdtemp(prefix="lwbench-ckpt-"))
+    payload = os.urandom(SIZE)
+    staging = Path(os.environ["WANDB_DATA_DIR"]) / "artifacts" / "staging"
+
+    # A: Lightning's own upload, on its own logger / run.
+    logger_a = WandbLogger(save_dir=str(root / "a"), project="lw-bench", log_model="all")
+    logger_a.experiment  # noqa: B018
+    mc_a = ModelCheckpoint(dirpath=root / "ckpt-a", monitor="val_acc", mode="max", save_top_k=-1)
+
+    # B: UploadCheckpoints set up on a Trainer of its own (hooks are driven by hand, as after a save).
+    logger_b = WandbLogger(save_dir=str(root / "b"), project="lw-bench")
+    mc_b = ModelCheckpoint(dirpath=root / "ckpt-b", monitor="val_acc", mode="max", save_top_k=-1)
+    upload = UploadCheckpoints(progress_bar=False)
+    trainer = Trainer(logger=logger_b, callbacks=[mc_b, upload], accelerator="cpu", devices=1)
+    upload.setup(trainer, DigitsClassifier(), "fit")
+    upload._fit_start_ns = 0
+    counter = {"a": 0, "b": 0}
+
+    def save(mc: ModelCheckpoint, key: str) -> str:
+        counter[key] += 1
+        folder = Path(str(mc.dirpath))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = str(folder / f"epoch={counter[key]}.ckpt")
+        with open(path, "wb") as fh:
+            fh.write(payload[:-8] + counter[key].to_bytes(8, "little"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        score = torch.tensor(float(counter[key]))
+        mc.best_k_models[path] = score
+        mc.best_model_path, mc.best_model_score, mc.current_score = path, score, score
+        mc._last_global_step_saved = counter[key]
+        return path
+
+    def clean(path: str) -> None:
+        os.remove(path)  # as top-k rotation would; keeps the disk in check
+        for old in staging.glob("*") if staging.is_dir() else []:
+            old.unlink(missing_ok=True)
+
+    def run_a() -> float:
+        path = save(mc_a, "a")
+        start = time.perf_counter()
+        logger_a.after_save_checkpoint(mc_a)
+        elapsed = time.perf_counter() - start
+        mc_a.best_k_models.pop(path)
+        clean(path)
+        return elapsed
+
+    def run_b() -> float:
+        uploader: Any = upload._uploader
+        while uploader.pending():  # the previous checkpoint's upload is done, as between real saves
+            time.sleep(0.05)
+        path = save(mc_b, "b")
+        start = time.perf_counter()
+        upload._scan(trainer)
+        elapsed = time.perf_counter() - start
+        mc_b.best_k_models.pop(path)
+        clean(path)  # deleted right after hand-over: the staged hard link keeps it whole for the worker
+        return elapsed
+
+    result = compare(
+        "UploadCheckpoints hand-over / log_model='all' after_save_checkpoint (training thread, 256 MB)",
+        run_a, run_b, rounds=rounds, note="B/A of one save; medians in the A/B columns",
+    )
+    ms = sorted(b * 1e3 for b in result.b)
+    print(f"  hand-over (B) ms: min {ms[0]:.3f}, median {statistics.median(ms):.3f}, max {ms[-1]:.3f}; "
+          f"log_model='all' (A) ms median {statistics.median(result.a) * 1e3:.0f}", flush=True)
+    upload.teardown(trainer, DigitsClassifier(), "fit")
+    wandb.finish()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def cases(rounds: int) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lw_callbacks.checkpoints import UploadCheckpoints
+
+    if os.environ.get("LW_BENCH_SKIP_HANDOVER") != "1":
+        _handover_case(max(rounds, 7))
+
+    def every_epoch() -> ModelCheckpoint:
+        return ModelCheckpoint(dirpath=tempfile.mkdtemp(prefix="lwbench-ck-"), save_top_k=-1, every_n_epochs=1)
+
+    compare(
+        "UploadCheckpoints / no upload (fit, 3 epochs, checkpoint every epoch)",
+        lambda: fit_seconds(lambda: [every_epoch()]),
+        lambda: fit_seconds(lambda: [every_epoch(), UploadCheckpoints(progress_bar=False)]),
+        rounds=rounds,
+    )
