@@ -81,13 +81,15 @@ def run_ranks(
     nprocs: int = 2,
     timeout: float = 180,
     env: dict[str, str] | None = None,
+    returncode: int = 0,
 ) -> list[dict[str, Any]]:
     """Run a multi-process script and return what each rank reported, ordered by rank.
 
     ``launcher`` is ``"python"`` (the script starts its own ranks, e.g. Lightning's ``ddp``) or
     ``"torchrun"``. The script gets ``LW_REPORT_DIR``; each rank writes ``rank<N>.json`` there
     (see ``scripts/_report.py``). A non-zero exit or a timeout fails with the processes' output, so
-    a deadlock fails fast instead of eating CI time.
+    a deadlock fails fast instead of eating CI time. ``returncode`` is the exit status expected
+    (1 for a job that is meant to crash).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     script = SCRIPTS / script if not Path(script).is_absolute() else Path(script)
@@ -117,7 +119,7 @@ def run_ranks(
             f"{script.name} did not finish in {timeout}s (hang?)\nstdout:\n{stdout}\nstderr:\n{stderr}"
         ) from None
     output = f"stdout:\n{stdout}\nstderr:\n{stderr}"
-    assert proc.returncode == 0, f"{script.name} exited {proc.returncode}\n{output}"
+    assert proc.returncode == returncode, f"{script.name} exited {proc.returncode}, not {returncode}\n{output}"
     reports = sorted(out_dir.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
     assert reports, f"{script.name} wrote no report\n{output}"
     return [json.loads(p.read_text()) for p in reports]
