@@ -128,6 +128,15 @@ class Ledger:
         self.collections: dict[str, CollectionState] = {}
         self.next_seq = 0
 
+    def __getstate__(self) -> dict[str, Any]:  # ddp_spawn pickles callbacks into the new processes
+        state = self.__dict__.copy()
+        del state["lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
+
     def take_seq(self) -> int:
         with self.lock:
             seq, self.next_seq = self.next_seq, self.next_seq + 1

@@ -221,6 +221,12 @@ class UploadCheckpoints(Checkpoint):
         if stage == "fit" and self._uploader is not None:
             self._flush("teardown")
 
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the callbacks into the new processes: a live worker stays behind
+        state = self.__dict__.copy()
+        state["_uploader"] = state["_last_uploader"] = None
+        return state
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"ledger": self._ledger.to_dict()}
