@@ -19,6 +19,7 @@ from typing import Any
 from harness import Result
 
 LOG_FREQ = 100
+HOOK_SHARE: list[float] = []  # seconds inside WatchModel's hooks / fit seconds, per callback fit
 DEPTH = 50  # hidden Linear layers; +1 head: 102 parameter tensors
 
 
@@ -59,7 +60,18 @@ def fit(variant: str) -> float:
     logger = WandbLogger(save_dir=save_dir, project="lw-bench")
     logger.experiment  # start the run outside the timed region  # noqa: B018
     model = _model()
-    callbacks = [WatchModel(log="all", log_freq=LOG_FREQ)] if variant == "callback" else []
+    class TimedWatch(WatchModel):
+        """WatchModel that adds up the seconds spent in its per-step hook."""
+
+        spent = 0.0
+
+        def on_before_optimizer_step(self, *args: Any) -> None:
+            t0 = time.perf_counter()
+            super().on_before_optimizer_step(*args)
+            self.spent += time.perf_counter() - t0
+
+    watch = TimedWatch(log="all", log_freq=LOG_FREQ)
+    callbacks = [watch] if variant == "callback" else []
     if variant == "logger.watch":
         logger.watch(model, log="all", log_freq=LOG_FREQ)  # Lightning's default log_graph=True
     trainer = Trainer(
@@ -80,6 +92,8 @@ def fit(variant: str) -> float:
     trainer.fit(model, datamodule=dm)
     elapsed = time.perf_counter() - start
     wandb.finish()
+    if variant == "callback":
+        HOOK_SHARE.append(watch.spent / elapsed)
     return elapsed
 
 
@@ -127,3 +141,6 @@ def cases(rounds: int) -> None:
         )
     finally:
         torch.set_num_threads(before)
+    share = sorted(HOOK_SHARE)
+    print(f"time inside WatchModel.on_before_optimizer_step / fit time: min {share[0]:.4f}, "
+          f"median {share[len(share) // 2]:.4f}, max {share[-1]:.4f} over {len(share)} fits", flush=True)

@@ -188,13 +188,13 @@ class WatchModel(Callback):
         if self._run is None or step % self.log_freq != 0 or step == self._last_step or not self._watched:
             return
         self._last_step = step
-        payload: dict[str, Any] = {}
+        tensors: list[tuple[str, Tensor]] = []
+        if self.log_gradients:
+            tensors += [(f"gradients/{n}", p.grad) for n, p in self._watched if p.grad is not None]
+        if self.log_parameters:
+            tensors += [(f"parameters/{n}", p) for n, p in self._watched]
         try:
-            if self.log_gradients:
-                grads = [(f"gradients/{n}", p.grad) for n, p in self._watched if p.grad is not None]
-                payload.update(_histograms(grads, self.bins))
-            if self.log_parameters:
-                payload.update(_histograms([(f"parameters/{n}", p) for n, p in self._watched], self.bins))
+            payload = _histograms(tensors, self.bins)  # both kinds in one pass
         except Exception as err:  # a logging failure must never end a training run
             rank_zero_warn(
                 f"WatchModel: computing histograms at step {step} failed ({type(err).__name__}: {err}); "
@@ -260,17 +260,20 @@ class WatchModel(Callback):
             def hook(module: nn.Module, inputs: Any, output: Any) -> None:
                 if id(module) in graph.nodes_by_id:
                     return
-                params = [(pname, list(p.size())) for pname, p in module.named_parameters()]
-                graph.add_node(
-                    Node(
-                        id=id(module),
-                        name=name,
-                        class_name=str(module),
-                        output_shape=_nested_shape(output),
-                        parameters=params,
-                        num_parameters=[math.prod(size) for _, size in params],
+                try:
+                    params = [(pname, list(p.size())) for pname, p in module.named_parameters()]
+                    graph.add_node(
+                        Node(
+                            id=id(module),
+                            name=name,
+                            class_name=str(module),
+                            output_shape=_nested_shape(output),
+                            parameters=params,
+                            num_parameters=[math.prod(size) for _, size in params],
+                        )
                     )
-                )
+                except Exception as err:  # a logging failure must never end a training run
+                    rank_zero_warn(f"WatchModel: describing {name} for the graph failed ({type(err).__name__}: {err}).")
 
             return hook
 
