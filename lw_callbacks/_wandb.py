@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +31,12 @@ __all__ = [
     "STEP_KEY",
     "active_run",
     "define_metric",
+    "find_fabric_wandb_logger",
     "find_wandb_logger",
     "get_run",
     "is_disabled",
     "log",
+    "require_fabric_wandb_logger",
     "require_wandb_logger",
     "run_folder",
     "run_of",
@@ -61,6 +64,48 @@ def require_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger:
             f"{owner} logs to Weights & Biases and needs a `WandbLogger` among the Trainer's loggers, "
             f"but the Trainer has {', '.join(names)}. Pass `Trainer(logger=WandbLogger(project=...))` "
             f"(it may be one of a list of loggers), or remove {owner} from the callbacks."
+        )
+    return logger
+
+
+def _is_wandb_logger(logger: Any) -> bool:
+    if isinstance(logger, WandbLogger):
+        return True
+    # wandb's Fabric logger; its module is loaded whenever such a logger exists (importing it warns)
+    fabric_module = sys.modules.get("wandb.integration.lightning.fabric")
+    fabric_logger = getattr(fabric_module, "WandbLogger", None)
+    return fabric_logger is not None and isinstance(logger, fabric_logger)
+
+
+def find_fabric_wandb_logger(fabric: Any) -> Any | None:
+    """The first W&B logger among ``fabric.loggers``: wandb's Fabric ``WandbLogger``
+    (``wandb.integration.lightning.fabric``) or Lightning's ``WandbLogger``; ``None`` if there is none."""
+    for logger in getattr(fabric, "loggers", ()):
+        if _is_wandb_logger(logger):
+            return logger
+    return None
+
+
+def require_fabric_wandb_logger(fabric: Any, owner: str) -> Any:
+    """The W&B logger of a Fabric object.
+
+    Raises:
+        TypeError: ``fabric`` is not a ``lightning.fabric.Fabric``.
+        MisconfigurationException: it has no W&B logger; the message names ``owner`` and the fix.
+    """
+    if not hasattr(fabric, "loggers") or not hasattr(fabric, "broadcast"):
+        raise TypeError(
+            f"{owner}: the first argument must be the `lightning.Fabric` object, got {type(fabric).__name__}; "
+            f"call it as `fabric.call(<hook>, fabric, ...)`."
+        )
+    logger = find_fabric_wandb_logger(fabric)
+    if logger is None:
+        names = [type(lg).__name__ for lg in fabric.loggers] or ["no logger"]
+        raise MisconfigurationException(
+            f"{owner} logs to Weights & Biases and needs a W&B logger among the Fabric's loggers, but the Fabric "
+            f"has {', '.join(names)}. Pass `L.Fabric(loggers=[WandbLogger(project=...)])` with "
+            "`from wandb.integration.lightning.fabric import WandbLogger` (or Lightning's "
+            "`lightning.pytorch.loggers.WandbLogger`)."
         )
     return logger
 

@@ -253,20 +253,23 @@ class UploadCheckpoints(Checkpoint):
     def _names(self, run_id: str) -> list[str]:
         names: list[str] = []
         for index, mc in enumerate(self._tracked):
-            monitor = _sanitize(mc.monitor) if mc.monitor else "none"
-            if self.name is None:
-                name = f"model-{run_id}-{monitor}" if mc.monitor else f"model-{run_id}"
-                if name in names:
-                    name = f"{name}-{index}"
-            else:
-                name = _sanitize(self.name.format(run_id=run_id, monitor=monitor, mode=mc.mode, index=index))
-                if name in names:
-                    raise MisconfigurationException(
-                        f"{_OWNER}(name={self.name!r}) gives the same artifact name {name!r} to two ModelCheckpoints; "
-                        "add a field that tells them apart, e.g. `name='model-{run_id}-{monitor}-{index}'`."
-                    )
+            name = self._name_for(run_id, mc.monitor, mc.mode, index)
+            if name in names and self.name is None:
+                name = f"{name}-{index}"
+            elif name in names:
+                raise MisconfigurationException(
+                    f"{_OWNER}(name={self.name!r}) gives the same artifact name {name!r} to two ModelCheckpoints; "
+                    "add a field that tells them apart, e.g. `name='model-{run_id}-{monitor}-{index}'`."
+                )
             names.append(name[:128])
         return names
+
+    def _name_for(self, run_id: str, monitor: str | None, mode: str, index: int) -> str:
+        """One collection's artifact name from the ``name`` template (or the default)."""
+        field = _sanitize(monitor) if monitor else "none"
+        if self.name is None:
+            return f"model-{run_id}-{field}" if monitor else f"model-{run_id}"
+        return _sanitize(self.name.format(run_id=run_id, monitor=field, mode=mode, index=index))
 
     def _run_after_checkpoints(self, trainer: pl.Trainer) -> None:
         """Make sure this callback's hooks run after every tracked ModelCheckpoint's."""
@@ -378,6 +381,21 @@ class UploadCheckpoints(Checkpoint):
             "ModelCheckpoint": _settings(mc),
         }
         aliases = ([f"epoch-{epoch}", f"step-{step}"] if fresh else []) + list(self.aliases)
+        self._stage_and_submit(path, real, sig, collection, score, metadata, aliases)
+
+    def _stage_and_submit(
+        self,
+        path: str,
+        real: str,
+        sig: list[int],
+        collection: str,
+        score: float | None,
+        metadata: dict[str, Any],
+        aliases: list[str],
+    ) -> None:
+        """Hard-link ``real`` into the staging folder and queue it for the upload worker (the only
+        work on the training thread); when staging fails, upload the original file at flush."""
+        assert self._uploader is not None
         seq = self._ledger.take_seq()
         folder = self._staging_for(os.path.dirname(real))
         staged: str | None = str(folder / f"{seq:06d}-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,12 +328,7 @@ class LogPredictionSamples(Callback):
         if dl_idx != self.dataloader_idx or not self._active(stage, trainer):
             return
         st = self._state[stage]
-        st.ran = True
-        x, y = self._split_batch(batch)
-        n = _batch_len(x)
-        if not st.checked:  # every rank checks the first batch, so a bad layout fails everywhere alike
-            self._check_first(stage, x, y, outputs, n)
-            st.checked = True
+        x, y, n = self._read_batch(stage, batch, outputs)
         if st.positions is None:
             self._choose_positions(stage, trainer)
         if trainer.global_rank != 0:  # rank 0's samples are logged; the other ranks do no more work
@@ -346,8 +341,27 @@ class LogPredictionSamples(Callback):
         if lo == hi:
             return
         local = [p - start for p in st.positions[lo:hi]]
+        self._collect_or_warn(stage, pl_module, x, y, outputs, local, start)
+
+    def _read_batch(self, stage: str, batch: Any, outputs: Any) -> tuple[Any, Any, int]:
+        """Split ``batch`` into inputs, targets and their count; the stage's first batch is checked
+        (on every rank, so a bad layout fails everywhere alike)."""
+        st = self._state[stage]
+        st.ran = True
+        x, y = self._split_batch(batch)
+        n = _batch_len(x)
+        if not st.checked:
+            self._check_first(stage, x, y, outputs, n)
+            st.checked = True
+        return x, y, n
+
+    def _collect_or_warn(
+        self, stage: str, module: Any, x: Any, y: Any, outputs: Any, local: list[int], start: int
+    ) -> None:
+        """:meth:`_collect`; a problem other than bad input warns once and leaves the samples out."""
+        st = self._state[stage]
         try:
-            self._collect(stage, pl_module, x, y, outputs, local, start)
+            self._collect(stage, module, x, y, outputs, local, start)
         except _InputError:
             raise
         except Exception as err:  # a logging problem never ends training
@@ -517,16 +531,23 @@ class LogPredictionSamples(Callback):
     def _epoch_end(self, stage: str, trainer: pl.Trainer) -> None:
         if not self._active(stage, trainer):
             return
+        if trainer.global_rank != 0:
+            self._state[stage].collected = {}
+            return
+        self._log_collected(stage, lambda: _wandb.get_run(trainer, type(self).__name__), trainer.global_step)
+
+    def _log_collected(self, stage: str, get_run: Callable[[], Any], step: int) -> None:
+        """Log (rank 0) the samples collected for ``stage`` at ``step``; a failure warns, never raises."""
         st = self._state[stage]
         samples = [st.collected[p] for p in sorted(st.collected)]
         st.collected = {}
-        if not samples or trainer.global_rank != 0:
+        if not samples:
             return
-        run = _wandb.get_run(trainer, type(self).__name__)
+        run = get_run()
         if run is None:
             return
         try:
-            self._log(stage, run, samples, trainer.global_step)
+            self._log(stage, run, samples, step)
         except Exception as err:  # a logging failure never ends training
             rank_zero_warn(
                 f"LogPredictionSamples: building the {stage} samples for W&B failed ({type(err).__name__}: {err}); "

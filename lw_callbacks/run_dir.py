@@ -74,8 +74,15 @@ class ShareRunDir(Callback):
             info = self._describe(run_of(logger, 0), logger)
         # Every rank enters the broadcast (never a rank-0-only collective); None means "disabled".
         info = trainer.strategy.broadcast(info, src=0)
-        if info is None:
+        if not self._adopt(info, trainer.global_rank):
             return
+        if self.checkpoints_in_run_dir:
+            self._redirect_checkpoints(trainer)
+
+    def _adopt(self, info: dict[str, Any] | None, global_rank: int) -> bool:
+        """Take rank 0's description (from the broadcast) on this rank; ``False`` when W&B is disabled."""
+        if info is None:
+            return False
         self.run_dir = Path(info["run_dir"])
         self.files_dir = Path(info["files_dir"])
         self.wandb_dir = Path(info["wandb_dir"])
@@ -86,12 +93,11 @@ class ShareRunDir(Callback):
         if not self.run_dir.exists():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             warnings.warn(
-                f"[rank {trainer.global_rank}] ShareRunDir: rank 0's run folder {self.run_dir} does not exist on this "
+                f"[rank {global_rank}] ShareRunDir: rank 0's run folder {self.run_dir} does not exist on this "
                 "node (no shared filesystem?); created it here empty. Files written there stay on this node.",
-                stacklevel=2,
+                stacklevel=3,
             )
-        if self.checkpoints_in_run_dir:
-            self._redirect_checkpoints(trainer)
+        return True
 
     @staticmethod
     def _describe(run: Any, logger: Any) -> dict[str, Any] | None:

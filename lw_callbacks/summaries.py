@@ -152,7 +152,7 @@ class MetricSummaries(Callback):
         # Observation on rank 0: the tensor last seen per logged key, keys seen logged, best values.
         self._held: dict[str, Any] = {}
         self._seen: set[str] = set()
-        self._best: dict[str, dict[str, list[float]]] = {}
+        self._best: dict[str, dict[str, list[Any]]] = {}  # key -> direction -> [value, step, epoch or None]
         self._run_id: str | None = None
 
     @property
@@ -166,7 +166,8 @@ class MetricSummaries(Callback):
 
     # ------------------------------------------------------------------ resolution
 
-    def _resolve_specs(self, trainer: pl.Trainer) -> None:
+    def _resolve_specs(self, callbacks: Sequence[Any]) -> None:
+        """Exact names and globs from ``summaries`` and ``hidden``, plus those derived from ``callbacks``."""
         names: dict[str, _Spec] = {}
         globs: dict[str, _Spec] = {}
         hide_all = self.hidden is True
@@ -182,7 +183,7 @@ class MetricSummaries(Callback):
         derived: dict[str, set[str]] = {}
         sources: dict[str, str] = {}
         if self.from_callbacks:
-            for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            for callback in callbacks:
                 if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and callback.monitor:
                     mode = getattr(callback, "mode", None)
                     if mode in ("min", "max"):
@@ -237,7 +238,10 @@ class MetricSummaries(Callback):
         self._defined[name] = spec
 
     def _apply(self, trainer: pl.Trainer) -> None:
-        run = get_run(trainer, type(self).__name__)
+        self._apply_run(get_run(trainer, type(self).__name__))
+
+    def _apply_run(self, run: Any) -> None:
+        """Define every name and glob on ``run`` (``None`` off rank 0 or when disabled: nothing to do)."""
         self._active = run is not None
         if run is None:
             return
@@ -270,10 +274,10 @@ class MetricSummaries(Callback):
         # and a collective must be entered by every rank or by none.
         return trainer.logged_metrics
 
-    def _observe(self, trainer: pl.Trainer, metrics: Mapping[str, Any], logs: bool) -> None:
+    def _observe(self, metrics: Mapping[str, Any], logs: bool, step: int, epoch: int | None) -> None:
+        """Note which keys were logged and each min / max entry's best value, step and epoch."""
         if not self._active:
             return
-        step, epoch = _logged_step(trainer), trainer.current_epoch
         if logs and metrics and "epoch" in self._names:
             self._seen.add("epoch")  # Lightning adds `epoch` to every row it logs without an explicit step
         for key, value in metrics.items():
@@ -299,7 +303,7 @@ class MetricSummaries(Callback):
             for direction in directions:
                 old = best.get(direction)
                 if old is None or (number > old[0] if direction == "max" else number < old[0]):
-                    best[direction] = [number, float(step), float(epoch)]
+                    best[direction] = [number, float(step), float(epoch) if epoch is not None else None]
 
     def _scan_and_observe(self, trainer: pl.Trainer, logs: bool, expand: bool = True) -> None:
         if is_disabled():
@@ -307,13 +311,13 @@ class MetricSummaries(Callback):
         metrics = self._logged(trainer)
         if expand and self._needs_scan:
             self._expand(metrics)
-        self._observe(trainer, metrics, logs)
+        self._observe(metrics, logs, _logged_step(trainer), trainer.current_epoch)
 
     # ------------------------------------------------------------------ hooks
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._resolve_specs(trainer)
+        self._resolve_specs(trainer.callbacks)  # type: ignore[attr-defined]
         self._apply(trainer)
 
     @override
@@ -354,14 +358,15 @@ class MetricSummaries(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish_fit(trainer)
+        self._finish_fit()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn == "fit":
-            self._finish_fit(trainer, warn=False)
+            self._finish_fit(warn=False)
 
-    def _finish_fit(self, trainer: pl.Trainer, warn: bool = True) -> None:
+    def _finish_fit(self, warn: bool = True) -> None:
+        """Write each min / max entry's best step and epoch to the summary; warn about entries never logged."""
         run = self._current_run
         if not self._active or run is None:
             return
@@ -372,7 +377,8 @@ class MetricSummaries(Callback):
                 for direction, (_, step, epoch) in best.items():
                     label = "best" if single else direction
                     payload[f"{key}.{label}_step"] = int(step)
-                    payload[f"{key}.{label}_epoch"] = int(epoch)
+                    if epoch is not None:  # a Fabric loop may give no epoch
+                        payload[f"{key}.{label}_epoch"] = int(epoch)
             try:
                 run.summary.update(payload)
             except Exception as err:  # never fail the end of training over a summary

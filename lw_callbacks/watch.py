@@ -184,7 +184,10 @@ class WatchModel(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        step = trainer.global_step
+        self._log_histograms(trainer.global_step)
+
+    def _log_histograms(self, step: int) -> None:
+        """Log the watched tensors' histograms at optimizer step ``step`` when it is a logging step."""
         if self._run is None or step % self.log_freq != 0 or step == self._last_step or not self._watched:
             return
         self._last_step = step
