@@ -1,0 +1,658 @@
+r"""The package's features in a Lightning Fabric loop, one line each.
+
+Fabric has no Trainer hooks and no ``ModelCheckpoint``, so each feature is a Fabric callback with
+a hook you call from your loop with ``fabric.call(<hook>, fabric, ...)`` (or call the method on the
+object directly). Each one drives the same core as its Trainer callback (it holds one and calls its
+helpers), so the two behave alike:
+
+================================  ======================================================  ==================
+Fabric callback                   hooks (first argument: the ``Fabric``)                  core shared with
+================================  ======================================================  ==================
+:class:`FabricPredictionSamples`  ``log_prediction_samples(fabric, batch, outputs, step)``  LogPredictionSamples
+:class:`FabricMetricSummaries`    ``define_summaries(fabric)``; optional                  MetricSummaries
+                                  ``observe_metrics(fabric, metrics, step)``,
+                                  ``training_done(fabric)``
+:class:`FabricWatchModel`         ``watch(fabric, model, optimizer)``, ``unwatch(fabric)``  WatchModel
+                                  (also ``training_done``)
+:class:`FabricUploadCheckpoints`  ``upload_checkpoint(fabric, path, ...)`` after            UploadCheckpoints
+                                  ``fabric.save``; ``training_done(fabric)`` flushes
+:class:`FabricShareRunDir`        ``share_run_dir(fabric)``                               ShareRunDir
+================================  ======================================================  ==================
+
+:func:`~lw_callbacks.checkpoints.restore_checkpoint` needs no Trainer and works as is.
+
+The W&B logger is wandb's Fabric logger (``wandb.integration.lightning.fabric.WandbLogger``) or
+Lightning's ``lightning.pytorch.loggers.WandbLogger`` in ``L.Fabric(loggers=[...])``. As with the
+Trainer callbacks, global rank 0 talks to W&B, media are logged at ``trainer/global_step`` (the
+x-axis ``fabric.log_dict(..., step=step)`` uses), and a logging failure warns instead of ending
+training. Hooks that broadcast (``share_run_dir``, ``training_done`` of the uploader and the first
+``upload_checkpoint``) must be called on every rank, as the rest of a Fabric loop is.
+
+Example::
+
+    import lightning as L
+    from wandb.integration.lightning.fabric import WandbLogger
+    from lw_callbacks.fabric import (FabricMetricSummaries, FabricPredictionSamples, FabricShareRunDir,
+                                     FabricUploadCheckpoints, FabricWatchModel)
+
+    upload = FabricUploadCheckpoints(monitor="val_acc", mode="max")
+    fabric = L.Fabric(loggers=[WandbLogger(project="digits")],
+                      callbacks=[FabricPredictionSamples(num_samples=16), FabricMetricSummaries({"val_acc": "max"}),
+                                 FabricWatchModel(log="all", log_freq=50), upload, FabricShareRunDir()])
+    fabric.launch()
+    model, optimizer = fabric.setup(model, optimizer)
+    fabric.call("share_run_dir", fabric)
+    fabric.call("define_summaries", fabric)
+    fabric.call("watch", fabric, model, optimizer)
+    for epoch in range(epochs):
+        ...  # training steps
+        fabric.call("log_prediction_samples", fabric, val_batch, model(val_batch[0]), step=step)
+        fabric.save("ckpt/last.ckpt", {"model": model, "optimizer": optimizer})
+        fabric.call("upload_checkpoint", fabric, "ckpt/last.ckpt", step=step, epoch=epoch, score=val_acc)
+    fabric.call("training_done", fabric)  # flushes uploads, unwatches, writes best steps
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
+
+from lw_callbacks import _uploader
+from lw_callbacks._uploader import Uploader
+from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
+from lw_callbacks.checkpoints import (
+    _LOGGED,
+    UploadCheckpoints,
+    _as_float,
+    _check_aliases,
+    _logged_by,
+    restore_checkpoint,
+)
+from lw_callbacks.predictions import STAGES, LogPredictionSamples, _take
+from lw_callbacks.run_dir import ShareRunDir
+from lw_callbacks.summaries import MetricSummaries, _SummaryValue
+from lw_callbacks.watch import WatchModel
+
+__all__ = [
+    "FabricMetricSummaries",
+    "FabricPredictionSamples",
+    "FabricShareRunDir",
+    "FabricUploadCheckpoints",
+    "FabricWatchModel",
+    "restore_checkpoint",
+]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside Fabric's wrapper (and DDP's), whose parameter names are the plain ones."""
+    original = getattr(model, "_original_module", None)
+    if isinstance(original, nn.Module):
+        return original
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+# ------------------------------------------------------------------------------------ predictions
+
+
+class FabricPredictionSamples:
+    r"""Log prediction samples from a batch and the model's outputs in a Fabric loop.
+
+    The hook :meth:`log_prediction_samples` takes the first ``num_samples`` examples of the batch
+    you pass (on global rank 0) and logs, exactly as :class:`~lw_callbacks.LogPredictionSamples`
+    does (it is that callback's core): ``<section>/images`` captioned ``Ground Truth: <y> -
+    Prediction: <p>``, ``<section>/inputs`` (a table of the inputs, logged once while the inputs
+    stay the same) and ``<section>/table`` (id, reference to the input row, truth, prediction and
+    per-class scores) at ``trainer/global_step == step``. ``<section>`` is ``key`` for
+    ``stage="validation"`` and ``<key>_<stage>`` otherwise. Pass the same evaluation batch every
+    time to follow the same samples; a batch with other inputs logs a new inputs table.
+
+    Args:
+        num_samples: how many examples of the batch to log (its first ones).
+        key: panel section name.
+        class_names: names for labels ``0 .. C-1``.
+        log_images: log the captioned-image panel.
+        log_table: log the inputs table and a predictions table.
+        log_scores: add ``score_<class>`` columns when outputs are class scores.
+        input_key: key of the input in dict batches.
+        target_key: key of the target in dict batches.
+        output_key: key of the predictions in dict outputs.
+
+    Raises:
+        ValueError: for bad arguments (as ``LogPredictionSamples``); from the hook, for a batch or
+            outputs it cannot read, an unknown ``stage``, or no usable outputs and no ``model``.
+        MisconfigurationException: from the hook, when the Fabric has no W&B logger.
+
+    Example::
+
+        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[FabricPredictionSamples(num_samples=16)])
+        ...
+        fabric.call("log_prediction_samples", fabric, batch, logits, step=step)
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 16,
+        key: str = "predictions",
+        class_names: list[str] | None = None,
+        log_images: bool = True,
+        log_table: bool = True,
+        log_scores: bool = True,
+        input_key: str | None = None,
+        target_key: str | None = None,
+        output_key: str | None = None,
+    ) -> None:
+        self.core = LogPredictionSamples(
+            num_samples=num_samples,
+            key=key,
+            class_names=class_names,
+            log_images=log_images,
+            log_table=log_table,
+            log_scores=log_scores,
+            stages=STAGES,
+            input_key=input_key,
+            target_key=target_key,
+            output_key=output_key,
+        )
+        self._fingerprints: dict[str, str] = {}
+
+    def log_prediction_samples(
+        self,
+        fabric: Any,
+        batch: Any,
+        outputs: Any = None,
+        *,
+        step: int,
+        model: nn.Module | None = None,
+        stage: str = "validation",
+    ) -> None:
+        """Log the first ``num_samples`` examples of ``batch`` with their predictions at ``step``.
+
+        Args:
+            fabric: the ``Fabric``.
+            batch: ``(x, y, ...)``, a dict, or a bare input tensor (as ``LogPredictionSamples``).
+            outputs: the model's outputs on ``batch``: labels ``(N,)``, logits / probabilities
+                ``(N, C)``, or a dict holding them. ``None``: ``model`` is run on the chosen samples.
+            step: the x-axis value (``trainer/global_step``), e.g. your optimizer step count.
+            model: the model to run when ``outputs`` holds no predictions.
+            stage: ``"validation"``, ``"test"`` or ``"predict"``: which panel section.
+
+        Raises:
+            ValueError: for an unknown ``stage``, a batch or outputs it cannot read, or no usable
+                ``outputs`` and no ``model``.
+        """
+        if stage not in STAGES:
+            raise ValueError(
+                f"FabricPredictionSamples.log_prediction_samples(stage={stage!r}): stage must be one of {list(STAGES)}."
+            )
+        logger = require_fabric_wandb_logger(fabric, type(self).__name__)
+        core = self.core
+        x, y, n = core._read_batch(stage, batch, outputs)  # every rank checks, so bad input fails alike
+        if model is None and core._output_tensor(outputs, n, stage) is None:
+            raise ValueError(
+                "FabricPredictionSamples.log_prediction_samples: `outputs` holds no predictions "
+                f"(got {type(outputs).__name__}) and no `model` was given to compute them. Pass the model's "
+                "outputs on this batch (labels (N,), logits (N, C), or a dict with 'preds' / 'logits'), or `model=`."
+            )
+        if fabric.global_rank != 0 or n == 0:
+            return
+        local = list(range(min(n, core.num_samples)))
+        st = core._state[stage]
+        fingerprint = _fingerprint(_take(x, local))
+        if self._fingerprints.get(stage) != fingerprint:  # other inputs: ids 0.. now name other examples
+            self._fingerprints[stage] = fingerprint
+            st.images, st.inputs_table, st.inputs_run = {}, None, None
+        st.collected = {}
+        core._collect_or_warn(stage, model, x, y, outputs, local, 0)
+        core._log_collected(stage, lambda: run_of(logger, 0), int(step))
+
+
+def _fingerprint(chosen: Any) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    if isinstance(chosen, Tensor):
+        chosen = chosen.detach().cpu().numpy()
+    if isinstance(chosen, np.ndarray):
+        digest.update(str((chosen.shape, chosen.dtype)).encode())
+        digest.update(np.ascontiguousarray(chosen).tobytes())
+    else:
+        digest.update(repr(chosen).encode())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ summaries
+
+
+class FabricMetricSummaries:
+    r"""Define W&B summaries (min / max / mean / first / last) of metrics logged with ``fabric.log_dict``.
+
+    :meth:`define_summaries` sends each ``define_metric`` with the ``trainer/global_step`` x-axis
+    that W&B's loggers use, exactly as :class:`~lw_callbacks.MetricSummaries` does (it is that
+    callback's core, with ``from_callbacks=False``: Fabric has no ``ModelCheckpoint``). W&B then
+    keeps the summaries itself. Optionally, :meth:`observe_metrics` beside each ``fabric.log_dict``
+    records each min / max entry's best step (and epoch), and defines keys matched by a ``prefix/*``
+    entry by name; :meth:`training_done` writes ``<key>.best_step`` / ``<key>.best_epoch`` to the
+    summary and warns about entries never observed.
+
+    Args:
+        summaries: metric name or ``prefix/*`` -> ``"min"``, ``"max"``, ``"mean"``, ``"first"``,
+            ``"last"``, ``"none"`` or a list of them (as ``MetricSummaries``).
+        hidden: hide all entries (``True``) or those named from the W&B panels.
+        record_best_step: record best steps in :meth:`observe_metrics`.
+        warn_missing: at :meth:`training_done`, warn about entries :meth:`observe_metrics` never saw.
+
+    Raises:
+        ValueError: at construction, for bad ``summaries`` or ``hidden`` (as ``MetricSummaries``).
+        MisconfigurationException: from a hook, when the Fabric has no W&B logger.
+
+    Example::
+
+        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[FabricMetricSummaries({"val_acc": "max"})])
+        fabric.launch()
+        fabric.call("define_summaries", fabric)
+    """
+
+    def __init__(
+        self,
+        summaries: Mapping[str, _SummaryValue],
+        hidden: bool | Sequence[str] = False,
+        record_best_step: bool = True,
+        warn_missing: bool = True,
+    ) -> None:
+        self.core = MetricSummaries(
+            summaries, from_callbacks=False, hidden=hidden, record_best_step=record_best_step,
+            warn_missing=warn_missing,
+        )
+        self._observed = False
+
+    def define_summaries(self, fabric: Any) -> None:
+        """Define every entry on the run (global rank 0; a no-op elsewhere). Call it once, before logging."""
+        logger = require_fabric_wandb_logger(fabric, type(self).__name__)
+        core = self.core
+        core._resolve_specs(())
+        core._apply_run(run_of(logger, fabric.global_rank))
+        run = core._current_run if core._active else None
+        run_id = str(run.id) if run is not None else None
+        if run_id != core._run_id:
+            core._best, core._seen = {}, set()
+        core._run_id = run_id
+
+    def observe_metrics(
+        self, fabric: Any, metrics: Mapping[str, Any], step: int, epoch: int | None = None
+    ) -> None:
+        """Note the values logged with ``fabric.log_dict(metrics, step=step)`` (optional)."""
+        core = self.core
+        if not core._active:
+            return
+        self._observed = True
+        if core._needs_scan:
+            core._expand(metrics)
+        for key in metrics:  # every call is a new value, even when it is the same object
+            core._held.pop(key, None)
+        core._observe(metrics, True, int(step), epoch)
+
+    def training_done(self, fabric: Any) -> None:
+        """Write the best steps recorded by :meth:`observe_metrics` to the run summary."""
+        self.core._finish_fit(warn=self._observed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Best values seen so far, for ``fabric.save(path, {..., "summaries": callback})``-style resumes."""
+        return self.core.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.core.load_state_dict(state_dict)
+
+
+# ------------------------------------------------------------------------------------ watch
+
+
+class FabricWatchModel:
+    r"""Gradient and parameter histograms of a model trained in a Fabric loop, and a clean unwatch.
+
+    :meth:`watch` selects the parameters (``include`` / ``exclude``) and puts one hook on the
+    optimizer (``register_step_pre_hook``): at every ``log_freq``-th optimizer step, right before
+    it, global rank 0 logs ``gradients/<name>`` / ``parameters/<name>`` histograms at
+    ``trainer/global_step`` = the number of optimizer steps taken since :meth:`watch`, computed by
+    :class:`~lw_callbacks.WatchModel`'s core. No hook per parameter. With ``log_graph`` the model's
+    graph is recorded during the first forward. :meth:`unwatch` (and ``training_done``) removes
+    every hook.
+
+    Args:
+        log: ``"gradients"``, ``"parameters"`` or ``"all"``.
+        log_freq: optimizer steps between two logs.
+        log_graph: log the model graph from the first forward.
+        include: glob(s) of parameter names to watch (``None``: all trainable).
+        exclude: glob(s) of parameter names to leave out.
+        bins: histogram bins (1-512).
+
+    Raises:
+        ValueError: at construction, for bad arguments (as ``WatchModel``); from :meth:`watch`, for
+            an optimizer that takes no step hooks.
+        MisconfigurationException: from a hook, when the Fabric has no W&B logger.
+
+    Example::
+
+        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[FabricWatchModel(log="all", log_freq=50)])
+        model, optimizer = fabric.setup(model, optimizer)
+        fabric.call("watch", fabric, model, optimizer)
+        ...
+        fabric.call("unwatch", fabric)
+    """
+
+    def __init__(
+        self,
+        log: Literal["gradients", "parameters", "all"] = "gradients",
+        log_freq: int = 100,
+        log_graph: bool = False,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        bins: int = 64,
+    ) -> None:
+        self.core = WatchModel(
+            log=log, log_freq=log_freq, log_graph=log_graph, include=include, exclude=exclude, bins=bins
+        )
+        self._handle: Any = None
+        self._steps = 0
+
+    @property
+    def watched_names(self) -> list[str]:
+        """Names of the watched parameters (rank 0, between watch and unwatch)."""
+        return self.core.watched_names
+
+    def watch(self, fabric: Any, model: nn.Module, optimizer: Any) -> None:
+        """Start watching ``model``, whose parameters ``optimizer`` steps (both as ``fabric.setup`` returned)."""
+        logger = require_fabric_wandb_logger(fabric, type(self).__name__)
+        inner = getattr(optimizer, "optimizer", optimizer)  # Fabric's wrapper delegates step to it
+        if not hasattr(inner, "register_step_pre_hook"):
+            raise ValueError(
+                f"FabricWatchModel.watch(optimizer=...): got {type(optimizer).__name__}, not a torch optimizer; "
+                "pass the optimizer returned by `fabric.setup(model, optimizer)`."
+            )
+        self.unwatch(fabric)
+        core = self.core
+        module = _unwrap(model)
+        watched = core._select(module)
+        if fabric.global_rank != 0:
+            return
+        core._run = run_of(logger, 0)
+        if core._run is None:
+            return
+        core._watched = watched
+        core._last_step = None
+        self._steps = 0
+        if core.log_graph:
+            core._graph_pending = True
+            core._arm_graph(module)
+        self._handle = inner.register_step_pre_hook(self._before_step)
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        core = self.core
+        if core._graph_pending:
+            core._graph_pending = False
+            core._finish_graph()
+        core._log_histograms(self._steps)
+        self._steps += 1
+
+    def unwatch(self, fabric: Any = None) -> None:
+        """Remove the optimizer hook and any graph hook; drop the references to the model."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.core._release()
+
+    def training_done(self, fabric: Any = None) -> None:
+        """Same as :meth:`unwatch`."""
+        self.unwatch(fabric)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+class FabricUploadCheckpoints:
+    r"""Upload checkpoints saved with ``fabric.save`` as W&B ``model`` artifacts, without slowing training.
+
+    After ``fabric.save(path, state)``, call :meth:`upload_checkpoint` on every rank: on global
+    rank 0 it hard-links the file into a staging folder and returns; a background thread hashes
+    and logs it, exactly as :class:`~lw_callbacks.UploadCheckpoints` does (it is that callback's
+    core: the same hand-over, ledger, retries and flush). Each file becomes a version of one
+    collection, ``collection_name`` (``model-<run id>-<monitor>``, or ``model-<run id>`` without
+    ``monitor``), holding ``model.ckpt``, with metadata ``score``, ``monitor``, ``mode``,
+    ``epoch``, ``global_step``, ``original_filename``, ``original_path`` and yours, and aliases
+    ``latest``, ``best`` (by ``score``, with ``monitor`` and ``mode``), ``epoch-<n>``,
+    ``step-<n>`` and the ``aliases`` given. Content uploaded before is not uploaded again.
+
+    :meth:`training_done` flushes pending uploads (for at most ``flush_timeout`` seconds, retrying
+    failures) and tells every rank what was logged, so :func:`restore_checkpoint` right after gives
+    each rank the same file; call it on every rank. :meth:`training_failed` flushes without any
+    collective (for an ``except`` block). Your checkpoint files are never moved or deleted.
+
+    Attributes:
+        collection_name: the artifact name, known on every rank after the first upload call.
+
+    Args:
+        name: collection name template with ``{run_id}``, ``{monitor}``, ``{mode}``, ``{index}`` (0).
+        monitor: the name of the score passed to :meth:`upload_checkpoint`; enables ``best``.
+        mode: ``"min"`` or ``"max"``: which score is best.
+        aliases: extra aliases for every version.
+        flush_timeout: seconds to wait for pending uploads at the end.
+        staging_dir: where hand-over links go; ``None``: ``.upload-staging`` beside each file.
+        progress_bar: show a progress bar while flushing 64 MiB or more.
+
+    Raises:
+        MisconfigurationException: at construction, for a bad template, alias, timeout or ``mode``;
+            from a hook, when the Fabric has no W&B logger.
+
+    Example::
+
+        upload = FabricUploadCheckpoints(monitor="val_acc", mode="max")
+        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[upload])
+        ...
+        fabric.save("checkpoints/epoch3.ckpt", {"model": model, "optimizer": optimizer})
+        fabric.call("upload_checkpoint", fabric, "checkpoints/epoch3.ckpt", step=step, epoch=3, score=acc)
+        ...
+        fabric.call("training_done", fabric)
+        path = restore_checkpoint(upload.collection_name + ":best")
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        aliases: Sequence[str] = (),
+        flush_timeout: float = 600.0,
+        staging_dir: str | None = None,
+        progress_bar: bool = True,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise MisconfigurationException(
+                f"FabricUploadCheckpoints(mode={mode!r}): mode must be 'min' or 'max' (which score is best)."
+            )
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise MisconfigurationException(
+                f"FabricUploadCheckpoints(monitor={monitor!r}): monitor must be a metric name such as 'val_acc', "
+                "or None (no `best` alias)."
+            )
+        self.core = UploadCheckpoints(
+            name=name, aliases=aliases, flush_timeout=flush_timeout, staging_dir=staging_dir,
+            progress_bar=progress_bar,
+        )
+        self.monitor = monitor
+        self.mode = mode
+        self.collection_name: str | None = None
+        self._run: Any = None
+
+    def upload_checkpoint(
+        self,
+        fabric: Any,
+        path: str | os.PathLike[str],
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        score: Any = None,
+        aliases: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Hand the checkpoint file at ``path`` (as ``fabric.save`` wrote it) over for upload.
+
+        Args:
+            fabric: the ``Fabric``.
+            path: the file ``fabric.save`` wrote (a single file: not a sharded checkpoint folder).
+            step: optimizer step of the checkpoint (metadata and alias ``step-<n>``).
+            epoch: epoch of the checkpoint (metadata and alias ``epoch-<n>``).
+            score: the ``monitor`` value of this checkpoint (a number or a one-element tensor).
+            aliases: extra aliases for this version only.
+            metadata: extra JSON-serializable metadata for this version.
+
+        Raises:
+            FileNotFoundError: on global rank 0, when ``path`` does not exist.
+            ValueError: ``path`` is a folder (sharded checkpoint).
+            MisconfigurationException: a bad alias.
+        """
+        logger = require_fabric_wandb_logger(fabric, type(self).__name__)
+        extra = list(_check_aliases(aliases))
+        core = self.core
+        if self.collection_name is None:  # first call: every rank learns the name (one broadcast)
+            run = run_of(logger, fabric.global_rank)
+            run_id = str(run.id) if run is not None else None
+            run_id = fabric.broadcast(run_id, src=0)
+            self.collection_name = core._name_for(run_id, self.monitor, self.mode, 0)[:128] if run_id else ""
+            core.collection_names = [self.collection_name]
+            self._run = run
+        if fabric.global_rank != 0 or self._run is None:
+            return
+        real = os.path.realpath(path)
+        if os.path.isdir(real):
+            raise ValueError(
+                f"FabricUploadCheckpoints.upload_checkpoint(path={str(path)!r}) is a folder (a sharded checkpoint); "
+                "upload a single-file checkpoint, e.g. FSDPStrategy(state_dict_type='full')."
+            )
+        if not os.path.isfile(real):
+            raise FileNotFoundError(
+                f"FabricUploadCheckpoints.upload_checkpoint(path={str(path)!r}): no such file on global rank 0; "
+                "pass the path given to `fabric.save(path, state)`, after that call."
+            )
+        if core._uploader is None:
+            core._ledger.collection(self.collection_name, self.monitor, self.mode)
+            core._uploader = Uploader(self._run, core._ledger, "FabricUploadCheckpoints")
+            core._uploader.start()
+        try:
+            sig = _uploader.signature(os.stat(real))
+            if core._ledger.is_known(real, sig):
+                return  # this content was handed over already
+            value = _as_float(score)
+            value = value if value is not None and math.isfinite(value) else None
+            meta: dict[str, Any] = {
+                "score": value,
+                "monitor": self.monitor,
+                "mode": self.mode,
+                "epoch": epoch,
+                "global_step": step,
+                "original_filename": os.path.basename(path),
+                "original_path": os.path.abspath(path),
+                "is_last": False,
+                **dict(metadata or {}),
+            }
+            names = ([f"epoch-{epoch}"] if epoch is not None else []) + ([f"step-{step}"] if step is not None else [])
+            all_aliases = list(dict.fromkeys([*names, *core.aliases, *extra]))
+            score_for_best = value if self.monitor is not None else None
+            core._stage_and_submit(str(path), real, sig, self.collection_name, score_for_best, meta, all_aliases)
+        except Exception as err:  # a hand-over problem never stops training
+            rank_zero_warn(f"FabricUploadCheckpoints: could not hand over {path} ({type(err).__name__}: {err}).")
+
+    def training_done(self, fabric: Any) -> None:
+        """Flush pending uploads and share what was logged with every rank (a broadcast: call on every rank)."""
+        self.core._flush("training ended")
+        logged = _logged_by(self.core._last_uploader) if fabric.global_rank == 0 else None
+        logged = fabric.broadcast(logged, src=0)
+        if logged:
+            _LOGGED.update(logged)
+
+    def training_failed(self, fabric: Any = None, exception: BaseException | None = None) -> None:
+        """Flush pending uploads after a failure, with no collective (call it from ``except``)."""
+        why = f"training stopped with {type(exception).__name__}" if exception is not None else "training stopped"
+        self.core._flush(why)
+        _LOGGED.update(_logged_by(self.core._last_uploader) or {})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ledger of handed-over files, to save with the checkpoint for a resume."""
+        return self.core.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.core.load_state_dict(state_dict)
+
+
+# ------------------------------------------------------------------------------------ run dir
+
+
+class FabricShareRunDir:
+    r"""Make rank 0's W&B run folder, id and name known on every rank of a Fabric job.
+
+    :meth:`share_run_dir` starts the run on global rank 0 (if it has not started), broadcasts its
+    folder, id and name with ``fabric.broadcast`` (every rank calls it), and sets the attributes
+    below and ``os.environ["WANDB_DIR"]`` on every rank, exactly as :class:`~lw_callbacks.ShareRunDir`
+    does (it is that callback's core).
+
+    Attributes (``None`` before :meth:`share_run_dir` and under ``WANDB_MODE=disabled``):
+        run_dir, files_dir, wandb_dir, run_id, run_name: as ``ShareRunDir``.
+
+    Args:
+        set_env: set ``os.environ["WANDB_DIR"]`` on every rank.
+
+    Raises:
+        MisconfigurationException: from the hook, when the Fabric has no W&B logger.
+
+    Example::
+
+        share = FabricShareRunDir()
+        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[share], strategy="ddp", devices=2)
+        fabric.launch()
+        fabric.call("share_run_dir", fabric)
+        ckpt_dir = share.run_dir / "checkpoints"  # the same path on every rank
+    """
+
+    def __init__(self, set_env: bool = True) -> None:
+        self.core = ShareRunDir(set_env=set_env)
+
+    def share_run_dir(self, fabric: Any) -> Path | None:
+        """Broadcast rank 0's run folder to every rank; returns it (``None`` when W&B is disabled)."""
+        logger = require_fabric_wandb_logger(fabric, type(self).__name__)
+        info = ShareRunDir._describe(run_of(logger, 0), logger) if fabric.global_rank == 0 else None
+        info = fabric.broadcast(info, src=0)  # every rank enters it
+        self.core._adopt(info, fabric.global_rank)
+        return self.core.run_dir
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's own folder."""
+        return self.core.run_dir
+
+    @property
+    def files_dir(self) -> Path | None:
+        """``run_dir / "files"``: files there are uploaded with the run."""
+        return self.core.files_dir
+
+    @property
+    def wandb_dir(self) -> Path | None:
+        """The root W&B writes under; the value ``WANDB_DIR`` gets."""
+        return self.core.wandb_dir
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id."""
+        return self.core.run_id
+
+    @property
+    def run_name(self) -> str | None:
+        """The run's display name."""
+        return self.core.run_name
