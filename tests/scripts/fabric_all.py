@@ -108,7 +108,7 @@ def main() -> None:
 
     devices, kind, save_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     data = train(devices, kind, save_dir)
-    report(data["rank"], **data)
+    report(data.pop("rank"), **data)
 
 
 if __name__ == "__main__":
