@@ -8,10 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import wandb
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
@@ -20,6 +23,34 @@ from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import RunRecords, find_runs, read_run
 
 SCRIPTS = Path(__file__).parent / "scripts"
+ISOLATED = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR", "TMPDIR")
+
+
+@contextmanager
+def isolated_wandb(root: Path) -> Iterator[Path]:
+    """Offline W&B with every W&B folder (and TMPDIR) under ``root``, and ``root`` as the cwd.
+
+    Everything is restored on exit (``WANDB_DIR`` too, which ``ShareRunDir`` sets), and a run
+    left open is finished. The autouse fixture of ``conftest.py`` wraps each test in it; a
+    module-scoped fixture that fits once for several tests uses it directly.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ISOLATED:
+            folder = root / "env" / name.lower()
+            folder.mkdir(parents=True, exist_ok=True)
+            mp.setenv(name, str(folder))
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        mp.setenv("WANDB_CONSOLE", "off")
+        mp.delenv("WANDB_RUN_ID", raising=False)
+        mp.chdir(root)
+        mp.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+        try:
+            yield root
+        finally:
+            if wandb.run is not None:
+                wandb.finish()
+
 REPO = Path(__file__).parent.parent
 
 
@@ -140,7 +171,7 @@ def build_with_cli(callbacks_yaml: str, tmp_dir: Path, extra_args: Sequence[str]
         "  accelerator: cpu\n"
         "  logger:\n"
         "    class_path: lightning.pytorch.loggers.WandbLogger\n"
-        "    init_args: {project: lw-tests, save_dir: runs}\n"
+        f"    init_args: {{project: lw-tests, save_dir: {Path('runs').resolve()}}}\n"
         "  callbacks:\n" + body + "\n"
     )
     (Path("runs")).mkdir(exist_ok=True)

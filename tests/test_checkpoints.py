@@ -7,7 +7,6 @@ import errno
 import hashlib
 import os
 import signal
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 import wandb
-from harness import build_with_cli, make_logger, make_trainer, run_ranks
+from harness import build_with_cli, isolated_wandb, make_logger, make_trainer, run_ranks
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -24,8 +23,6 @@ from lw_callbacks import _uploader
 from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import ArtifactVersion, RunRecords, find_runs, read_run
-
-ISOLATED = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR", "TMPDIR")
 
 
 def md5(path: str | Path) -> str:
@@ -110,20 +107,8 @@ class Main:
 def isolated_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The W&B isolation of conftest, for fixtures that fit once for several tests."""
     root = tmp_path_factory.mktemp("checkpoints")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ISOLATED:
-            folder = root / "env" / name.lower()
-            folder.mkdir(parents=True)
-            mp.setenv(name, str(folder))
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_CONSOLE", "off")
-        mp.delenv("WANDB_RUN_ID", raising=False)
-        mp.chdir(root)
-        mp.setattr(tempfile, "tempdir", None)
+    with isolated_wandb(root):
         yield root
-        if wandb.run is not None:
-            wandb.finish()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 import wandb
-from conftest import ISOLATED
-from harness import build_with_cli, fit_digits, make_trainer, run_ranks
+from harness import build_with_cli, fit_digits, isolated_wandb, make_trainer, run_ranks
 from lightning.pytorch import Callback, LightningModule
 from PIL import Image
 from torch.nn import CrossEntropyLoss, Linear
@@ -137,16 +135,7 @@ def isolated_fit(root: Path, callbacks: list[Callback], model: LightningModule, 
     import warnings
 
     snaps = Snapshots()
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ISOLATED:
-            folder = root / "env" / name.lower()
-            folder.mkdir(parents=True)
-            mp.setenv(name, str(folder))
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_CONSOLE", "off")
-        mp.chdir(root)
-        mp.setattr(tempfile, "tempdir", None)
+    with isolated_wandb(root):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer = make_trainer([*callbacks, snaps], **kwargs)

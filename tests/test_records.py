@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness import isolated_wandb
 
 from lw_callbacks.records import IncompleteRunError, find_runs, iter_records, read_run
 
@@ -21,15 +22,10 @@ from lw_callbacks.records import IncompleteRunError, find_runs, iter_records, re
 def logged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real offline run with every record kind the package reads: metrics, summaries, media,
     a table, config, and two versions of an artifact whose ``best`` alias moves."""
-    import os
-
     import wandb
 
     root = tmp_path_factory.mktemp("records")
-    env = {k: str(root / k.lower()) for k in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with isolated_wandb(root):
         run = wandb.init(project="lw-tests", dir=str(root), mode="offline", config={"lr": 0.1, "net": {"width": 8}})
         run.define_metric("trainer/global_step")
         run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
@@ -48,12 +44,6 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run.config.update({"extra": "yes"})
         run.summary["note"] = {"best_step": 10}
         run.finish()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     (folder,) = find_runs(root)
     return folder
 

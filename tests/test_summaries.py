@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import warnings
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 import wandb
-from harness import build_with_cli, finish_and_read, fit_digits, make_logger, make_trainer, run_ranks
+from harness import build_with_cli, finish_and_read, fit_digits, isolated_wandb, make_logger, make_trainer, run_ranks
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -42,13 +41,7 @@ def _best(series: list[tuple[Any, Any]], direction: str) -> tuple[int, float]:
 def main_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunRecords, list[str]]]:
     """One 3-epoch fit: ModelCheckpoint(val_acc, max) + MetricSummaries(MAPPING, hidden=[train_acc])."""
     root = tmp_path_factory.mktemp("summaries_main")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-            (root / name.lower()).mkdir()
-            mp.setenv(name, str(root / name.lower()))
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.chdir(root)
+    with isolated_wandb(root):
         callbacks = [
             ModelCheckpoint(monitor="val_acc", mode="max", dirpath="ckpt"),
             MetricSummaries(MAPPING, hidden=["train_acc"]),
@@ -57,7 +50,6 @@ def main_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunReco
             warnings.simplefilter("always")
             _, records = fit_digits(callbacks, max_epochs=3)
         yield records, [str(w.message) for w in caught if "MetricSummaries" in str(w.message)]
-        os.environ.pop("WANDB_DIR", None)
 
 
 def test_metric_records_carry_summary_and_step_metric(main_run: tuple[RunRecords, list[str]]) -> None:
