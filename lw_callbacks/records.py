@@ -542,7 +542,7 @@ def summarize(run: RunRecords, text: bool = False) -> Any:
     if info_dict["summary"]:
         lines.append("  summary:")
         for key, value in sorted(info_dict["summary"].items()):
-            lines.append(f"    {key:<40} {json.dumps(value, default=str)[:80]}")
+            lines.append(f"    {key:<40} {json.dumps(value, default=str, sort_keys=True)[:80]}")
     if info_dict["metrics"]:
         lines.append("  metric definitions:")
         for m in info_dict["metrics"]:
