@@ -10,6 +10,9 @@ Each callback is one concern, works alone, and is safe beside the others on ever
 - :class:`UploadCheckpoints` and :func:`restore_checkpoint`: every checkpoint ``ModelCheckpoint``
   keeps, as a W&B artifact with ``latest`` / ``best`` aliases, and back as a local file.
 - :class:`ShareRunDir`: rank 0's run folder, id and name known on every rank.
+
+Fabric loops get the same features from :mod:`lw_callbacks.fabric`; :mod:`lw_callbacks.records`
+reads what a run recorded from its own log.
 """
 
 from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
