@@ -207,7 +207,8 @@ def run_folder(run: Any, logger: Any = None) -> Path:
     found: list[Path] = []
     for root in roots:
         if root:
-            found += [p.parent for p in Path(root).glob(f"*/*-{run.id}/{log_name}")]
+            # offline-run-<date>-<id>, or <...>-<id>-1 when another segment started in that second
+            found += [p.parent for p in Path(root).glob(f"*/*-{run.id}*/{log_name}")]
     if not found:
         return sync_dir.resolve()
     return max(found, key=lambda p: p.stat().st_mtime).resolve()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 import time
 import zlib
@@ -420,9 +421,18 @@ def _log_file(path: Path) -> Path:
     raise ValueError(f"{path} holds {len(runs)} runs; pass one of: {[str(r) for r in runs]}")
 
 
+def _started(folder: Path) -> str:
+    found = re.search(r"\d{8}_\d{6}", folder.name)  # offline-run-<date>_<time>-<id>[-N]
+    return found.group(0) if found else ""
+
+
+def _run_id(folder: Path) -> str:
+    return next(folder.glob("run-*.wandb")).stem[len("run-") :]
+
+
 def find_runs(root: str | Path) -> list[Path]:
     """Every run folder (one holding a ``run-<id>.wandb``) under ``root``, oldest first."""
-    return sorted({p.parent for p in Path(root).rglob("run-*.wandb")}, key=lambda p: (p.name.split("-")[-2], str(p)))
+    return sorted({p.parent for p in Path(root).rglob("run-*.wandb")}, key=lambda p: (_started(p), str(p)))
 
 
 def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = True) -> RunRecords:
@@ -473,12 +483,13 @@ def read_resumed(root: str | Path, run_id: str | None = None, *, timeout: float 
         IncompleteRunError: a segment has no ``exit`` record within ``timeout``.
     """
     segments = find_runs(root)
-    ids = {p.name.rsplit("-", 1)[-1] for p in segments}
+    ids = {_run_id(p) for p in segments}  # not from the folder name: a second one started
+    # in the same second as another of the same id is named offline-run-<date>-<id>-1
     if run_id is None:
         if len(ids) > 1:
             raise ValueError(f"{root} holds runs {sorted(ids)}; pass run_id")
         run_id = next(iter(ids), None)
-    segments = [p for p in segments if p.name.rsplit("-", 1)[-1] == run_id]
+    segments = [p for p in segments if _run_id(p) == run_id]
     if not segments:
         raise FileNotFoundError(f"no segment of run {run_id!r} under {root}")
     merged: RunRecords | None = None

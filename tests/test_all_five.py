@@ -124,7 +124,7 @@ def test_preempted_then_resumed(tmp_path: Path, fault: str) -> None:
     (resumed,) = run_ranks("all_five.py", "single", "resume", out_dir=tmp_path / "r2", timeout=300)
     assert resumed["outcome"] == "finished"
     segments = find_runs(tmp_path / "runs")
-    assert len(segments) == 2 and {s.name.rsplit("-", 1)[-1] for s in segments} == {"allfive01"}
+    assert len(segments) == 2 and {read_run(s).run_id for s in segments} == {"allfive01"}
     run = read_resumed(tmp_path / "runs", "allfive01")
     check_everything_logged(run, [tmp_path / "ckpt" / name for name in resumed["kept"]])
     records = model_artifact_records(tmp_path / "runs")

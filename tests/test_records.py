@@ -226,6 +226,13 @@ def test_resumed_segments_merge(tmp_path: Path) -> None:
         run.log_artifact(art, aliases=["latest", "best"])
         run.finish()
     assert len(find_runs(root)) == 2  # offline, each resume writes a folder of its own
+    # two segments started within one second: wandb names the second <folder>-1; a third, far apart
+    later = root / "wandb" / "offline-run-29990101_000000-other"
+    shutil.copytree(find_runs(root)[0], later)
+    next(later.glob("run-*.wandb")).rename(later / "run-other.wandb")
+    with pytest.raises(ValueError, match=r"\['other', 'resumeme'\]; pass run_id"):
+        read_resumed(root)
+    shutil.rmtree(later)
     merged = read_resumed(root)
     assert merged.run_id == "resumeme" and merged.complete
     assert [s for s, _ in merged.series("loss")] == [0, 1, 2, 2, 3]
