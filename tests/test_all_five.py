@@ -102,7 +102,10 @@ def test_all_five_under_every_launcher(tmp_path: Path, launch: str) -> None:
     runs = find_runs(tmp_path / "runs")
     assert len(runs) == 1, runs  # exactly one run for the whole job
     run = read_run(runs[0])
-    assert all(r["run_id"] == run.run_id for r in reports)
+    # ShareRunDir: every rank knows rank 0's run folder, id and WANDB_DIR, whatever the launcher
+    for r in reports:
+        assert (r["run_id"], r["run_dir"]) == (run.run_id, str(runs[0].resolve()))
+        assert r["wandb_dir_env"] == str((tmp_path / "runs").resolve())
     check_everything_logged(run, [tmp_path / "ckpt" / name for name in reports[0]["kept"]])
     # one upload per file: no (collection, digest) logged twice, whatever the number of ranks
     records = model_artifact_records(tmp_path / "runs")

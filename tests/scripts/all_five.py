@@ -61,6 +61,7 @@ class Report(Callback):
             trainer.global_rank,
             outcome=outcome,
             run_dir=str(self.share.run_dir),
+            wandb_dir_env=os.environ.get("WANDB_DIR"),
             run_id=self.share.run_id,
             global_step=trainer.global_step,
             ckpt_dir=str(self.ckpt.dirpath),
