@@ -15,11 +15,41 @@ Fabric loops get the same features from :mod:`lw_callbacks.fabric`; :mod:`lw_cal
 reads what a run recorded from its own log.
 """
 
-from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
-from lw_callbacks.predictions import LogPredictionSamples
-from lw_callbacks.run_dir import ShareRunDir
-from lw_callbacks.summaries import MetricSummaries
-from lw_callbacks.watch import WatchModel
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
+    from lw_callbacks.predictions import LogPredictionSamples
+    from lw_callbacks.run_dir import ShareRunDir
+    from lw_callbacks.summaries import MetricSummaries
+    from lw_callbacks.watch import WatchModel
+
+# Imported on first use, so that ``python -m lw_callbacks inspect`` and ``lw_callbacks.records``
+# do not pay for importing lightning and torch.
+_EXPORTS = {
+    "LogPredictionSamples": "lw_callbacks.predictions",
+    "MetricSummaries": "lw_callbacks.summaries",
+    "ShareRunDir": "lw_callbacks.run_dir",
+    "UploadCheckpoints": "lw_callbacks.checkpoints",
+    "WatchModel": "lw_callbacks.watch",
+    "restore_checkpoint": "lw_callbacks.checkpoints",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lw_callbacks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __version__ = "0.1.0"
 

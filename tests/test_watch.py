@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 import wandb
-from harness import build_with_cli, make_logger, make_trainer, run_ranks
+from harness import build_with_cli, isolated_wandb, make_logger, make_trainer, run_ranks
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
@@ -23,7 +22,6 @@ from lw_callbacks.records import RunRecords, find_runs, iter_records, read_run
 from lw_callbacks.watch import WatchModel, _histograms
 
 PARAMS = [f"layer_{i}.{kind}" for i in (1, 2, 3) for kind in ("weight", "bias")]
-ISOLATED = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR", "TMPDIR")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -109,20 +107,8 @@ class Fits:
 def isolated_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The W&B isolation of conftest, for fixtures that fit once for several tests."""
     root = tmp_path_factory.mktemp("watch")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ISOLATED:
-            folder = root / "env" / name.lower()
-            folder.mkdir(parents=True)
-            mp.setenv(name, str(folder))
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_CONSOLE", "off")
-        mp.delenv("WANDB_RUN_ID", raising=False)
-        mp.chdir(root)
-        mp.setattr(tempfile, "tempdir", None)
+    with isolated_wandb(root):
         yield root
-        if wandb.run is not None:
-            wandb.finish()
 
 
 @pytest.fixture(scope="module")
