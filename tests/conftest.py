@@ -11,6 +11,13 @@ from harness import ISOLATED, isolated_wandb
 __all__ = ["ISOLATED"]
 
 
+@pytest.fixture(scope="module")
+def isolated_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The same isolation for a module-scoped fixture that fits once for several tests."""
+    with isolated_wandb(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])) as root:
+        yield root
+
+
 @pytest.fixture(autouse=True)
 def wandb_env(tmp_path: Path) -> Iterator[Path]:
     """Offline W&B with every W&B folder (and TMPDIR) under the test's tmp dir; cwd is tmp_path."""

@@ -84,7 +84,7 @@ def make_trainer(
     return Trainer(logger=make_logger() if logger is None else logger, callbacks=list(callbacks), **options)
 
 
-def finish_and_read(trainer: Trainer | None = None, save_dir: Path | str = "runs") -> RunRecords:
+def finish_and_read(save_dir: Path | str = "runs") -> RunRecords:
     """Finish the current W&B run and decode its records."""
     wandb.finish()
     runs = find_runs(save_dir)
@@ -101,7 +101,7 @@ def fit_digits(
     """Fit the digits model with ``callbacks`` and return the Trainer and the run's records."""
     trainer = make_trainer(callbacks, **trainer_kwargs)
     trainer.fit(model or DigitsClassifier(), datamodule=datamodule or DigitsDataModule(batch_size=32))
-    return trainer, finish_and_read(trainer)
+    return trainer, finish_and_read()
 
 
 def run_ranks(

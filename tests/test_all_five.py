@@ -161,7 +161,7 @@ def test_fit_validate_test_with_lightning_callbacks_bf16_and_accumulation() -> N
         trainer.test(model, datamodule=dm)
     ours = [str(w.message) for w in caught if any(name in str(w.message) for name in OURS)]
     assert ours == []
-    run = finish_and_read(trainer)
+    run = finish_and_read()
     # 6 batches, accumulate 2 -> 3 optimizer steps per epoch: histograms at steps 0..5
     assert {s for s, _ in run.series("gradients/layer_1.weight")} == set(range(6))
     defined = [m.key for m in run.metrics if m.name]

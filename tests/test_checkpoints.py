@@ -7,14 +7,13 @@ import errno
 import hashlib
 import os
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wandb
-from harness import build_with_cli, isolated_wandb, make_logger, make_trainer, run_ranks
+from harness import build_with_cli, make_logger, make_trainer, run_ranks
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -101,14 +100,6 @@ class Main:
     loaded: bool
     dirpath: Path
     files_after_a: dict[str, str] = field(default_factory=dict)
-
-
-@pytest.fixture(scope="module")
-def isolated_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The W&B isolation of conftest, for fixtures that fit once for several tests."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    with isolated_wandb(root):
-        yield root
 
 
 @pytest.fixture(scope="module")

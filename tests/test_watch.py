@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import wandb
-from harness import build_with_cli, isolated_wandb, make_logger, make_trainer, run_ranks
+from harness import build_with_cli, make_logger, make_trainer, run_ranks
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
@@ -101,14 +100,6 @@ class Fits:
     acc_steps: int
     acc_grads: dict[int, torch.Tensor]
     acc_warnings: list[str] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module")
-def isolated_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The W&B isolation of conftest, for fixtures that fit once for several tests."""
-    root = tmp_path_factory.mktemp("watch")
-    with isolated_wandb(root):
-        yield root
 
 
 @pytest.fixture(scope="module")
