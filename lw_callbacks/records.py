@@ -19,6 +19,7 @@ The same reader backs ``python -m lw_callbacks inspect RUN_DIR``.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import re
@@ -452,9 +453,14 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
         IncompleteRunError: ``require_exit`` and no ``exit`` record within ``timeout``.
     """
     log = _log_file(Path(path))
+    return _decode_waiting(log, timeout, require_exit)
+
+
+def _decode_waiting(log: Path, timeout: float, require_exit: bool, into: RunRecords | None = None) -> RunRecords:
+    """Decode ``log`` (continuing ``into``, left untouched), again until its exit record is there."""
     deadline = time.monotonic() + timeout
     while True:
-        run = _decode(log)
+        run = _decode(log, copy.deepcopy(into))
         if run.complete or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
@@ -494,9 +500,7 @@ def read_resumed(root: str | Path, run_id: str | None = None, *, timeout: float 
         raise FileNotFoundError(f"no segment of run {run_id!r} under {root}")
     merged: RunRecords | None = None
     for segment in segments:
-        log = _log_file(segment)
-        read_run(log, timeout=timeout)  # waits for this segment's exit record
-        merged = _decode(log, merged)
+        merged = _decode_waiting(_log_file(segment), timeout, True, merged)
     assert merged is not None
     return merged
 
