@@ -11,21 +11,24 @@ import pytest
 
 from lw_callbacks.records import find_runs, read_run
 
+EXAMPLES_DIR = Path(__file__).parent.parent / "examples"
 # digits.py and cli.py have tests of their own (below, and in test_all_five.py)
-EXAMPLES = sorted(
-    p for p in (Path(__file__).parent.parent / "examples").glob("*.py") if p.name not in ("digits.py", "cli.py")
-)
+EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if p.name not in ("digits.py", "cli.py"))
+
+
+def run_example(script: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run an example as a user would, with fast settings; it must exit 0."""
+    env = dict(os.environ, LW_EXAMPLE_FAST="1")
+    env.pop("WANDB_SERVICE", None)
+    env.pop("WANDB_MODE", None)  # the examples choose offline by themselves when not logged in
+    proc = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"{script.name} failed\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(example: Path, tmp_path: Path) -> None:
-    env = dict(os.environ, LW_EXAMPLE_FAST="1")
-    env.pop("WANDB_SERVICE", None)
-    env.pop("WANDB_MODE", None)  # the examples choose offline by themselves when not logged in
-    proc = subprocess.run(
-        [sys.executable, str(example)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
-    )
-    assert proc.returncode == 0, f"{example.name} failed\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    run_example(example, tmp_path)
     runs = find_runs(tmp_path)
     assert runs, f"{example.name} left no W&B run under its working directory"
     assert all(r.name.startswith("offline-run-") for r in runs)
@@ -33,14 +36,7 @@ def test_example_runs(example: Path, tmp_path: Path) -> None:
 
 
 def test_main_example_reports_what_was_logged(tmp_path: Path) -> None:
-    env = dict(os.environ, LW_EXAMPLE_FAST="1")
-    env.pop("WANDB_SERVICE", None)
-    env.pop("WANDB_MODE", None)
-    script = Path(__file__).parent.parent / "examples" / "digits.py"
-    proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_example(EXAMPLES_DIR / "digits.py", tmp_path)
     (run_dir,) = find_runs(tmp_path / "runs")
     run = read_run(run_dir)
     out = proc.stdout
