@@ -8,6 +8,11 @@
   (never ``step=``: W&B drops rows whose step goes backwards), and reports a failure as a warning
   instead of raising into the training loop.
 - :func:`define_metric` keeps the ``trainer/global_step`` x-axis on every named definition.
+- :func:`lightning_step` is the one step axis every callback logs at: the step Lightning passes to
+  ``WandbLogger.log_metrics`` at that moment (the history's ``trainer/global_step``).
+- A ``DummyLogger`` (what ``fast_dev_run`` puts in place of the Trainer's loggers) counts as
+  disabled: callbacks run their code paths but log nothing and raise nothing.
+- :data:`warning_cache` is the package's one-time warning cache (``rank_zero_warn`` once per text).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -35,12 +41,18 @@ __all__ = [
     "find_wandb_logger",
     "get_run",
     "is_disabled",
+    "lightning_step",
     "log",
+    "logging_suppressed",
     "require_fabric_wandb_logger",
     "require_wandb_logger",
     "run_folder",
     "run_of",
+    "warning_cache",
 ]
+
+#: One-time warnings of every callback (Lightning's cache: ``warn`` on global rank 0, once per text).
+warning_cache = WarningCache()
 
 
 def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
@@ -51,13 +63,21 @@ def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
     return None
 
 
-def require_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger:
-    """The Trainer's ``WandbLogger``.
+def logging_suppressed(trainer: pl.Trainer) -> bool:
+    """True when the Trainer's loggers were replaced by ``DummyLogger`` (``fast_dev_run``): log nothing."""
+    loggers = list(getattr(trainer, "loggers", ()))
+    return bool(loggers) and all(isinstance(lg, DummyLogger) for lg in loggers)
+
+
+def require_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger | None:
+    """The Trainer's ``WandbLogger``; ``None`` under ``fast_dev_run`` (its loggers are ``DummyLogger``).
 
     Raises:
         MisconfigurationException: the Trainer has none; the message names ``owner`` and the fix.
     """
     logger = find_wandb_logger(trainer)
+    if logger is None and logging_suppressed(trainer):
+        return None
     if logger is None:
         names = [type(lg).__name__ for lg in trainer.loggers] or ["no logger"]
         raise MisconfigurationException(
@@ -122,13 +142,13 @@ def is_disabled(run: Any = None) -> bool:
     return getattr(settings, "mode", None) == "disabled"
 
 
-def run_of(logger: Any, global_rank: int) -> Any | None:
+def run_of(logger: Any | None, global_rank: int) -> Any | None:
     """The live run of a W&B logger on global rank 0; ``None`` elsewhere or when disabled.
 
     Works with Lightning's ``WandbLogger`` and with wandb's Fabric ``WandbLogger`` (anything whose
     ``experiment`` is the run on rank 0). On rank 0 this starts the run if it has not started yet.
     """
-    if global_rank != 0 or is_disabled():
+    if logger is None or global_rank != 0 or is_disabled() or isinstance(logger, DummyLogger):
         return None
     run = logger.experiment
     if is_disabled(run) or not hasattr(run, "log"):
@@ -151,6 +171,30 @@ def get_run(trainer: pl.Trainer, owner: str) -> Any | None:
         MisconfigurationException: the Trainer has no ``WandbLogger``.
     """
     return run_of(require_wandb_logger(trainer, owner), trainer.global_rank)
+
+
+def lightning_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs metrics at right now: the ``trainer/global_step`` of W&B's history.
+
+    Lightning passes ``fit_loop.epoch_loop._batches_that_stepped`` to ``WandbLogger.log_metrics``.
+    That counter grows after a batch's optimizer step and its logging, so inside a training batch
+    and in a validation run it equals ``trainer.global_step`` before the batch stepped (one lower than
+    ``global_step`` at ``on_validation_end``); once the epoch's batches are done Lightning logs the
+    epoch-end metrics at the counter minus one, and so does this. ``trainer.global_step`` counts
+    optimizer steps and stays what ``ModelCheckpoint`` file names and metadata use.
+    """
+    fit_loop = getattr(trainer, "fit_loop", None)
+    loop = getattr(fit_loop, "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    if not isinstance(step, int):
+        return int(trainer.global_step)
+    progress = getattr(getattr(fit_loop, "epoch_progress", None), "current", None)
+    in_epoch_end = (
+        bool(getattr(trainer, "training", False))
+        and progress is not None
+        and getattr(progress, "processed", 0) > getattr(progress, "completed", 0)
+    )
+    return max(0, step - 1) if in_epoch_end else step
 
 
 def log(run: Any, payload: Mapping[str, Any], step: int, owner: str) -> bool:

@@ -145,9 +145,10 @@ class UploadCheckpoints(Checkpoint):
         if stage != "fit":
             return
         logger = require_wandb_logger(trainer, _OWNER)
-        if getattr(logger, "_log_model", False):
+        log_model = getattr(logger, "_log_model", False)
+        if log_model:
             rank_zero_warn(
-                f"{_OWNER} and `WandbLogger(log_model={logger._log_model!r})` would both upload every checkpoint "
+                f"{_OWNER} and `WandbLogger(log_model={log_model!r})` would both upload every checkpoint "
                 "(twice the storage, and log_model copies and hashes on the training thread). Turn off "
                 "`log_model` (`WandbLogger(log_model=False)`, the default) and keep UploadCheckpoints."
             )
