@@ -21,6 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lw_callbacks._errors import ConfigurationError
     from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
     from lw_callbacks.predictions import LogPredictionSamples
     from lw_callbacks.run_dir import ShareRunDir
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 # Imported on first use, so that ``python -m lw_callbacks inspect`` and ``lw_callbacks.records``
 # do not pay for importing lightning and torch.
 _EXPORTS = {
+    "ConfigurationError": "lw_callbacks._errors",
     "LogPredictionSamples": "lw_callbacks.predictions",
     "MetricSummaries": "lw_callbacks.summaries",
     "ShareRunDir": "lw_callbacks.run_dir",
@@ -54,6 +56,7 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigurationError",
     "LogPredictionSamples",
     "MetricSummaries",
     "ShareRunDir",

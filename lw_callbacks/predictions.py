@@ -12,12 +12,13 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 from typing_extensions import override
 
 from lw_callbacks import _wandb
+from lw_callbacks._errors import ConfigurationError
 
 __all__ = ["LogPredictionSamples"]
 
@@ -63,14 +64,15 @@ class _StageState:
     input_kind: str | None = None  # "image" or "value"
     inputs_table: Any = None  # the wandb.Table holding the inputs, logged once per run
     inputs_run: str | None = None  # id of the run that holds inputs_table
-    warned: set[str] = field(default_factory=set)
+    disabled: bool = False  # unreadable input first seen after training began: logging stopped for this fit
 
 
 class LogPredictionSamples(Callback):
     r"""Log the model's predictions on the same ``num_samples`` evaluation examples every epoch.
 
     At the end of each chosen validation epoch (and of ``trainer.test`` / ``trainer.predict`` when
-    ``stages`` asks for them), global rank 0 logs at ``trainer/global_step``:
+    ``stages`` asks for them), global rank 0 logs at ``trainer/global_step``, the same step Lightning
+    logs that validation's metrics at:
 
     * ``<section>/images``: the samples as images captioned ``Ground Truth: <y> - Prediction: <p>``
       (class names when ``class_names`` is given), when ``log_images`` and the inputs are images;
@@ -110,10 +112,23 @@ class LogPredictionSamples(Callback):
     every rank alike). With Lightning's default unshuffled ``DistributedSampler`` rank 0's shard is
     the same every epoch, and ``id`` is still the dataset index.
 
+    **Checks.** The layout of the first batch of each stage (and the step output, and ``class_names``
+    against the labels) is checked on every rank at the first batch the callback sees, logged or
+    not: with the default sanity check that is before training starts, so a bad setting stops the
+    fit at once. Under ``fast_dev_run`` the checks run and nothing is logged. When an input first
+    turns out unreadable after training began (``num_sanity_val_steps=0``), the callback warns once
+    and logs no more samples in that fit instead of ending a fit that has trained.
+
+    Under a strategy that shards the parameters (FSDP, DeepSpeed, model parallel), the step must
+    return the predictions: running ``forward`` on rank 0 alone would wait forever for the other
+    ranks' shards, so the callback refuses that at the first batch, on every rank.
+
     Args:
         num_samples: how many examples to log (rank 0's first ``num_samples`` positions, spread).
-        every_n_epochs: log validation every this many epochs, from the first epoch on
-            (epochs 0, n, 2n, ...). Test and predict log every time they run.
+        every_n_epochs: log validation every this many epochs, counted as Lightning's
+            ``check_val_every_n_epoch`` and ``ModelCheckpoint(every_n_epochs=...)`` count them:
+            after epochs ``n - 1``, ``2n - 1``, ... (epoch numbers from 0). Test, predict and a
+            ``trainer.validate`` outside fit log every time they run.
         key: name of the panel section (``key/images``, ``key/table``, ``key/inputs``).
         class_names: names for labels ``0 .. C-1``, used in captions, the table and score columns.
         log_images: log the captioned-image panel.
@@ -128,11 +143,14 @@ class LogPredictionSamples(Callback):
         dataloader_idx: which evaluation dataloader to sample from.
 
     Raises:
-        ValueError: at construction, for ``num_samples < 1``, ``every_n_epochs < 1``, an unknown or
-            empty ``stages``, or ``class_names`` that are not strings; at the first batch of a stage,
-            for a batch or step output this callback cannot read (the message names the shape or type
-            that arrived and what is accepted), and for ``class_names`` that do not cover the labels.
-        MisconfigurationException: at ``setup``, when the Trainer has no ``WandbLogger``.
+        ConfigurationError: at construction, for ``num_samples < 1``, ``every_n_epochs < 1``, an
+            unknown or empty ``stages``, ``class_names`` that are not a list of strings, a flag that is
+            not a bool, or a key that is not a string; at ``setup``, when the Trainer has no
+            ``WandbLogger`` (under ``fast_dev_run`` nothing is logged and nothing is raised); at the
+            first batch of a stage, for a batch or step output this callback cannot read (the message
+            names the shape or type that arrived and what is accepted), ``input_key`` /
+            ``target_key`` on batches that are not dicts, ``class_names`` that do not cover the
+            labels, and a step that returns no predictions under a sharding strategy.
 
     Example::
 
@@ -167,51 +185,72 @@ class LogPredictionSamples(Callback):
     ) -> None:
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"LogPredictionSamples(num_samples={num_samples!r}): num_samples must be an integer >= 1 "
                 "(how many examples to log each epoch), e.g. num_samples=16."
             )
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"LogPredictionSamples(every_n_epochs={every_n_epochs!r}): every_n_epochs must be an integer "
                 ">= 1 (1 logs every validation epoch, 5 every fifth), e.g. every_n_epochs=1."
             )
         stage_list = [stages] if isinstance(stages, str) else list(stages)
         unknown = [s for s in stage_list if s not in STAGES]
         if unknown or not stage_list:
-            raise ValueError(
+            raise ConfigurationError(
                 f"LogPredictionSamples(stages={stages!r}): unknown stage(s) {unknown or stage_list}; accepted "
                 f"stages are {list(STAGES)}, e.g. stages=['validation', 'test']."
             )
         if not isinstance(key, str) or not key:
-            raise ValueError(
+            raise ConfigurationError(
                 f"LogPredictionSamples(key={key!r}): key must be a non-empty string, e.g. key='predictions'."
             )
         if class_names is not None:
+            if isinstance(class_names, str) or not isinstance(class_names, Sequence):
+                raise ConfigurationError(
+                    f"LogPredictionSamples(class_names={class_names!r}): class_names must be a list of strings, "
+                    "one per class in label order, e.g. class_names=['cat', 'dog'] (a single string is not split)."
+                )
             class_names = list(class_names)
             if not all(isinstance(n, str) for n in class_names):
-                raise ValueError(
+                raise ConfigurationError(
                     f"LogPredictionSamples(class_names={class_names!r}): class_names must be a list of strings, "
                     "one per class in label order, e.g. class_names=['cat', 'dog']."
                 )
         if isinstance(dataloader_idx, bool) or not isinstance(dataloader_idx, int) or dataloader_idx < 0:
-            raise ValueError(
+            raise ConfigurationError(
                 f"LogPredictionSamples(dataloader_idx={dataloader_idx!r}): dataloader_idx must be an integer >= 0."
             )
+        for flag, value in (
+            ("log_images", log_images),
+            ("log_table", log_table),
+            ("log_scores", log_scores),
+            ("log_sanity_check", log_sanity_check),
+        ):
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"LogPredictionSamples({flag}={value!r}): `{flag}` must be True or False.")
+        for name, key_value in (("input_key", input_key), ("target_key", target_key), ("output_key", output_key)):
+            if key_value is not None and (not isinstance(key_value, str) or not key_value):
+                raise ConfigurationError(
+                    f"LogPredictionSamples({name}={key_value!r}): `{name}` must be a key of your dict batches / step "
+                    f"outputs (a non-empty string), or None to use the usual names."
+                )
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
         self.key = key
         self.class_names = class_names
-        self.log_images = bool(log_images)
-        self.log_table = bool(log_table)
-        self.log_scores = bool(log_scores)
+        self.log_images = log_images
+        self.log_table = log_table
+        self.log_scores = log_scores
         self.stages = tuple(dict.fromkeys(stage_list))
-        self.log_sanity_check = bool(log_sanity_check)
+        self.log_sanity_check = log_sanity_check
         self.input_key = input_key
         self.target_key = target_key
         self.output_key = output_key
         self.dataloader_idx = dataloader_idx
         self._state: dict[str, _StageState] = {s: _StageState() for s in self.stages}
+        self._sharded = False  # the strategy shards parameters: forward on rank 0 alone would hang
+        self._warnings = WarningCache()
 
     @property
     @override
@@ -226,20 +265,19 @@ class LogPredictionSamples(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _wandb.require_wandb_logger(trainer, type(self).__name__)
+        self._sharded = _shards_parameters(trainer.strategy)
         for name in self._stages_of(stage):  # a new fit / test / predict may bring other data
             st = self._state[name]
             st.ran, st.checked, st.positions, st.ids, st.images = False, False, None, {}, {}
+            st.disabled = False
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for name in self._stages_of(stage):
             st = self._state[name]
-            if not st.ran and "empty" not in st.warned:
-                st.warned.add("empty")
-                rank_zero_warn(
-                    f"LogPredictionSamples: the {name} loop ran no batch (empty {name} set, or limit_*_batches=0, "
-                    f"or dataloader_idx={self.dataloader_idx} does not exist); nothing was logged."
-                )
+            why = None if st.ran else _why_no_batch(trainer, name, self.dataloader_idx)
+            if why is not None:
+                self._warnings.warn(f"LogPredictionSamples: the {name} loop ran no batch ({why}); nothing was logged.")
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -316,32 +354,50 @@ class LogPredictionSamples(Callback):
     def _active(self, stage: str, trainer: pl.Trainer) -> bool:
         if stage not in self._state:
             return False
+        if self._state[stage].disabled:
+            return False
         if trainer.sanity_checking and not self.log_sanity_check:
             return False
-        if stage == "validation" and not trainer.sanity_checking:
-            return trainer.current_epoch % self.every_n_epochs == 0
+        if stage == "validation" and not trainer.sanity_checking and trainer.state.fn == "fit":
+            return (trainer.current_epoch + 1) % self.every_n_epochs == 0  # as check_val_every_n_epoch
         return True
 
     def _batch_end(
         self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, dl_idx: int
     ) -> None:
-        if dl_idx != self.dataloader_idx or not self._active(stage, trainer):
+        if dl_idx != self.dataloader_idx or stage not in self._state:
             return
         st = self._state[stage]
-        x, y, n = self._read_batch(stage, batch, outputs)
-        if st.positions is None:
-            self._choose_positions(stage, trainer)
-        if trainer.global_rank != 0:  # rank 0's samples are logged; the other ranks do no more work
+        active = self._active(stage, trainer)
+        if not active and (st.checked or st.disabled):
+            st.ran = True
             return
-        assert st.positions is not None
-        start = st.seen
-        st.seen += n
-        lo = bisect.bisect_left(st.positions, start)
-        hi = bisect.bisect_left(st.positions, start + n)
-        if lo == hi:
-            return
-        local = [p - start for p in st.positions[lo:hi]]
-        self._collect_or_warn(stage, pl_module, x, y, outputs, local, start)
+        try:
+            # The first batch seen is checked on every rank, logged or not (the sanity check's, by default).
+            x, y, n = self._read_batch(stage, batch, outputs)
+            if not active:
+                return
+            if st.positions is None:
+                self._choose_positions(stage, trainer)
+            if trainer.global_rank != 0:  # rank 0's samples are logged; the other ranks do no more work
+                return
+            assert st.positions is not None
+            start = st.seen
+            st.seen += n
+            lo = bisect.bisect_left(st.positions, start)
+            hi = bisect.bisect_left(st.positions, start + n)
+            if lo == hi:
+                return
+            local = [p - start for p in st.positions[lo:hi]]
+            self._collect_or_warn(stage, pl_module, x, y, outputs, local, start)
+        except _InputError as err:
+            if trainer.state.fn != "fit" or trainer.sanity_checking:
+                raise  # nothing has trained yet: stop now, with the message
+            st.disabled, st.collected = True, {}
+            rank_zero_warn(
+                f"{err} LogPredictionSamples logs no more {stage} samples in this fit (training goes on); fix "
+                "the setting, and keep the sanity check (num_sanity_val_steps > 0) to catch this before training."
+            )
 
     def _read_batch(self, stage: str, batch: Any, outputs: Any) -> tuple[Any, Any, int]:
         """Split ``batch`` into inputs, targets and their count; the stage's first batch is checked
@@ -359,18 +415,15 @@ class LogPredictionSamples(Callback):
         self, stage: str, module: Any, x: Any, y: Any, outputs: Any, local: list[int], start: int
     ) -> None:
         """:meth:`_collect`; a problem other than bad input warns once and leaves the samples out."""
-        st = self._state[stage]
         try:
             self._collect(stage, module, x, y, outputs, local, start)
         except _InputError:
             raise
         except Exception as err:  # a logging problem never ends training
-            if "collect" not in st.warned:
-                st.warned.add("collect")
-                rank_zero_warn(
-                    f"LogPredictionSamples: could not read the {stage} samples of this batch "
-                    f"({type(err).__name__}: {err}); they are left out of the log."
-                )
+            self._warnings.warn(
+                f"LogPredictionSamples: could not read the {stage} samples of this batch "
+                f"({type(err).__name__}: {err}); they are left out of the log."
+            )
 
     def _split_batch(self, batch: Any) -> tuple[Any, Any]:
         if isinstance(batch, Mapping):
@@ -389,6 +442,13 @@ class LogPredictionSamples(Callback):
                     f"{sorted(map(str, batch))}; pass the key that holds the targets (or target_key=None)."
                 )
             return batch[x_key], (batch[y_key] if y_key is not None else None)
+        given = [f"{n}={v!r}" for n, v in (("input_key", self.input_key), ("target_key", self.target_key)) if v]
+        if given:
+            raise _InputError(
+                f"LogPredictionSamples({', '.join(given)}): the batch is a {type(batch).__name__}, not a dict, so "
+                f"there is no key to look up ({_describe(batch)}). Remove {' and '.join(given)} (a tuple batch is "
+                "read as `(x, y, ...)`), or make the batches dicts."
+            )
         if isinstance(batch, (tuple, list)) and batch and not isinstance(batch[0], str):
             if len(batch) == 1:
                 return batch[0], None
@@ -403,6 +463,13 @@ class LogPredictionSamples(Callback):
     def _check_first(self, stage: str, x: Any, y: Any, outputs: Any, n: int) -> None:
         st = self._state[stage]
         st.input_kind = _input_kind(x)
+        if self._sharded and self._output_tensor(outputs, n, stage) is None:
+            raise _InputError(
+                f"LogPredictionSamples: the {stage} step returned no predictions, and under a strategy that shards "
+                "the parameters (FSDP, DeepSpeed, model parallel) running the module's forward on rank 0 alone "
+                f"would wait forever for the other ranks. Return the predictions from the {stage} step, as one of: "
+                f"{_ACCEPTED_OUTPUT.split(', or nothing usable')[0]}."
+            )
         if y is not None and _batch_len(y) != n:
             raise _InputError(
                 f"LogPredictionSamples: the {stage} batch holds {n} inputs ({_describe(x)}) but {_batch_len(y)} "
@@ -534,7 +601,9 @@ class LogPredictionSamples(Callback):
         if trainer.global_rank != 0:
             self._state[stage].collected = {}
             return
-        self._log_collected(stage, lambda: _wandb.get_run(trainer, type(self).__name__), trainer.global_step)
+        self._log_collected(
+            stage, lambda: _wandb.get_run(trainer, type(self).__name__), _wandb.lightning_step(trainer)
+        )
 
     def _log_collected(self, stage: str, get_run: Callable[[], Any], step: int) -> None:
         """Log (rank 0) the samples collected for ``stage`` at ``step``; a failure warns, never raises."""
@@ -585,9 +654,8 @@ class LogPredictionSamples(Callback):
             columns = ["id", "sample", "ground truth", "prediction"]  # a new Table every call
             n_classes = max((len(s.scores) for s in samples if s.scores is not None), default=0)
             with_scores = self.log_scores and 0 < n_classes <= _MAX_SCORE_COLUMNS
-            if self.log_scores and n_classes > _MAX_SCORE_COLUMNS and "scores" not in st.warned:
-                st.warned.add("scores")
-                rank_zero_warn(
+            if self.log_scores and n_classes > _MAX_SCORE_COLUMNS:
+                self._warnings.warn(
                     f"LogPredictionSamples: {n_classes} classes is more than {_MAX_SCORE_COLUMNS}; the table holds "
                     "no per-class score columns."
                 )
@@ -605,12 +673,10 @@ class LogPredictionSamples(Callback):
             _wandb.log(run, {f"{section}/table": wandb.Table(columns=columns, data=rows)}, step, owner)
         if self.log_images:
             if not is_image:
-                if "images" not in st.warned:
-                    st.warned.add("images")
-                    rank_zero_warn(
-                        f"LogPredictionSamples: the {stage} inputs are not images ({st.input_kind}); "
-                        "they go into the table only, with no image panel."
-                    )
+                self._warnings.warn(
+                    f"LogPredictionSamples: the {stage} inputs are not images ({st.input_kind}); "
+                    "they go into the table only, with no image panel."
+                )
                 return
             images = [wandb.Image(s.display, caption=self._caption(s)) for s in samples]
             _wandb.log(run, {f"{section}/images": images}, step, owner)
@@ -620,7 +686,7 @@ class LogPredictionSamples(Callback):
         return f"Ground Truth: {truth} - Prediction: {self._name(s.pred)}"
 
 
-class _InputError(ValueError):
+class _InputError(ConfigurationError):
     """A batch or step output this callback cannot read: a configuration error, raised."""
 
 
@@ -825,6 +891,32 @@ def _row_index(table: Any) -> dict[int, int]:
     if table is None:
         return {}
     return {row[0]: i for i, row in enumerate(table.data)}
+
+
+def _shards_parameters(strategy: Any) -> bool:
+    """Whether a strategy splits the parameters across ranks (FSDP, DeepSpeed, model parallel)."""
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    return bool(names & {"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
+
+
+def _why_no_batch(trainer: pl.Trainer, stage: str, idx: int) -> str | None:
+    """Why a stage that loaded its data gave this callback no batch; ``None`` when there is nothing to say
+    (the loop never ran, e.g. ``check_val_every_n_epoch`` beyond the last epoch or a tuner's trial fit, or
+    the user set ``limit_<stage>_batches=0``)."""
+    attr = {"validation": "val", "test": "test", "predict": "predict"}[stage]
+    if getattr(trainer, f"limit_{attr}_batches", None) == 0:
+        return None
+    try:
+        counts = list(getattr(trainer, f"num_{attr}_batches", None) or ())
+    except Exception:
+        return None
+    if not counts:
+        return None
+    if idx >= len(counts):
+        return f"dataloader_idx={idx}, but the {stage} loop has {len(counts)} dataloader(s)"
+    if counts[idx] == 0:
+        return f"the {stage} dataloader {idx} is empty"
+    return None
 
 
 def _loader_of(trainer: pl.Trainer, stage: str, idx: int) -> tuple[Any, Any]:

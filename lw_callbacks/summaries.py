@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lw_callbacks._wandb import STEP_KEY, define_metric, get_run, is_disabled
+from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._wandb import STEP_KEY, define_metric, get_run, is_disabled, lightning_step
 
 __all__ = ["SUMMARY_KINDS", "MetricSummaries"]
 
@@ -55,10 +56,13 @@ class MetricSummaries(Callback):
     ``<metric>.best_step`` and ``<metric>.best_epoch`` (a metric summarised with both ``min`` and
     ``max`` gets ``<metric>.min_step``, ``.min_epoch``, ``.max_step``, ``.max_epoch``). W&B cannot
     show this by itself. The values are the ones this callback observes on rank 0 where Lightning
-    hands metrics to the loggers: after each training batch that Lightning logs, at each training
-    epoch end and after each validation run of fit, at the step Lightning passes to
-    ``WandbLogger.log_metrics`` (the history's ``trainer/global_step``). Ties keep the first step.
-    This state is saved in checkpoints, so a resumed run (same W&B run id) keeps its best step.
+    hands metrics to the loggers: after each training batch that Lightning logs, after each
+    validation run of fit, and after each training epoch end (including metrics the
+    LightningModule logs in its own ``on_train_epoch_end``, which Lightning runs after callbacks), at
+    the step Lightning passes to ``WandbLogger.log_metrics`` (the history's ``trainer/global_step``)
+    and the epoch they belong to. Ties keep the first step. This state is saved in checkpoints, so a
+    resumed run (same W&B run id) keeps its best step. One ``MetricSummaries`` per Trainer: put every
+    entry in one mapping.
 
     Args:
         summaries: metric name, or suffix glob such as ``"val/*"``, to the aggregates W&B keeps for
@@ -82,11 +86,12 @@ class MetricSummaries(Callback):
             derived one) that matched no metric logged during that fit.
 
     Raises:
-        ValueError: at construction, for an empty mapping, a key that is not a non-empty string, a
-            glob that is not a suffix glob (``"*"`` only at the end, after a prefix), the x-axis key
-            ``trainer/global_step``, an unknown aggregate, or ``"none"`` together with another one.
-            The message names the key, the accepted values and the fix.
-        MisconfigurationException: at ``setup``, when the Trainer has no ``WandbLogger``.
+        ConfigurationError: at construction, for an empty mapping, a key that is not a non-empty
+            string, a glob that is not a suffix glob (``"*"`` only at the end, after a prefix), the
+            x-axis key ``trainer/global_step``, an unknown aggregate, ``"none"`` together with another
+            one, or a flag that is not a bool. The message names the key, the accepted values and the
+            fix. At ``setup``, when the Trainer has no ``WandbLogger`` (under ``fast_dev_run`` nothing
+            is logged and nothing is raised) or holds a second ``MetricSummaries``.
 
     Example::
 
@@ -115,8 +120,16 @@ class MetricSummaries(Callback):
         warn_missing: bool = True,
     ) -> None:
         super().__init__()
+        for flag, value in (
+            ("from_callbacks", from_callbacks),
+            ("dataloader_suffixes", dataloader_suffixes),
+            ("record_best_step", record_best_step),
+            ("warn_missing", warn_missing),
+        ):
+            if not isinstance(value, bool):
+                raise ConfigurationError(f"MetricSummaries({flag}={value!r}): `{flag}` must be True or False.")
         if summaries is None and not from_callbacks:
-            raise ValueError(
+            raise ConfigurationError(
                 "MetricSummaries: `summaries=None` with `from_callbacks=False` has nothing to define. Pass a "
                 'mapping such as `summaries={"val_acc": "max"}`, or keep `from_callbacks=True` to derive '
                 "summaries from the Trainer's ModelCheckpoint / EarlyStopping."
@@ -130,7 +143,7 @@ class MetricSummaries(Callback):
         if isinstance(hidden, bool):
             self.hidden = hidden
         elif isinstance(hidden, str) or not isinstance(hidden, Sequence):
-            raise ValueError(
+            raise ConfigurationError(
                 f"MetricSummaries: `hidden` must be True / False or a list of metric names or suffix globs, "
                 f"got {hidden!r}. Write `hidden=[{hidden!r}]` to hide one metric."
                 if isinstance(hidden, str)
@@ -154,15 +167,15 @@ class MetricSummaries(Callback):
         self._seen: set[str] = set()
         self._best: dict[str, dict[str, list[Any]]] = {}  # key -> direction -> [value, step, epoch or None]
         self._run_id: str | None = None
+        # (step, epoch) of a training epoch end whose metrics Lightning logs after this callback's hook
+        self._epoch_end: tuple[int, int] | None = None
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            summaries=sorted(self.summaries.items()),
-            from_callbacks=self.from_callbacks,
-            dataloader_suffixes=self.dataloader_suffixes,
-        )
+        # One instance per Trainer (checked at setup); the options may change before a resume and the
+        # saved best steps still apply, so no option is part of the key.
+        return self._generate_state_key()
 
     # ------------------------------------------------------------------ resolution
 
@@ -250,7 +263,7 @@ class MetricSummaries(Callback):
             self._current_run = run
         for name, spec in self._names.items():
             self._define(run, name, spec)
-            if self.dataloader_suffixes:
+            if self.dataloader_suffixes and not _DATALOADER_SUFFIX.match(name):
                 self._define(run, f"{name}/dataloader_idx_*", spec)
         for prefix, spec in self._globs.items():
             self._define(run, prefix + "*", spec)
@@ -311,12 +324,29 @@ class MetricSummaries(Callback):
         metrics = self._logged(trainer)
         if expand and self._needs_scan:
             self._expand(metrics)
-        self._observe(metrics, logs, _logged_step(trainer), trainer.current_epoch)
+        self._observe(metrics, logs, lightning_step(trainer), trainer.current_epoch)
+
+    def _observe_epoch_end(self, trainer: pl.Trainer) -> None:
+        """Observe what Lightning logged at the last training epoch end, at that epoch's step."""
+        pending, self._epoch_end = self._epoch_end, None
+        if pending is None or is_disabled():
+            return
+        step, epoch = pending
+        metrics = self._logged(trainer)
+        if self._needs_scan:
+            self._expand(metrics)
+        self._observe(metrics, True, step, epoch)
 
     # ------------------------------------------------------------------ hooks
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        others = [cb for cb in trainer.callbacks if isinstance(cb, MetricSummaries) and cb is not self]  # type: ignore[attr-defined]
+        if others:
+            raise ConfigurationError(
+                "MetricSummaries: the Trainer has more than one MetricSummaries callback; W&B keeps one definition "
+                "per metric, so put every entry into one `MetricSummaries({...})`."
+            )
         self._resolve_specs(trainer.callbacks)  # type: ignore[attr-defined]
         self._apply(trainer)
 
@@ -329,6 +359,7 @@ class MetricSummaries(Callback):
             self._best, self._seen = {}, set()
         self._run_id = run_id
         self._held = {}
+        self._epoch_end = None
 
     @override
     def on_train_batch_end(
@@ -337,8 +368,18 @@ class MetricSummaries(Callback):
         self._scan_and_observe(trainer, logs=_logs_this_batch(trainer))
 
     @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._observe_epoch_end(trainer)
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._scan_and_observe(trainer, logs=True)
+        # Lightning runs this hook before the LightningModule's own `on_train_epoch_end` and logs the
+        # epoch's metrics after both: they are observed at the next epoch start or at train end.
+        self._epoch_end = (lightning_step(trainer), trainer.current_epoch)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._observe_epoch_end(trainer)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -430,22 +471,22 @@ class MetricSummaries(Callback):
 
 def _check_key(key: Any, argument: str) -> str:
     if not isinstance(key, str) or not key:
-        raise ValueError(
+        raise ConfigurationError(
             f"MetricSummaries: every key of `{argument}` must be a non-empty metric name or suffix glob such as "
             f"'val_acc' or 'val/*', got {key!r} ({type(key).__name__}). Write the metric's name as a string."
         )
     if key == STEP_KEY:
-        raise ValueError(
+        raise ConfigurationError(
             f"MetricSummaries: `{argument}` key {key!r} is the x-axis every metric is plotted against; it cannot "
             "have a summary. Remove it."
         )
     if key.startswith("_"):
-        raise ValueError(
+        raise ConfigurationError(
             f"MetricSummaries: `{argument}` key {key!r} starts with '_', which W&B keeps for its own keys "
             "(`_step`, `_runtime`, ...). Use the name your LightningModule logs."
         )
     if "*" in key[:-1] or key == "*":
-        raise ValueError(
+        raise ConfigurationError(
             f"MetricSummaries: `{argument}` key {key!r} is not a suffix glob. W&B accepts '*' only at the end, after "
             "a prefix ('val/*', 'train_*'); a bare '*' would replace WandbLogger's own rule for every key. List the "
             "metrics, or use a prefix."
@@ -460,12 +501,12 @@ def _parse_summary(key: str, value: Any) -> tuple[str, ...]:
     elif isinstance(value, Sequence) and all(isinstance(part, str) for part in value):
         items = [part.strip().lower() for part in value]
     else:
-        raise ValueError(
+        raise ConfigurationError(
             f"MetricSummaries: the summary of {key!r} must be one of {accepted}, a list of them or a comma-separated "
             f"string such as 'min,max'; got {value!r}."
         )
     if not items or any(not part for part in items):
-        raise ValueError(
+        raise ConfigurationError(
             f"MetricSummaries: the summary of {key!r} is empty ({value!r}). Give one or several of {accepted}."
         )
     for part in items:
@@ -475,11 +516,11 @@ def _parse_summary(key: str, value: Any) -> tuple[str, ...]:
                 hint = " ('best' is deprecated in W&B: use 'max' or 'min')"
             elif part == "copy":
                 hint = " ('copy' is deprecated in W&B: use 'last')"
-            raise ValueError(
+            raise ConfigurationError(
                 f"MetricSummaries: unknown summary {part!r} for {key!r}{hint}. Accepted: {accepted}."
             )
     if "none" in items and len(set(items)) > 1:
-        raise ValueError(
+        raise ConfigurationError(
             f"MetricSummaries: the summary of {key!r} combines 'none' with {sorted(set(items) - {'none'})}; W&B "
             "then keeps no summary at all. Use 'none' alone (leave the key out of the run summary) or drop it."
         )
@@ -490,12 +531,12 @@ def _parse_summaries(summaries: Any) -> dict[str, tuple[str, ...]]:
     if summaries is None:
         return {}
     if not isinstance(summaries, Mapping):
-        raise ValueError(
+        raise ConfigurationError(
             "MetricSummaries: `summaries` must be a mapping of metric name or suffix glob to summary, such as "
             f'{{"val_acc": "max", "train/*": ["mean", "last"]}}; got {type(summaries).__name__}.'
         )
     if not summaries:
-        raise ValueError(
+        raise ConfigurationError(
             "MetricSummaries: `summaries` is an empty mapping, so there is nothing to define. Give at least one "
             'entry such as {"val_acc": "max"}, or pass `summaries=None` to use only the summaries derived from the '
             "Trainer's ModelCheckpoint / EarlyStopping."
@@ -510,10 +551,3 @@ def _logs_this_batch(trainer: pl.Trainer) -> bool:
     if isinstance(flag, bool):
         return flag or bool(getattr(trainer, "fast_dev_run", False))
     return True
-
-
-def _logged_step(trainer: pl.Trainer) -> int:
-    """The step Lightning passes to ``WandbLogger.log_metrics`` (the history's ``trainer/global_step``)."""
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    step = getattr(loop, "_batches_that_stepped", None)
-    return int(step) if isinstance(step, int) else int(trainer.global_step)

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of
 from lw_callbacks._wandb import log as log_to_run
-from lw_callbacks._wandb import require_wandb_logger, run_of
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -66,9 +67,11 @@ class WatchModel(Callback):
         bins: bins per histogram (1 to 512; W&B shows at most 512).
 
     Raises:
-        ValueError: at construction, for a ``log`` outside the accepted values, ``log_freq < 1``,
-            ``bins`` outside 1..512, or patterns that are not strings.
-        MisconfigurationException: at ``setup``, when the Trainer has no ``WandbLogger``.
+        ConfigurationError: at construction, for a ``log`` outside the accepted values, ``log_freq``
+            that is not an int >= 1, ``bins`` outside 1..512, a ``log_graph`` that is not a bool, or
+            ``include`` / ``exclude`` that are not a pattern or a list of patterns; at ``setup``, when
+            the Trainer has no ``WandbLogger`` (under ``fast_dev_run`` nothing is logged and nothing
+            is raised).
 
     Example::
 
@@ -101,24 +104,28 @@ class WatchModel(Callback):
     ) -> None:
         super().__init__()
         if log not in _LOG_CHOICES:
-            raise ValueError(
+            raise ConfigurationError(
                 f"WatchModel(log={log!r}) is not supported: `log` must be one of "
                 f"{', '.join(repr(c) for c in _LOG_CHOICES)}. To log nothing, leave WatchModel out of the callbacks."
             )
         if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"WatchModel(log_freq={log_freq!r}) is not supported: `log_freq` must be an int >= 1 "
                 "(the number of optimizer steps between two logs), e.g. log_freq=100."
             )
         if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= _MAX_BINS:
-            raise ValueError(
+            raise ConfigurationError(
                 f"WatchModel(bins={bins!r}) is not supported: `bins` must be an int from 1 to {_MAX_BINS} "
                 "(W&B keeps at most 512 bins per histogram), e.g. bins=64."
             )
         # not ``self.log``: Lightning sets ``callback.log = pl_module.log`` on every callback at fit start
         self.log_mode = log
         self.log_freq = log_freq
-        self.log_graph = bool(log_graph)
+        if not isinstance(log_graph, bool):
+            raise ConfigurationError(
+                f"WatchModel(log_graph={log_graph!r}) is not supported: `log_graph` must be True or False."
+            )
+        self.log_graph = log_graph
         self.include = _patterns("include", include)
         self.exclude = _patterns("exclude", exclude)
         self.bins = bins
@@ -128,7 +135,7 @@ class WatchModel(Callback):
         self._graph_pending = False
         self._graph: Any | None = None
         self._graph_handles: list[RemovableHandle] = []
-        self._warned: set[tuple[str, ...]] = set()
+        self._warnings = WarningCache()
 
     @property
     def log_gradients(self) -> bool:
@@ -184,10 +191,11 @@ class WatchModel(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        self._log_histograms(trainer.global_step)
+        self._log_histograms(trainer.global_step, lightning_step(trainer))
 
-    def _log_histograms(self, step: int) -> None:
-        """Log the watched tensors' histograms at optimizer step ``step`` when it is a logging step."""
+    def _log_histograms(self, step: int, wandb_step: int | None = None) -> None:
+        """Log the watched tensors' histograms when optimizer step ``step`` is a logging step, at W&B
+        step ``wandb_step`` (the step Lightning logs this batch's metrics at; ``step`` when ``None``)."""
         if self._run is None or step % self.log_freq != 0 or step == self._last_step or not self._watched:
             return
         self._last_step = step
@@ -205,7 +213,7 @@ class WatchModel(Callback):
             )
             return
         if payload:
-            log_to_run(self._run, payload, step, type(self).__name__)
+            log_to_run(self._run, payload, step if wandb_step is None else wandb_step, type(self).__name__)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -231,10 +239,9 @@ class WatchModel(Callback):
             for pattern in patterns or ()
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
         )
-        if unmatched and unmatched not in self._warned:
-            self._warned.add(unmatched)
+        if unmatched:
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            rank_zero_warn(
+            self._warnings.warn(
                 f"WatchModel: these patterns match no trainable parameter of {type(pl_module).__name__}: "
                 f"{', '.join(unmatched)}. Parameter names look like: {shown or '(none)'}."
             )
@@ -244,10 +251,9 @@ class WatchModel(Callback):
             if (self.include is None or any(fnmatch.fnmatchcase(n, pat) for pat in self.include))
             and not any(fnmatch.fnmatchcase(n, pat) for pat in self.exclude or ())
         ]
-        if not watched and ("no-params",) not in self._warned:
-            self._warned.add(("no-params",))
+        if not watched:
             why = "it has no trainable parameter" if not trainable else "`include` / `exclude` leave none"
-            rank_zero_warn(
+            self._warnings.warn(
                 f"WatchModel: nothing to watch in {type(pl_module).__name__}: {why}. No histogram is logged."
             )
         return watched
@@ -313,10 +319,13 @@ class WatchModel(Callback):
 def _patterns(argument: str, value: str | Sequence[str] | None) -> list[str] | None:
     if value is None:
         return None
-    patterns = [value] if isinstance(value, str) else list(value)
-    bad = [p for p in patterns if not isinstance(p, str)]
+    try:
+        patterns = [value] if isinstance(value, str) else list(value)
+    except TypeError:
+        patterns = [value]  # type: ignore[list-item]
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
     if bad:
-        raise ValueError(
+        raise ConfigurationError(
             f"WatchModel({argument}={value!r}) is not supported: `{argument}` must be a parameter-name pattern "
             f"or a list of them (fnmatch style, e.g. {argument}=['layer_1.*', '*.bias']); got {bad!r}."
         )

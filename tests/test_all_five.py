@@ -47,7 +47,8 @@ def check_everything_logged(run: RunRecords, kept: list[Path]) -> None:
             assert steps == set(range(0, last + 1, LOG_FREQ)), (kind, param, sorted(steps))
     # LogPredictionSamples: captioned images and a table after every validation epoch
     sample_steps = sorted(s for s, _ in run.series("predictions/images"))
-    assert sample_steps == [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)], sample_steps
+    assert sample_steps == [STEPS_PER_EPOCH * (e + 1) - 1 for e in range(EPOCHS)], sample_steps
+    assert sample_steps == sorted(s for s, _ in run.series("val_acc"))  # one step axis with the metrics
     assert len(run.rows("predictions/table")) == EPOCHS
     # MetricSummaries: explicit and derived summaries, keeping the x-axis
     val_loss, val_acc = run.metric("val_loss"), run.metric("val_acc")

@@ -102,7 +102,8 @@ class Snapshots(Callback):
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.taken.append((trainer.global_step, copy.deepcopy(pl_module.state_dict())))
+            # the step Lightning logs this validation's metrics at: one below global_step at epoch end
+            self.taken.append((trainer.global_step - 1, copy.deepcopy(pl_module.state_dict())))
 
 
 def predict_ids(model: LightningModule, state: dict[str, torch.Tensor], x: torch.Tensor) -> list[int]:
@@ -169,7 +170,8 @@ def guide(tmp_path_factory: pytest.TempPathFactory) -> Fitted:
 def test_same_ids_every_epoch_at_the_trainer_step(guide: Fitted) -> None:
     rec = guide.records
     steps = [step for step, _ in guide.snapshots]
-    assert steps == [6, 12, 18]  # 6 training batches per epoch
+    assert steps == [5, 11, 17]  # 6 training batches per epoch; Lightning logs validation at global_step - 1
+    assert [s for s, _ in rec.series("val_accuracy")] == steps  # the samples sit at their validation's metrics
     assert [s for s, _ in rec.series("predictions/images")] == steps
     assert [s for s, _ in rec.series("predictions/table")] == steps
     tables = rec.tables("predictions/table")
@@ -180,7 +182,7 @@ def test_same_ids_every_epoch_at_the_trainer_step(guide: Fitted) -> None:
     # spread over the 3 validation batches of 32 actually run, from the first example to the last
     assert ids[0][0] == 0 and ids[0][-1] == 95
     # the inputs (with the pixels) are logged once, at the first logged epoch
-    assert [s for s, _ in rec.series("predictions/inputs")] == [6]
+    assert [s for s, _ in rec.series("predictions/inputs")] == [5]
     (inputs,) = rec.tables("predictions/inputs")
     assert [row["id"] for row in inputs.rows] == ids[0]
 
@@ -392,8 +394,9 @@ def test_every_n_epochs_sanity_check_and_test_stage(tmp_path: Path) -> None:
     trainer.test(model, datamodule=dm)
     wandb.finish()
     rec = read_run(find_runs("runs")[0])
-    assert [s for s, _ in rec.series("predictions/images")] == [6, 18]  # epochs 0 and 2; no sanity check at 0
-    assert [s for s, _ in rec.series("predictions_test/images")] == [18]
+    # epoch 1 (the 2nd), as check_val_every_n_epoch=2 counts; not epoch 0 or 2, not the sanity check
+    assert [s for s, _ in rec.series("predictions/images")] == [11]
+    assert [s for s, _ in rec.series("predictions_test/images")] == [18]  # test logs at Lightning's step
     keys = rec.keys()
     assert "predictions/table" not in keys and not rec.tables("predictions/inputs")
 
@@ -462,7 +465,7 @@ def test_ddp_logs_rank_zero_samples_once(tmp_path: Path) -> None:
     assert len(runs) == 1
     rec = read_run(runs[0])
     steps = [s for s, _ in rec.series("predictions/images")]
-    assert steps == [4, 8]  # once per epoch, from one process
+    assert steps == [3, 7]  # once per epoch, from one process, at the validation metrics' step
     tables = rec.tables("predictions/table")
     assert len(tables) == 2 and len(rec.tables("predictions/inputs")) == 1
     ids = [[r["id"] for r in t.rows] for t in tables]
