@@ -428,7 +428,8 @@ class MetricSummaries(Callback):
                     f"({type(err).__name__}: {err})."
                 )
         if warn and self.warn_missing:
-            missing = [k for k in self._entry_names() if k not in self._seen]
+            elsewhere = _run_keys(run)  # logged around Lightning, e.g. by LearningRateMonitor
+            missing = [k for k in self._entry_names() if k not in self._seen and not _matches(k, elsewhere)]
             if missing:
                 rank_zero_warn(
                     f"MetricSummaries: {missing} matched no metric logged during this fit, so W&B has no summary "
@@ -551,3 +552,20 @@ def _logs_this_batch(trainer: pl.Trainer) -> bool:
     if isinstance(flag, bool):
         return flag or bool(getattr(trainer, "fast_dev_run", False))
     return True
+
+
+def _run_keys(run: Any) -> set[str]:
+    """Every key the run has a summary value for, whoever logged it; empty if the run cannot tell."""
+    try:
+        return {str(k) for k in run.summary.keys()}  # noqa: SIM118 - a wandb Summary, not a dict
+    except Exception:
+        return set()
+
+
+def _matches(entry: str, keys: set[str]) -> bool:
+    """Whether an entry (a name or a suffix glob) matches one of ``keys``."""
+    if entry.endswith("*"):
+        return any(k.startswith(entry[:-1]) for k in keys)
+    return entry in keys or any(
+        (m := _DATALOADER_SUFFIX.match(k)) is not None and m["base"] == entry for k in keys
+    )
