@@ -48,4 +48,9 @@ def test_main_example_reports_what_was_logged(tmp_path: Path) -> None:
     assert "best" in run.resolve_artifact(collection, "best").aliases
     assert f"{collection}:v0" in out
     assert set(run.summary["val_acc"]) == {"max"}
-    assert "best checkpoint back as a local file" in out
+    # one step axis: the best val_acc's step names the best checkpoint, and its samples sit there
+    best_step = run.summary["val_acc.best_step"]
+    best = run.resolve_artifact(collection, "best")
+    assert f"step-{best_step}" in best.aliases
+    assert best_step in [s for s, _ in run.series("predictions/table")]
+    assert f"alias step-{best_step}) back as a local file" in out
