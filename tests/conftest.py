@@ -23,3 +23,16 @@ def wandb_env(tmp_path: Path) -> Iterator[Path]:
     """Offline W&B with every W&B folder (and TMPDIR) under the test's tmp dir; cwd is tmp_path."""
     with isolated_wandb(tmp_path) as root:
         yield root
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how much of the documentation ran (set by test_readme.py when it was collected)."""
+    import sys
+
+    module = sys.modules.get("test_readme")
+    counts = getattr(module, "COUNTS", None)
+    if counts:
+        terminalreporter.write_line(
+            f"documentation: {counts['run']} Python blocks run, {counts['fragments']} fragments "
+            f"(each with its reason), {counts['yaml']} YAML blocks built with LightningCLI"
+        )
