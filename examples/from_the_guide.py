@@ -36,7 +36,7 @@ from torchmetrics.functional import accuracy
 from lw_callbacks.demo import offline_unless_logged_in
 
 
-class My_LitModule(LightningModule):  # noqa: N801 - the guide's name
+class My_LitModule(LightningModule):
     def __init__(self, n_classes=10, n_layer_1=128, n_layer_2=256, lr=1e-3):  # type: ignore[no-untyped-def]
         """method used to define the model parameters"""
         super().__init__()
@@ -56,7 +56,7 @@ class My_LitModule(LightningModule):  # noqa: N801 - the guide's name
         """method used for inference input -> output"""
 
         # (b, 1, 8, 8) -> (b, 1*8*8)
-        batch_size, channels, width, height = x.size()
+        batch_size, channels, width, height = x.size()  # noqa: RUF059 - as the guide writes it
         x = x.view(batch_size, -1)
 
         # let's do 3 x (linear + relu)
