@@ -613,7 +613,8 @@ class FabricShareRunDir:
         set_env: set ``os.environ["WANDB_DIR"]`` on every rank.
 
     Raises:
-        MisconfigurationException: from the hook, when the Fabric has no W&B logger.
+        MisconfigurationException: in ``__init__``, when ``set_env`` is not a ``bool``; from the hook,
+            when the Fabric has no W&B logger.
 
     Example::
 

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lw_callbacks import ShareRunDir
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
-from lw_callbacks.records import find_runs, iter_records
+from lw_callbacks.records import find_runs, iter_records, read_run
 from lw_callbacks.run_dir import pack_config, shared_run_config, unpack_config
 
 
@@ -247,3 +247,20 @@ def test_config_before_the_trainer_in_one_process(
     config = shared_run_config(logger)
     assert config == {"lr": 0.03, "hidden": 128, "batch_size": 32}
     assert logger.experiment.id == finish_and_read().run_id  # the logger uses the run it started
+
+
+@pytest.mark.slow
+def test_config_before_the_trainer_under_a_plain_env_launch(tmp_path: Path) -> None:
+    """Two processes launched with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT only (a SLURM-like
+    launch, no torchrun agent): every rank gets the sweep's values, and the port is free afterwards."""
+    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+    params = write_sweep_params(tmp_path / "params.yaml", SWEEP)
+    reports = run_ranks(
+        "run_config_env.py", str(find_free_network_port()), out_dir=tmp_path / "reports", timeout=180,
+        env={"WANDB_SWEEP_PARAM_PATH": str(params)},
+    )
+    assert [r["config"] for r in reports] == [SWEEP, SWEEP]
+    assert reports[0]["gathered"] == [SWEEP, SWEEP]
+    (run_dir,) = find_runs(tmp_path / "runs")
+    assert {k: read_run(run_dir).config[k] for k in SWEEP} == SWEEP
