@@ -29,6 +29,13 @@ def _require_bool(name: str, value: Any) -> bool:
     return value
 
 
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # e.g. tensors: compare as different
+        return False
+
+
 def _plain(value: Any) -> Any:
     """A W&B config value as plain Python: nested mappings become ``dict``."""
     if isinstance(value, Mapping):
@@ -241,11 +248,22 @@ class ShareRunDir(Callback):
         hparams = pl_module.hparams
         # Lightning logs ``hparams_initial`` to the run after setup: keep it equal to what trains.
         initial = getattr(pl_module, "_hparams_initial", None)
+        changed = []
         for key, value in self.config.items():
             if key in hparams:
+                if not _same(hparams[key], value):
+                    changed.append(key)
                 hparams[key] = value
                 if initial is not None and key in initial:
                     initial[key] = copy.deepcopy(value)
+        if changed and any(True for _ in pl_module.parameters()):
+            # the classic trap: layers built in __init__ keep the values they were built with
+            warning_cache.warn(
+                f"ShareRunDir(apply_config_to_hparams=True) set {', '.join(map(repr, changed))} of "
+                f"{type(pl_module).__name__}.hparams to the run's config, but the module already has parameters "
+                "at setup: layers built in `__init__` keep the old values. Build them in `configure_model()` and "
+                "the optimizer in `configure_optimizers()` from `self.hparams`."
+            )
         missing = [key for key in self._sweep_keys if key not in hparams]
         if missing:
             known = sorted(hparams) or "none: call `self.save_hyperparameters()` in `__init__`"

@@ -130,6 +130,8 @@ def sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
     yield start
     import wandb
 
+    if wandb.run is not None:
+        wandb.finish()
     wandb.teardown()  # wandb keeps the sweep's settings for every later run of the process
 
 
@@ -218,6 +220,19 @@ def test_lightning_cli_sweep_values_override_the_yaml(tmp_path: Path, sweep: Cal
     assert cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.03
     assert cli.model.net[1].out_features == 128
     assert (finish_and_read().config["lr"]) == 0.03
+
+
+def test_a_module_built_in_init_is_told_it_keeps_its_old_values(sweep: Callable[[dict[str, Any]], None]) -> None:
+    sweep(SWEEP)
+    model = DigitsClassifier()  # builds its layers in __init__ with hidden=64
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer([ShareRunDir(apply_config_to_hparams=True)], max_epochs=1).fit(
+            model, datamodule=DigitsDataModule(batch_size=32)
+        )
+    ours = [str(w.message) for w in caught if "ShareRunDir" in str(w.message)]
+    assert len(ours) == 1 and "'hidden'" in ours[0] and "configure_model()" in ours[0], ours
+    assert model.hparams["hidden"] == 128 and model.layer_1.out_features == 64
 
 
 @pytest.mark.parametrize("argument", ["checkpoints_in_run_dir", "set_env", "apply_config_to_hparams"])
