@@ -105,11 +105,11 @@ def sweep_values(run: Any = None) -> dict[str, Any]:
     return {str(k): v for k, v in values.items() if not str(k).startswith("_")}
 
 
-def run_config(run: Any) -> dict[str, Any]:
+def run_config(run: Any, sweep: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The run's config as a plain dict: its own items, with a sweep's values over them (as wandb
-    locks them), W&B's own ``_``-keys left out."""
+    locks them), W&B's own ``_``-keys left out. ``sweep``: :func:`sweep_values` if already read."""
     config = {str(k): v for k, v in run.config.items() if not str(k).startswith("_")}
-    config.update(sweep_values(run))
+    config.update(sweep_values(run) if sweep is None else sweep)
     return config
 
 
@@ -279,14 +279,15 @@ class ShareRunDir(Callback):
         if run is None:
             return None
         folder = run_folder(run, logger)  # <root>/wandb/<offline-run-...>, also for an attached run
+        sweep = sweep_values(run)
         return {
             "run_dir": str(folder),
             "files_dir": str(folder / "files"),
             "wandb_dir": str(folder.parent.parent),
             "run_id": run.id,
             "run_name": run.name or None,
-            "config": pack_config(run_config(run)),
-            "sweep_keys": sorted(sweep_values(run)),
+            "config": pack_config(run_config(run, sweep)),
+            "sweep_keys": sorted(sweep),
         }
 
     def _redirect_checkpoints(self, trainer: pl.Trainer) -> None:
@@ -342,7 +343,8 @@ def shared_run_config(logger: Any, timeout: float = 300.0) -> dict[str, Any]:
 
     Raises:
         MisconfigurationException: on a node other than the first of a Lightning-launched ``ddp``
-            job (``NODE_RANK`` > 0 without ``RANK``).
+            job (``NODE_RANK`` > 0 without ``RANK``), or in a rank Lightning's ``ddp`` launcher
+            started when the script's first process did not call it before ``fit``.
         RuntimeError: rank 0 failed to start the run, or did not answer within ``timeout``.
 
     Example::
@@ -365,6 +367,12 @@ def shared_run_config(logger: Any, timeout: float = 300.0) -> dict[str, Any]:
                 f"{os.environ['NODE_RANK']} of a job launched by Lightning's `ddp`, whose processes learn their "
                 "global rank only from the Trainer. Launch with torchrun or SLURM, or use "
                 "`ShareRunDir(apply_config_to_hparams=True)`, which works under every launcher."
+            )
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            raise MisconfigurationException(
+                f"shared_run_config: this process (LOCAL_RANK={os.environ['LOCAL_RANK']}) was started by "
+                "Lightning's `ddp` launcher, but the script's first process did not call shared_run_config "
+                "before `trainer.fit`. Call it on every process, before `fit`."
             )
         packed = _packed_run_config(logger)
         # Lightning's `ddp` launcher re-runs this script for the other local ranks with a copy of this
