@@ -596,21 +596,25 @@ class FabricUploadCheckpoints:
 
 
 class FabricShareRunDir:
-    r"""Make rank 0's W&B run folder, id and name known on every rank of a Fabric job.
+    r"""Make rank 0's W&B run folder, id, name and config known on every rank of a Fabric job.
 
     :meth:`share_run_dir` starts the run on global rank 0 (if it has not started), broadcasts its
-    folder, id and name with ``fabric.broadcast`` (every rank calls it), and sets the attributes
-    below and ``os.environ["WANDB_DIR"]`` on every rank, exactly as :class:`~lw_callbacks.ShareRunDir`
-    does (it is that callback's core).
+    folder, id, name and config with one ``fabric.broadcast`` (every rank calls it), and sets the
+    attributes below and ``os.environ["WANDB_DIR"]`` on every rank, exactly as
+    :class:`~lw_callbacks.ShareRunDir` does (it is that callback's core). Under a W&B sweep,
+    ``config`` holds the sweep's values on every rank: build the model from it after the hook.
 
     Attributes (``None`` before :meth:`share_run_dir` and under ``WANDB_MODE=disabled``):
         run_dir, files_dir, wandb_dir, run_id, run_name: as ``ShareRunDir``.
+        config: the run's config, the same plain ``dict`` on every rank (``{}`` before the hook
+            and when W&B is disabled).
 
     Args:
         set_env: set ``os.environ["WANDB_DIR"]`` on every rank.
 
     Raises:
-        MisconfigurationException: from the hook, when the Fabric has no W&B logger.
+        MisconfigurationException: in ``__init__``, when ``set_env`` is not a ``bool``; from the hook,
+            when the Fabric has no W&B logger.
 
     Example::
 
@@ -619,6 +623,7 @@ class FabricShareRunDir:
         fabric.launch()
         fabric.call("share_run_dir", fabric)
         ckpt_dir = share.run_dir / "checkpoints"  # the same path on every rank
+        model = Net(**{**defaults, **share.config})  # a sweep's values, on every rank
     """
 
     def __init__(self, set_env: bool = True) -> None:
@@ -656,3 +661,8 @@ class FabricShareRunDir:
     def run_name(self) -> str | None:
         """The run's display name."""
         return self.core.run_name
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config, the same plain ``dict`` on every rank (a sweep's values included)."""
+        return self.core.config

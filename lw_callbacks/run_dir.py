@@ -2,29 +2,135 @@
 
 from __future__ import annotations
 
+import base64
+import copy
 import os
+import pickle
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from lw_callbacks._wandb import require_wandb_logger, run_folder, run_of
+from lw_callbacks._wandb import require_wandb_logger, run_folder, run_of, warning_cache
 
-__all__ = ["ShareRunDir"]
+__all__ = ["ShareRunDir", "pack_config", "run_config", "shared_run_config", "sweep_values", "unpack_config"]
+
+
+def _require_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise MisconfigurationException(
+            f"ShareRunDir: `{name}` must be True or False, got {value!r} ({type(value).__name__})."
+        )
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # e.g. tensors: compare as different
+        return False
+
+
+def _plain(value: Any) -> Any:
+    """A W&B config value as plain Python: nested mappings become ``dict``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def pack_config(config: Any) -> dict[str, bytes]:
+    """Each key of a run's config (W&B's own ``_``-keys left out) pickled on its own, for a broadcast.
+
+    A value that cannot be pickled is left out with one warning naming its key (on global rank 0,
+    where this runs), so one bad value neither breaks nor hangs the collective.
+    """
+    packed: dict[str, bytes] = {}
+    if config is None:
+        return packed
+    items = config.items() if hasattr(config, "items") else ()
+    for key, value in items:
+        if str(key).startswith("_"):
+            continue
+        try:
+            packed[str(key)] = pickle.dumps(_plain(value))
+        except Exception as err:
+            warning_cache.warn(
+                f"ShareRunDir: the run's config value {key!r} cannot be sent to the other ranks "
+                f"({type(err).__name__}: {err}); `share.config` leaves it out on every rank."
+            )
+    return packed
+
+
+def unpack_config(packed: Mapping[str, bytes], global_rank: int = 0) -> dict[str, Any]:
+    """The plain config dict of :func:`pack_config`'s output; a value that fails to load is left out
+    with a warning naming its key (e.g. an object whose class this process cannot import)."""
+    config: dict[str, Any] = {}
+    for key, blob in packed.items():
+        try:
+            config[key] = pickle.loads(blob)
+        except Exception as err:
+            warnings.warn(
+                f"[rank {global_rank}] ShareRunDir: the run's config value {key!r} could not be loaded on this "
+                f"rank ({type(err).__name__}: {err}); `share.config` leaves it out here.",
+                stacklevel=2,
+            )
+    return config
+
+
+def sweep_values(run: Any = None) -> dict[str, Any]:
+    """The values a W&B sweep agent gave this run, read with wandb's own reader from the file the agent
+    wrote (``WANDB_SWEEP_PARAM_PATH``, the file ``wandb.init`` reads); ``{}`` outside a sweep.
+
+    Needed where the process's run is *attached* rather than started (rank 0 under ``ddp_spawn``):
+    wandb 0.31 gives an attached run an empty config, without the sweep's values.
+    """
+    settings = getattr(run, "settings", None)
+    path = getattr(settings, "sweep_param_path", None) or os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    if not path or not os.path.isfile(path):
+        return {}
+    from wandb.sdk.lib import config_util
+
+    try:
+        values = config_util.dict_from_config_file(path) or {}
+    except Exception as err:
+        warning_cache.warn(f"ShareRunDir: could not read the sweep's parameters from {path} ({err}).")
+        return {}
+    return {str(k): v for k, v in values.items() if not str(k).startswith("_")}
+
+
+def run_config(run: Any, sweep: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run's config as a plain dict: its own items, with a sweep's values over them (as wandb
+    locks them), W&B's own ``_``-keys left out. ``sweep``: :func:`sweep_values` if already read."""
+    config = {str(k): v for k, v in run.config.items() if not str(k).startswith("_")}
+    config.update(sweep_values(run) if sweep is None else sweep)
+    return config
 
 
 class ShareRunDir(Callback):
-    r"""Make rank 0's W&B run directory, id and name known on every rank.
+    r"""Make rank 0's W&B run directory, id, name and config known on every rank.
 
     Only global rank 0 has a live ``wandb`` run; on the other ranks ``wandb.run`` is ``None`` and
     ``WandbLogger.experiment`` is a dummy. At ``setup`` this callback starts the run on rank 0 (if it
-    has not started), broadcasts its folder, id and name through the Trainer's strategy, and on every
-    rank sets ``os.environ["WANDB_DIR"]`` and the attributes below. It works with every launcher
-    (Lightning's ``ddp`` and ``ddp_spawn``, torchrun, SLURM, several nodes), unlike setting
-    ``WANDB_DIR`` from ``wandb.run.dir`` before the other ranks start.
+    has not started), broadcasts its folder, id, name and config through the Trainer's strategy (one
+    broadcast, entered by every rank), and on every rank sets ``os.environ["WANDB_DIR"]`` and the
+    attributes below. It works with every launcher (Lightning's ``ddp`` and ``ddp_spawn``, torchrun,
+    SLURM, several nodes), unlike setting ``WANDB_DIR`` from ``wandb.run.dir`` before the other ranks
+    start.
+
+    Under a W&B sweep the agent's values reach ``wandb.config`` on rank 0 only, so without this the
+    other ranks build their model from the script's defaults. ``config`` gives every rank the run's
+    values, and ``apply_config_to_hparams=True`` writes them into the LightningModule's ``hparams``
+    at ``setup``: before ``LightningModule.setup`` and ``configure_model`` run on each rank, and
+    before Lightning builds the optimizers and logs the hyperparameters. A module that builds its
+    layers in ``configure_model`` and its optimizer in ``configure_optimizers`` from ``self.hparams``
+    then trains with the sweep's values on every rank.
 
     Attributes (``None`` until ``setup``, and under ``WANDB_MODE=disabled``):
         run_dir: the run's own folder, ``<save_dir>/wandb/offline-run-<date>-<id>`` (or
@@ -33,37 +139,69 @@ class ShareRunDir(Callback):
         wandb_dir: the root W&B writes under (the ``WandbLogger``'s ``save_dir``); this is the value
             ``WANDB_DIR`` gets on every rank.
         run_id: the run's id. run_name: its display name (``None`` offline if none was given).
+        config: the run's config as rank 0 holds it at ``setup``, the same plain ``dict`` on every
+            rank (``{}`` until then and when W&B is disabled): a sweep's values,
+            ``WandbLogger(config=...)``, ``logger.experiment.config.update(...)`` made before ``fit``.
+            Lightning logs the module's hyperparameters after ``setup``; they are not in it unless
+            an earlier ``fit`` of the same run logged them.
 
     Args:
         checkpoints_in_run_dir: put the checkpoints of every ``ModelCheckpoint`` that has no
             ``dirpath`` into ``run_dir / "checkpoints"`` (outside ``files/``, so the run does not
             upload them a second time).
         set_env: set ``os.environ["WANDB_DIR"]`` on every rank.
+        apply_config_to_hparams: on every rank, set each key of ``pl_module.hparams`` that the run's
+            config also has to the config's value (the run's config wins over the script's defaults,
+            the YAML of LightningCLI and the command line). A sweep parameter the module's hparams
+            do not have gets one warning naming it. Values are applied as they are, without
+            casting.
 
     Raises:
-        MisconfigurationException: at ``setup``, when the Trainer has no ``WandbLogger``.
+        MisconfigurationException: in ``__init__``, when an argument is not a ``bool``; at
+            ``setup``, when the Trainer has no ``WandbLogger``.
 
     Example::
 
-        share = ShareRunDir(checkpoints_in_run_dir=True)
+        class Net(LightningModule):
+            def __init__(self, hidden: int = 64, lr: float = 1e-2) -> None:
+                super().__init__()
+                self.save_hyperparameters()
+                self.net = None
+
+            def configure_model(self) -> None:  # after ShareRunDir's setup, on every rank
+                if self.net is None:
+                    self.net = nn.Sequential(nn.Linear(64, self.hparams.hidden), nn.ReLU(),
+                                             nn.Linear(self.hparams.hidden, 10))
+
+            def configure_optimizers(self):
+                return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+        share = ShareRunDir(checkpoints_in_run_dir=True, apply_config_to_hparams=True)
         trainer = Trainer(logger=WandbLogger(project="mnist"), strategy="ddp", devices=2,
                           callbacks=[share, ModelCheckpoint(monitor="val_acc", mode="max")])
-        trainer.fit(model, datamodule=dm)
+        trainer.fit(Net(), datamodule=dm)
         share.run_dir  # the same path on every rank
+        share.config   # the same dict on every rank, e.g. {"lr": 0.003, "hidden": 128} under a sweep
 
     On nodes without a shared filesystem, rank 0's folder does not exist on the other nodes: there
-    the folder is created (empty) and a warning says so.
+    the folder is created (empty) and a warning says so. To read the run's config before the Trainer
+    exists (to build a model outside the LightningModule's hooks), see :func:`shared_run_config`.
     """
 
-    def __init__(self, checkpoints_in_run_dir: bool = False, set_env: bool = True) -> None:
+    def __init__(
+        self, checkpoints_in_run_dir: bool = False, set_env: bool = True, apply_config_to_hparams: bool = False
+    ) -> None:
         super().__init__()
-        self.checkpoints_in_run_dir = bool(checkpoints_in_run_dir)
-        self.set_env = bool(set_env)
+        self.checkpoints_in_run_dir = _require_bool("checkpoints_in_run_dir", checkpoints_in_run_dir)
+        self.set_env = _require_bool("set_env", set_env)
+        self.apply_config_to_hparams = _require_bool("apply_config_to_hparams", apply_config_to_hparams)
         self.run_dir: Path | None = None
         self.files_dir: Path | None = None
         self.wandb_dir: Path | None = None
         self.run_id: str | None = None
         self.run_name: str | None = None
+        self.config: dict[str, Any] = {}
+        self._sweep_keys: list[str] = []
         self._redirected: set[int] = set()
 
     @override
@@ -73,21 +211,27 @@ class ShareRunDir(Callback):
         if trainer.global_rank == 0:
             info = self._describe(run_of(logger, 0), logger)
         # Every rank enters the broadcast (never a rank-0-only collective); None means "disabled".
+        # The run's config travels in the same broadcast, each value pickled on its own.
         info = trainer.strategy.broadcast(info, src=0)
         if not self._adopt(info, trainer.global_rank):
             return
         if self.checkpoints_in_run_dir:
             self._redirect_checkpoints(trainer)
+        if self.apply_config_to_hparams:
+            self._apply_to_hparams(pl_module)
 
     def _adopt(self, info: dict[str, Any] | None, global_rank: int) -> bool:
         """Take rank 0's description (from the broadcast) on this rank; ``False`` when W&B is disabled."""
         if info is None:
+            self.config, self._sweep_keys = {}, []
             return False
         self.run_dir = Path(info["run_dir"])
         self.files_dir = Path(info["files_dir"])
         self.wandb_dir = Path(info["wandb_dir"])
         self.run_id = info["run_id"]
         self.run_name = info["run_name"]
+        self.config = unpack_config(info.get("config", {}), global_rank)
+        self._sweep_keys = list(info.get("sweep_keys", []))
         if self.set_env:
             os.environ["WANDB_DIR"] = str(self.wandb_dir)
         if not self.run_dir.exists():
@@ -99,17 +243,51 @@ class ShareRunDir(Callback):
             )
         return True
 
+    def _apply_to_hparams(self, pl_module: pl.LightningModule) -> None:
+        """Set the matching keys of ``pl_module.hparams`` to the run's config, on every rank alike."""
+        hparams = pl_module.hparams
+        # Lightning logs ``hparams_initial`` to the run after setup: keep it equal to what trains.
+        initial = getattr(pl_module, "_hparams_initial", None)
+        changed = []
+        for key, value in self.config.items():
+            if key in hparams:
+                if not _same(hparams[key], value):
+                    changed.append(key)
+                hparams[key] = value
+                if initial is not None and key in initial:
+                    initial[key] = copy.deepcopy(value)
+        if changed and any(True for _ in pl_module.parameters()):
+            # the classic trap: layers built in __init__ keep the values they were built with
+            warning_cache.warn(
+                f"ShareRunDir(apply_config_to_hparams=True) set {', '.join(map(repr, changed))} of "
+                f"{type(pl_module).__name__}.hparams to the run's config, but the module already has parameters "
+                "at setup: layers built in `__init__` keep the old values. Build them in `configure_model()` and "
+                "the optimizer in `configure_optimizers()` from `self.hparams`."
+            )
+        missing = [key for key in self._sweep_keys if key not in hparams]
+        if missing:
+            known = sorted(hparams) or "none: call `self.save_hyperparameters()` in `__init__`"
+            warning_cache.warn(
+                f"ShareRunDir(apply_config_to_hparams=True): the sweep sets {', '.join(map(repr, missing))}, "
+                f"which {type(pl_module).__name__}.hparams does not have, so the model does not get "
+                f"{'it' if len(missing) == 1 else 'them'}. Its hparams: {known}. Name the sweep's parameters "
+                "after the module's `__init__` arguments, or read them from `share.config`."
+            )
+
     @staticmethod
     def _describe(run: Any, logger: Any) -> dict[str, Any] | None:
         if run is None:
             return None
         folder = run_folder(run, logger)  # <root>/wandb/<offline-run-...>, also for an attached run
+        sweep = sweep_values(run)
         return {
             "run_dir": str(folder),
             "files_dir": str(folder / "files"),
             "wandb_dir": str(folder.parent.parent),
             "run_id": run.id,
             "run_name": run.name or None,
+            "config": pack_config(run_config(run, sweep)),
+            "sweep_keys": sorted(sweep),
         }
 
     def _redirect_checkpoints(self, trainer: pl.Trainer) -> None:
@@ -122,3 +300,162 @@ class ShareRunDir(Callback):
                 self._redirected.add(id(callback))
             if id(callback) in self._redirected:  # again on a later fit, into that fit's run
                 callback.dirpath = target
+
+
+# ------------------------------------------------------------------ the config before the Trainer
+
+_ENV_KEY = "LW_CALLBACKS_RUN_CONFIG"
+_calls = 0
+
+
+def shared_run_config(logger: Any, timeout: float = 300.0) -> dict[str, Any]:
+    r"""Rank 0's W&B run config on every process, *before* the Trainer (or Fabric) exists.
+
+    For scripts that need a sweep's values to build the model, data or optimizer before training
+    starts. Call it on every process, at the same point of the script, with the W&B logger you then
+    give to the Trainer (Lightning's ``WandbLogger``) or to Fabric (wandb's Fabric ``WandbLogger``):
+    global rank 0 starts the run (a sweep agent's values go into its config there), and every
+    process gets the run's config as a plain ``dict``. The logger keeps using that run.
+
+    How the config reaches the other processes depends on the launcher:
+
+    - a single process, and Lightning's ``ddp_spawn``: this process is rank 0; whatever you build
+      from the config is sent to the spawned ranks with the model.
+    - Lightning's ``ddp`` on one node: the script's own process is rank 0; when ``fit`` starts the
+      launcher re-runs the script for the other ranks, which inherit the config from it (through an
+      environment variable that only the launcher's direct children accept).
+    - ``torchrun``, SLURM (``srun``) and any ``env://`` launch (``RANK``, ``WORLD_SIZE``,
+      ``MASTER_ADDR``, ``MASTER_PORT``): a rendezvous through torch.distributed's ``TCPStore`` at
+      ``MASTER_ADDR:MASTER_PORT``: torchrun's own store when it has one, otherwise one hosted by
+      rank 0 until every rank has read the config (then the port is free for the process group).
+
+    Lightning's own ``ddp`` launcher on several nodes is not covered (a node's first process does
+    not know its global rank before the Trainer exists): there use
+    ``ShareRunDir(apply_config_to_hparams=True)``, which covers every launcher.
+
+    Args:
+        logger: the W&B logger the Trainer or Fabric will use.
+        timeout: seconds a rank waits for rank 0's config before it raises.
+
+    Returns:
+        The run's config (W&B's own ``_``-keys left out): the sweep's values and whatever else the
+        run was started with (``WandbLogger(config=...)``); ``{}`` when W&B is disabled.
+
+    Raises:
+        MisconfigurationException: on a node other than the first of a Lightning-launched ``ddp``
+            job (``NODE_RANK`` > 0 without ``RANK``), or in a rank Lightning's ``ddp`` launcher
+            started when the script's first process did not call it before ``fit``.
+        RuntimeError: rank 0 failed to start the run, or did not answer within ``timeout``.
+
+    Example::
+
+        logger = WandbLogger(project="digits", config={"lr": 1e-2, "hidden": 64})
+        config = shared_run_config(logger)  # on every rank: the sweep's values
+        model = Net(hidden=config["hidden"], lr=config["lr"])
+        Trainer(logger=logger, strategy="ddp", devices=2).fit(model, datamodule=dm)
+    """
+    global _calls
+    _calls += 1
+    inherited = _inherited_config()
+    if inherited is not None:
+        return inherited
+    rendezvous = _rendezvous_env()
+    if rendezvous is None:
+        if os.environ.get("NODE_RANK", "0") != "0" and "RANK" not in os.environ:
+            raise MisconfigurationException(
+                "shared_run_config: this is node "
+                f"{os.environ['NODE_RANK']} of a job launched by Lightning's `ddp`, whose processes learn their "
+                "global rank only from the Trainer. Launch with torchrun or SLURM, or use "
+                "`ShareRunDir(apply_config_to_hparams=True)`, which works under every launcher."
+            )
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            raise MisconfigurationException(
+                f"shared_run_config: this process (LOCAL_RANK={os.environ['LOCAL_RANK']}) was started by "
+                "Lightning's `ddp` launcher, but the script's first process did not call shared_run_config "
+                "before `trainer.fit`. Call it on every process, before `fit`."
+            )
+        packed = _packed_run_config(logger)
+        # Lightning's `ddp` launcher re-runs this script for the other local ranks with a copy of this
+        # environment: they take the config from here (only as direct children of this process).
+        os.environ[_ENV_KEY] = _b64({"pid": os.getpid(), "config": packed})
+        return unpack_config(packed)
+    return _exchange(logger, *rendezvous, timeout=timeout)
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.b64encode(pickle.dumps(data)).decode()
+
+
+def _inherited_config() -> dict[str, Any] | None:
+    value = os.environ.get(_ENV_KEY)
+    if not value or "LOCAL_RANK" not in os.environ:
+        return None
+    try:
+        data = pickle.loads(base64.b64decode(value))
+    except Exception:
+        return None
+    if not isinstance(data, dict) or data.get("pid") != os.getppid():
+        return None
+    return unpack_config(data["config"], int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _rendezvous_env() -> tuple[int, int, str, int] | None:
+    """(global rank, world size, address, port) of a launch that set them before the script runs."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        env: Any = TorchElasticEnvironment()
+    elif SLURMEnvironment.detect():
+        env = SLURMEnvironment()
+    elif all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        return (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]))
+    else:
+        return None
+    return env.global_rank(), env.world_size(), env.main_address, env.main_port
+
+
+def _packed_run_config(logger: Any) -> dict[str, bytes]:
+    run = run_of(logger, 0)
+    return {} if run is None else pack_config(run_config(run))
+
+
+def _exchange(logger: Any, rank: int, world_size: int, address: str, port: int, timeout: float) -> dict[str, Any]:
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    if world_size <= 1:
+        return unpack_config(_packed_run_config(logger), rank)
+    # torchrun's agent hosts a store at MASTER_ADDR:MASTER_PORT for its workers; otherwise rank 0 hosts
+    # one here and closes it once every rank has read, before the process group binds that port.
+    host = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = TCPStore(
+        address, port, world_size if host else None, is_master=host,
+        timeout=timedelta(seconds=timeout), wait_for_workers=False,
+    )
+    key = f"lw_callbacks/run_config/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{_calls}"
+    try:
+        if rank == 0:
+            try:
+                packed = _packed_run_config(logger)
+            except BaseException as err:  # tell the others, so they do not wait for nothing
+                store.set(f"{key}/data", _b64({"error": f"{type(err).__name__}: {err}"}))
+                raise
+            store.set(f"{key}/data", _b64({"config": packed}))
+            store.wait([f"{key}/done"])
+            return unpack_config(packed, rank)
+        try:
+            data = pickle.loads(base64.b64decode(store.get(f"{key}/data")))
+        except Exception as err:
+            raise RuntimeError(
+                f"shared_run_config: rank {rank} got no run config from rank 0 at {address}:{port} within "
+                f"{timeout:.0f}s ({type(err).__name__}: {err}). Is every rank calling it?"
+            ) from err
+        if store.add(f"{key}/acks", 1) == world_size - 1:
+            store.set(f"{key}/done", "1")
+        if "error" in data:
+            raise RuntimeError(f"shared_run_config: rank 0 failed to start the run: {data['error']}")
+        return unpack_config(data["config"], rank)
+    finally:
+        del store

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from test_run_dir import recorded_writes, write_sweep_params
 
 from lw_callbacks.records import find_runs, read_run
 
 EXAMPLES_DIR = Path(__file__).parent.parent / "examples"
-# digits.py, from_the_guide.py and cli.py have tests of their own (below, and in test_all_five.py)
-OWN_TESTS = ("digits.py", "from_the_guide.py", "cli.py")
+# digits.py, from_the_guide.py, sweep_ddp.py and cli.py have tests of their own (below, and in test_all_five.py)
+OWN_TESTS = ("digits.py", "from_the_guide.py", "sweep_ddp.py", "cli.py")
 EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if p.name not in OWN_TESTS)
 
 
@@ -83,3 +86,50 @@ def test_the_guides_recipe_still_logs_everything_it_did(tmp_path: Path) -> None:
     assert best.metadata["score"] == max(v.metadata["score"] for v in run.artifacts(collection))
     assert run.resolve_artifact(collection, "latest") is run.artifacts(collection)[-1]
     assert "best checkpoint back as a local file" in proc.stdout
+
+
+RANK_LINE = re.compile(r"rank (\d+): lr=([0-9.e-]+) hidden=(\d+) parameters=(\d+)")
+
+
+@pytest.mark.parametrize(
+    ("launcher", "args", "swept"),
+    [
+        pytest.param("ddp", [], True, id="ddp"),
+        pytest.param("ddp", [], False, marks=pytest.mark.slow, id="ddp-no-sweep"),
+        pytest.param("ddp_spawn", ["--strategy=ddp_spawn"], True, marks=pytest.mark.slow, id="ddp_spawn"),
+        pytest.param("torchrun", [], True, marks=pytest.mark.slow, id="torchrun"),
+        pytest.param("torchrun", ["--config-before-trainer"], True, marks=pytest.mark.slow, id="torchrun-before"),
+        pytest.param("ddp", ["--config-before-trainer"], True, marks=pytest.mark.slow, id="ddp-before"),
+    ],
+)
+def test_sweep_example_every_rank_trains_with_the_sweep(
+    tmp_path: Path, launcher: str, args: list[str], swept: bool
+) -> None:
+    """One simulated sweep run of examples/sweep.yaml, offline, 2 CPU processes: the values the agent
+    would hand to rank 0 are the ones every rank trains with, and the ones the run records."""
+    sweep = yaml.safe_load((EXAMPLES_DIR / "sweep.yaml").read_text())["parameters"]
+    chosen = {name: spec["values"][-1] for name, spec in sweep.items()}  # not the script's defaults
+    assert chosen == {"lr": 0.03, "hidden": 128}
+    env = dict(os.environ, LW_EXAMPLE_FAST="1")
+    env.pop("WANDB_SERVICE", None)
+    env.pop("WANDB_MODE", None)
+    if swept:
+        env["WANDB_SWEEP_PARAM_PATH"] = str(write_sweep_params(tmp_path / "params.yaml", chosen))
+    script = str(EXAMPLES_DIR / "sweep_ddp.py")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd = [*torchrun, script, *args] if launcher == "torchrun" else [sys.executable, script, *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    ranks = {int(r): (float(lr), int(hidden), int(params)) for r, lr, hidden, params in RANK_LINE.findall(proc.stdout)}
+    assert sorted(ranks) == [0, 1], output
+    expected = (chosen["lr"], chosen["hidden"]) if swept else (0.01, 64)
+    for lr, hidden, _ in ranks.values():
+        assert (lr, hidden) == expected, output
+    assert ranks[0][2] == ranks[1][2]  # the same model on every rank
+    (run_dir,) = find_runs(tmp_path / "runs")
+    config = read_run(run_dir).config
+    assert (config["lr"], config["hidden"]) == expected
+    for key, value in zip(("lr", "hidden"), expected, strict=True):
+        assert set(recorded_writes(run_dir, key)) == {value}, (key, recorded_writes(run_dir, key))
+    assert f"recorded config: lr={expected[0]} hidden={expected[1]}" in proc.stdout

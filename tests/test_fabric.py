@@ -96,10 +96,18 @@ def test_every_feature_in_one_process(kind: str) -> None:
 
 
 def test_every_feature_under_ddp(tmp_path: Path) -> None:
-    reports = run_ranks("fabric_all.py", "2", "fabric", "runs", out_dir=tmp_path / "reports", timeout=180)
+    # a simulated sweep run: the agent's values reach wandb.init on rank 0 only
+    (tmp_path / "params.yaml").write_text("lr:\n  value: 0.02\nhidden:\n  value: 32\n")
+    reports = run_ranks("fabric_all.py", "2", "fabric", "runs", out_dir=tmp_path / "reports", timeout=180,
+                        env={"WANDB_SWEEP_PARAM_PATH": str(tmp_path / "params.yaml")})
     assert [r["rank"] for r in reports] == [0, 1] and {r["world_size"] for r in reports} == {2}
     (run,) = find_runs("runs")  # one run: rank 1 never started one
-    _check(read_run(run), reports)
+    records = read_run(run)
+    _check(records, reports)
+    # FabricShareRunDir: every rank got the run's config and built the same model from the sweep's values
+    assert [r["config"] for r in reports] == [{"lr": 0.02, "hidden": 32}] * 2
+    assert [r["trains_with"] for r in reports] == [{"lr": 0.02, "hidden": 32, "parameters": 3466}] * 2
+    assert (records.config["lr"], records.config["hidden"]) == (0.02, 32)
     assert reports[1]["watched"] == []  # only rank 0 watches
 
 

@@ -51,8 +51,11 @@ def train(devices: int, kind: str, save_dir: str, epochs: int = 3) -> dict[str, 
 
     x, y = load_digits_tensors()
     x_train, y_train, x_val, y_val = x[:512], y[:512], x[1500:1564], y[1500:1564]
-    model = DigitsClassifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    hparams = {"hidden": 64, "lr": 1e-2, **share.config}  # a sweep's values, on every rank
+    model = DigitsClassifier(hidden=hparams["hidden"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=hparams["lr"])
+    trains_with = {"lr": optimizer.param_groups[0]["lr"], "hidden": model.layer_1.out_features,
+                   "parameters": sum(p.numel() for p in model.parameters())}
     model, optimizer = fabric.setup(model, optimizer)
     fabric.call("watch", fabric, model, optimizer)
     watched = list(watch.watched_names)
@@ -100,6 +103,8 @@ def train(devices: int, kind: str, save_dir: str, epochs: int = 3) -> dict[str, 
         "scores": scores,
         "watched": watched,
         "hooks_left": len(optimizer.optimizer._optimizer_step_pre_hooks),
+        "config": share.config,
+        "trains_with": trains_with,
     }
 
 
