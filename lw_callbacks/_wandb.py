@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import DummyLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
+
+from lw_callbacks._errors import ConfigurationError
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -73,14 +74,14 @@ def require_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger | None:
     """The Trainer's ``WandbLogger``; ``None`` under ``fast_dev_run`` (its loggers are ``DummyLogger``).
 
     Raises:
-        MisconfigurationException: the Trainer has none; the message names ``owner`` and the fix.
+        ConfigurationError: the Trainer has none; the message names ``owner`` and the fix.
     """
     logger = find_wandb_logger(trainer)
     if logger is None and logging_suppressed(trainer):
         return None
     if logger is None:
         names = [type(lg).__name__ for lg in trainer.loggers] or ["no logger"]
-        raise MisconfigurationException(
+        raise ConfigurationError(
             f"{owner} logs to Weights & Biases and needs a `WandbLogger` among the Trainer's loggers, "
             f"but the Trainer has {', '.join(names)}. Pass `Trainer(logger=WandbLogger(project=...))` "
             f"(it may be one of a list of loggers), or remove {owner} from the callbacks."
@@ -111,7 +112,7 @@ def require_fabric_wandb_logger(fabric: Any, owner: str) -> Any:
 
     Raises:
         TypeError: ``fabric`` is not a ``lightning.fabric.Fabric``.
-        MisconfigurationException: it has no W&B logger; the message names ``owner`` and the fix.
+        ConfigurationError: it has no W&B logger; the message names ``owner`` and the fix.
     """
     if not hasattr(fabric, "loggers") or not hasattr(fabric, "broadcast"):
         raise TypeError(
@@ -121,7 +122,7 @@ def require_fabric_wandb_logger(fabric: Any, owner: str) -> Any:
     logger = find_fabric_wandb_logger(fabric)
     if logger is None:
         names = [type(lg).__name__ for lg in fabric.loggers] or ["no logger"]
-        raise MisconfigurationException(
+        raise ConfigurationError(
             f"{owner} logs to Weights & Biases and needs a W&B logger among the Fabric's loggers, but the Fabric "
             f"has {', '.join(names)}. Pass `L.Fabric(loggers=[WandbLogger(project=...)])` with "
             "`from wandb.integration.lightning.fabric import WandbLogger` (or Lightning's "
@@ -168,7 +169,7 @@ def get_run(trainer: pl.Trainer, owner: str) -> Any | None:
     """The live run for a callback on ``trainer``: rank 0 only, ``None`` elsewhere or when disabled.
 
     Raises:
-        MisconfigurationException: the Trainer has no ``WandbLogger``.
+        ConfigurationError: the Trainer has no ``WandbLogger``.
     """
     return run_of(require_wandb_logger(trainer, owner), trainer.global_rank)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
+from lw_callbacks._errors import ConfigurationError
 from lw_callbacks._wandb import require_wandb_logger, run_folder, run_of, warning_cache
 
 __all__ = ["ShareRunDir", "pack_config", "run_config", "shared_run_config", "sweep_values", "unpack_config"]
@@ -23,7 +23,7 @@ __all__ = ["ShareRunDir", "pack_config", "run_config", "shared_run_config", "swe
 
 def _require_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise MisconfigurationException(
+        raise ConfigurationError(
             f"ShareRunDir: `{name}` must be True or False, got {value!r} ({type(value).__name__})."
         )
     return value
@@ -157,7 +157,7 @@ class ShareRunDir(Callback):
             casting.
 
     Raises:
-        MisconfigurationException: in ``__init__``, when an argument is not a ``bool``; at
+        ConfigurationError: in ``__init__``, when an argument is not a ``bool``; at
             ``setup``, when the Trainer has no ``WandbLogger``.
 
     Example::
@@ -342,7 +342,7 @@ def shared_run_config(logger: Any, timeout: float = 300.0) -> dict[str, Any]:
         run was started with (``WandbLogger(config=...)``); ``{}`` when W&B is disabled.
 
     Raises:
-        MisconfigurationException: on a node other than the first of a Lightning-launched ``ddp``
+        ConfigurationError: on a node other than the first of a Lightning-launched ``ddp``
             job (``NODE_RANK`` > 0 without ``RANK``), or in a rank Lightning's ``ddp`` launcher
             started when the script's first process did not call it before ``fit``.
         RuntimeError: rank 0 failed to start the run, or did not answer within ``timeout``.
@@ -362,14 +362,14 @@ def shared_run_config(logger: Any, timeout: float = 300.0) -> dict[str, Any]:
     rendezvous = _rendezvous_env()
     if rendezvous is None:
         if os.environ.get("NODE_RANK", "0") != "0" and "RANK" not in os.environ:
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 "shared_run_config: this is node "
                 f"{os.environ['NODE_RANK']} of a job launched by Lightning's `ddp`, whose processes learn their "
                 "global rank only from the Trainer. Launch with torchrun or SLURM, or use "
                 "`ShareRunDir(apply_config_to_hparams=True)`, which works under every launcher."
             )
         if os.environ.get("LOCAL_RANK", "0") != "0":
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"shared_run_config: this process (LOCAL_RANK={os.environ['LOCAL_RANK']}) was started by "
                 "Lightning's `ddp` launcher, but the script's first process did not call shared_run_config "
                 "before `trainer.fit`. Call it on every process, before `fit`."
