@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lw_callbacks import _uploader
 from lw_callbacks._uploader import ENTRY_NAME, PENDING, SKIPPED, STAGING_FOLDER, Job, Ledger, Uploader
-from lw_callbacks._wandb import active_run, get_run, require_wandb_logger
+from lw_callbacks._wandb import active_run, get_run, lightning_step, require_wandb_logger
 
 __all__ = ["UploadCheckpoints", "restore_checkpoint"]
 
@@ -34,22 +34,24 @@ _RESERVED_ALIAS = re.compile(r"^(latest|best|v\d+|epoch-\d+|step-\d+)$")
 _PROGRESS_MIN_BYTES = 64 * 2**20
 
 
-class UploadCheckpoints(Checkpoint):
+class UploadCheckpoints(Callback):
     r"""Upload every checkpoint that ``ModelCheckpoint`` saves as a W&B ``model`` artifact, in the background.
 
     Each ``ModelCheckpoint`` on the Trainer (or each one passed in ``checkpoints``) gets its own
     artifact collection, ``model-<run id>-<monitor>`` by default, so two checkpoint callbacks never
     fight over one ``best`` alias. Every new or changed file becomes a new version holding one file,
-    ``model.ckpt``, with metadata (``score``, ``monitor``, ``mode``, ``epoch``, ``global_step``,
+    ``model.ckpt``, with metadata (``score``, ``monitor``, ``mode``, ``epoch``, ``global_step``, ``step``,
     ``original_filename``, ``is_last`` and the ``ModelCheckpoint`` settings) and aliases:
 
     - ``latest`` on the newest checkpoint, ``best`` on the best one by that callback's ``monitor``
       and ``mode`` (it moves as the best changes; a callback without ``monitor`` has no ``best``),
-    - ``epoch-<n>`` and ``step-<n>``, and the ``aliases`` you pass (they end on the newest version).
+    - ``epoch-<n>`` and ``step-<n>`` (``n`` is the ``trainer/global_step`` the metrics of that moment are
+      logged at, so ``step-<best_step>`` is the checkpoint of a ``MetricSummaries`` best), and the
+      ``aliases`` you pass (they end on the newest version).
 
-    Training does not wait for uploads. Right after ``ModelCheckpoint`` has written a file (this
-    callback is a ``Checkpoint``, which Lightning calls after other callbacks, and at ``setup`` it
-    moves itself after the ``ModelCheckpoint`` callbacks), it makes a hard link to it in a staging
+    Training does not wait for uploads. Right after ``ModelCheckpoint`` has written a file (at
+    ``setup`` this callback moves itself after the ``ModelCheckpoint`` callbacks, so its hooks run
+    after theirs), it makes a hard link to it in a staging
     folder (``.upload-staging`` beside the checkpoint; a copy where hard links are impossible) and
     returns; hashing and ``log_artifact`` run on a background thread. The link keeps the file's
     content alive, so a checkpoint that top-k rotation deletes a moment later is still uploaded
@@ -165,8 +167,8 @@ class UploadCheckpoints(Checkpoint):
             if run is not None:
                 rank_zero_warn(
                     f"{_OWNER}: the Trainer has no ModelCheckpoint, so there is nothing to upload. Add one, e.g. "
-                    "`ModelCheckpoint(monitor='val_loss')`: Lightning adds its default ModelCheckpoint only when no "
-                    "other Checkpoint callback (such as UploadCheckpoints) is present."
+                    "`ModelCheckpoint(monitor='val_loss')`, or leave `enable_checkpointing=True` so Lightning adds "
+                    "its default one."
                 )
             self._uploader = None
             return
@@ -193,10 +195,6 @@ class UploadCheckpoints(Checkpoint):
         self._scan(trainer)
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._scan(trainer)
-
-    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._scan(trainer)
         self._flush("fit ended")
@@ -219,8 +217,15 @@ class UploadCheckpoints(Checkpoint):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._uploader is not None:
+        if stage != "fit":
+            return
+        if self._uploader is not None:
             self._flush("teardown")
+        setattr(trainer, "callbacks", self._without_helper(trainer))  # noqa: B010 - see _run_after_checkpoints
+
+    def _without_helper(self, trainer: pl.Trainer) -> list[Callback]:
+        callbacks: list[Callback] = list(getattr(trainer, "callbacks", []))
+        return [cb for cb in callbacks if not (isinstance(cb, _AfterCheckpoints) and cb.owner is self)]
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the callbacks into the new processes: a live worker stays behind
@@ -273,8 +278,16 @@ class UploadCheckpoints(Checkpoint):
         return _sanitize(self.name.format(run_id=run_id, monitor=field, mode=mode, index=index))
 
     def _run_after_checkpoints(self, trainer: pl.Trainer) -> None:
-        """Make sure this callback's hooks run after every tracked ModelCheckpoint's."""
-        callbacks = list(getattr(trainer, "callbacks", []))
+        """Make sure this callback's hooks run after every tracked ModelCheckpoint's.
+
+        Lightning calls ``on_train_epoch_end`` of ``Checkpoint`` and ``EarlyStopping`` callbacks after
+        the module's own hook and after every other callback's, and ModelCheckpoint saves there by
+        default; a private ``Checkpoint`` appended last forwards that hook here. This callback is not a
+        ``Checkpoint`` itself, so Lightning still adds its default ``ModelCheckpoint``.
+        """
+        callbacks = self._without_helper(trainer)
+        callbacks.append(_AfterCheckpoints(self))
+        setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: a hook loop already running keeps the old one
         if self not in callbacks or not self._tracked:
             return
         last = max(callbacks.index(mc) for mc in self._tracked if mc in callbacks)
@@ -369,13 +382,17 @@ class UploadCheckpoints(Checkpoint):
         collection = self.collection_names[index]
         score = _score_of(trainer, mc, path, fresh)
         epoch = trainer.current_epoch if fresh else None
-        step = trainer.global_step if fresh else None
+        # `step` is the `trainer/global_step` Lightning logged this fit's metrics at when the file was
+        # saved (one axis with the metrics, `best_step` and the samples); `global_step` counts optimizer
+        # steps, as ModelCheckpoint's file names do.
+        step = lightning_step(trainer) if fresh else None
         metadata = {
             "score": score if score is not None and math.isfinite(score) else None,
             "monitor": mc.monitor,
             "mode": mc.mode,
             "epoch": epoch,
-            "global_step": step,
+            "global_step": trainer.global_step if fresh else None,
+            "step": step,
             "original_filename": os.path.basename(path),
             "original_path": os.path.abspath(path),
             "is_last": is_last,
@@ -503,6 +520,22 @@ def _check_template(name: str | None) -> str | None:
             f"digits, '_', '.', '-' and the fields {accepted}, e.g. `name='model-{{run_id}}-{{monitor}}'`."
         )
     return name
+
+
+class _AfterCheckpoints(Checkpoint):
+    """Runs ``UploadCheckpoints``'s scan where Lightning runs checkpoint callbacks: last."""
+
+    def __init__(self, owner: UploadCheckpoints) -> None:
+        self.owner = owner
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return f"_AfterCheckpoints[{self.owner.state_key}]"
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.owner._scan(trainer)
 
 
 def _check_aliases(aliases: Sequence[str]) -> tuple[str, ...]:
