@@ -169,7 +169,10 @@ def test_aliases_follow_each_callbacks_monitor_and_mode(main: Main, index: int) 
     assert [v for v in vs if "exp-a" in v.aliases] == [newest]
     for v in vs:
         assert f"epoch-{v.metadata['epoch']}" in v.aliases
-        assert f"step-{v.metadata['global_step']}" in v.aliases
+        assert f"step-{v.metadata['step']}" in v.aliases  # the metrics' trainer/global_step
+        # the score sits in the history at that step, as the UI's chart of the monitor shows it
+        logged = dict(main.records.series(v.metadata["monitor"]))
+        assert logged[v.metadata["step"]] == pytest.approx(v.metadata["score"])
     # The best moved: it was logged on more than one version of the max-acc / min-loss run.
     assert sum("best" in v.logged_aliases for v in vs) >= 2 or len({*scores}) == 1
 
