@@ -131,6 +131,10 @@ def test_python_block_runs(
         pytest.skip(f"fragment: {block.fragment}")
     folder, namespace = reader[block.doc]
     monkeypatch.chdir(folder)
+    # W&B's service process resolves a relative `dir` (WandbLogger's default save_dir ".") against its
+    # own working folder, the one the first test of the session ran in: start a new service here, so
+    # the runs a block makes land in the reader's folder, as they would for the reader.
+    wandb.teardown()
     for name, value in FAST_TRAINER.items():
         monkeypatch.setenv(name, value)
     runs = find_runs(folder)
