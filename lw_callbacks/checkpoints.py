@@ -101,7 +101,7 @@ class UploadCheckpoints(Callback):
         trainer = Trainer(logger=WandbLogger(project="mnist"),  # keep log_model off
                           callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"), upload])
         trainer.fit(model, datamodule=dm)
-        path = restore_checkpoint(upload.collection_names[0] + ":best")
+        path = upload.restore("best")  # or restore_checkpoint(upload.collection_names[0] + ":best")
     """
 
     def __init__(
@@ -242,6 +242,47 @@ class UploadCheckpoints(Callback):
         if "ledger" in state_dict:
             self._ledger = Ledger.from_dict(state_dict["ledger"])
             self._state_loaded = True
+
+    def restore(
+        self, alias: str = "best", *, index: int = 0, root: str | os.PathLike[str] | None = None
+    ) -> Path | None:
+        """The checkpoint this callback uploaded under ``alias``, as a local file, or ``None`` if it uploaded none.
+
+        A shortcut for ``restore_checkpoint(f"{collection_names[index]}:{alias}")`` after ``fit``, on
+        any rank. It returns ``None`` when the fit uploaded nothing, as under ``WANDB_MODE=disabled``,
+        ``fast_dev_run``, or a Trainer without a ``ModelCheckpoint``, so the same script runs in all of
+        them; check for ``None`` before loading.
+
+        Args:
+            alias: ``"best"``, ``"latest"``, ``"step-<n>"``, ``"epoch-<n>"``, ``"v<n>"`` or one of your
+                ``aliases``. A callback whose ``ModelCheckpoint`` has no ``monitor`` has no ``best``.
+            index: which tracked ``ModelCheckpoint`` (Trainer order), as in ``collection_names``.
+            root: where the file is put (see :func:`restore_checkpoint`).
+
+        Returns:
+            The local path, or ``None`` when nothing was uploaded.
+
+        Raises:
+            LookupError: the collection has no such alias or version; the message lists what exists.
+            IndexError: ``index`` is outside the tracked ``ModelCheckpoint`` callbacks.
+
+        Example::
+
+            path = upload.restore("best")
+            if path is not None:
+                model = LitModule.load_from_checkpoint(path)
+        """
+        if not self.collection_names:
+            return None
+        if not 0 <= index < len(self.collection_names):
+            raise IndexError(
+                f"{_OWNER}.restore(index={index}): this callback tracks {len(self.collection_names)} "
+                f"ModelCheckpoint(s): {self.collection_names}; pass an index below {len(self.collection_names)}."
+            )
+        name = self.collection_names[index]
+        if not _LOGGED.get(name):  # every rank learns what rank 0 logged when fit ends
+            return None
+        return restore_checkpoint(f"{name}:{alias}", root=root)
 
     # ------------------------------------------------------------------ setup helpers
     def _find_checkpoints(self, trainer: pl.Trainer) -> list[ModelCheckpoint]:

@@ -480,3 +480,33 @@ def test_ddp_two_processes_upload_each_file_once(wandb_env: Path) -> None:
     # every rank got the same path, holding the best checkpoint
     assert rank0["restored"] == rank1["restored"]
     assert rank0["restored_md5"] == rank1["restored_md5"] == files[rank0["best_model_path"]]
+
+
+@pytest.mark.parametrize("setting", ["offline", "disabled", "fast_dev_run", "no_checkpoint_saved"])
+def test_restore_gives_the_best_file_or_none_when_nothing_was_uploaded(
+    wandb_env: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """The README's restore line runs in every setting: a file when one was uploaded, else None."""
+    if setting == "disabled":
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+    seed_everything(0)
+    mc = ModelCheckpoint(dirpath="ckpts", monitor="val_acc", mode="max", save_top_k=1)
+    upload = UploadCheckpoints()
+    options: dict[str, Any] = {"fast_dev_run": True} if setting == "fast_dev_run" else {}
+    if setting == "no_checkpoint_saved":
+        options["limit_val_batches"] = 0  # nothing to monitor: ModelCheckpoint saves nothing with a monitor
+        mc = ModelCheckpoint(dirpath="ckpts", monitor="val_acc", mode="max", save_on_train_epoch_end=False)
+    trainer = make_trainer([mc, upload], **options)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    path = upload.restore("best")
+    if setting == "offline":
+        assert path is not None and md5(path) == md5(mc.best_model_path)
+        assert md5(upload.restore("latest")) == md5(path)  # one file kept: it is both
+        with pytest.raises(LookupError, match="step-9999"):
+            upload.restore("step-9999")
+        with pytest.raises(IndexError, match="index"):
+            upload.restore(index=1)
+    else:
+        assert path is None
+        if setting == "no_checkpoint_saved":
+            assert upload.collection_names and not mc.best_model_path
