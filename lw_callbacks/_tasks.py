@@ -265,7 +265,7 @@ def floats(v: Any) -> list[float]:
 # ---------------------------------------------------------------------- segmentation
 def image_hw(sample: Any) -> tuple[int, int]:
     """Height and width of one image (tensor / array in any accepted layout, or PIL)."""
-    if hasattr(sample, "size") and hasattr(sample, "mode"):
+    if type(sample).__module__.startswith("PIL."):
         w, h = sample.size
         return int(h), int(w)
     shape = tuple(sample.shape)
