@@ -89,10 +89,12 @@ class ShapesSegmenter(LightningModule):
     def __init__(self, lr: float = 0.05) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.lr = lr
         self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
+        out: Tensor = self.net(x)
+        return out
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, mask = batch
@@ -107,7 +109,7 @@ class ShapesSegmenter(LightningModule):
         return logits
 
     def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
 class ShapesDetector(ShapesSegmenter):

@@ -132,7 +132,8 @@ class NormalizedCxcywh(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, t = self.data[i]
         b, s = t["boxes"], self.data.size
-        cxcywh = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
+        centre = [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2]
+        cxcywh = torch.stack([*centre, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
         return x, {"boxes": cxcywh / s, "labels": t["labels"]}
 
 
@@ -220,7 +221,7 @@ def test_detection_boxes_on_the_images() -> None:
 def test_detection_box_outside_the_image_fails_at_the_first_batch() -> None:
     trainer = make_trainer([LogPredictionSamples(normalized_boxes=True)], limit_val_batches=1)
     loader = DataLoader(Shapes(8, mode="detection"), batch_size=4, collate_fn=detection_collate)  # pixel boxes
-    with pytest.raises(ConfigurationError, match=r"sample 0 of the first validation batch: ground-truth box 0 .* "
+    with pytest.raises(ConfigurationError, match=r"sample 0 of the first validation batch: ground-truth box 0 "
                        r"\[3.0, 1.0, 14.0, 12.0\] is \(96.0, 32.0, 448.0, 384.0\) in pixels under box_format='xyxy', "
                        r"normalized_boxes=True, outside the 32x32"):
         trainer.validate(ShapesDetector(), loader)
@@ -280,7 +281,8 @@ def test_text_token_ids_with_decode_and_class_scores() -> None:
     (table,) = rec.tables("txt/table")
     assert table.columns[:4] == ["id", "sample", "ground truth", "prediction"]
     assert table.columns[4:] == ["score_other", "score_fruit", "score_animal"]
-    assert "txt/images" not in rec.keys()
+    logged = rec.keys()
+    assert "txt/images" not in logged
 
 
 class Reverser(LightningModule):
@@ -380,7 +382,8 @@ def test_audio_clips_in_the_inputs_table() -> None:
         assert got == pytest.approx(clips[row["id"], 0].numpy(), abs=1e-4)
     (table,) = rec.tables("tones/table")
     assert [r["id"] for r in table.rows] == [0, 12, 23]
-    assert "tones/images" not in rec.keys()
+    logged = rec.keys()
+    assert "tones/images" not in logged
 
 
 def test_audio_without_sample_rate_fails_at_the_first_batch() -> None:
@@ -441,7 +444,8 @@ def test_regression_target_prediction_and_abs_error() -> None:
         assert row["prediction"] == pytest.approx(pred, abs=1e-5)
         assert row["abs_error"] == pytest.approx(abs(row["prediction"] - row["target"]), abs=1e-5)
     (_, panel) = rec.series("reg/images")[-1]
-    assert panel["captions"][0] == f"Target: {last.rows[0]['target']:.4g} - Prediction: {last.rows[0]['prediction']:.4g}"
+    first = last.rows[0]
+    assert panel["captions"][0] == f"Target: {first['target']:.4g} - Prediction: {first['prediction']:.4g}"
 
 
 # ---------------------------------------------------------------- arguments
