@@ -44,8 +44,9 @@ _PALETTE = np.array(
 )
 
 
-class TaskInputError(ConfigurationError):
-    """A batch or step output that does not fit the task: raised at the first batch (as ``_InputError``)."""
+class InputError(ConfigurationError):
+    """A batch or step output ``LogPredictionSamples`` cannot read: a configuration error, raised at the
+    first batch (or, first seen after training began, warned about once)."""
 
 
 @dataclass
@@ -181,7 +182,7 @@ def guess(opts: TaskOptions, x: Any, y: Any, out: Any, x_key: str | None, image:
 
 def check_audio(x: Any, opts: TaskOptions, stage: str) -> None:
     if opts.sample_rate is None:
-        raise TaskInputError(
+        raise InputError(
             f"LogPredictionSamples: the {stage} inputs are audio ({describe(x)}) but the sample rate is missing; "
             "pass LogPredictionSamples(sample_rate=<samples per second>), e.g. sample_rate=16000."
         )
@@ -189,7 +190,7 @@ def check_audio(x: Any, opts: TaskOptions, stage: str) -> None:
     for i, a in enumerate(rows):
         shape = tuple(a.shape) if isinstance(a, (Tensor, np.ndarray)) else None
         if shape is None or not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)) or shape[-1] < 1:
-            raise TaskInputError(
+            raise InputError(
                 f"LogPredictionSamples(task='audio'): sample {i} of the first {stage} batch is a waveform of shape "
                 f"{shape} (batch {describe(x)}); expected one channel, 1-D (T,) or (1, T): a batch (N, T) or "
                 "(N, 1, T), or a list of such waveforms."
@@ -201,12 +202,12 @@ def check_text(x: Any, opts: TaskOptions, stage: str) -> None:
         return
     if isinstance(x, Tensor) and not x.is_floating_point() and x.ndim == 2:
         if opts.decoder is None:
-            raise TaskInputError(
+            raise InputError(
                 f"LogPredictionSamples(task='text'): the {stage} inputs are token ids ({describe(x)}) and no "
                 "decode is given; pass decode=<tokenizer.decode> (or its dotted import path) to show them as text."
             )
         return
-    raise TaskInputError(
+    raise InputError(
         f"LogPredictionSamples(task='text'): the {stage} inputs are a {describe(x)}; expected a list of strings, "
         "or token ids (N, L) with decode=."
     )
@@ -251,7 +252,7 @@ def check_regression(value: Tensor | None, y: Any, n: int, stage: str) -> None:
         if v is None:
             continue
         if not isinstance(v, Tensor) or not (v.ndim == 1 or (v.ndim == 2 and v.shape[1] == 1)) or v.shape[0] != n:
-            raise TaskInputError(
+            raise InputError(
                 f"LogPredictionSamples(task='regression'): the {stage} {what} is a {describe(v)} for a batch of {n}; "
                 "expected one number per example, (N,) or (N, 1)."
             )
@@ -291,12 +292,12 @@ def check_segmentation(
             if v is None:
                 continue
             if not isinstance(v, Tensor) or v.ndim not in (3, 4) or v.shape[0] != n:
-                raise TaskInputError(
+                raise InputError(
                     f"LogPredictionSamples(task='segmentation'): the {stage} {what}s are a {describe(v)} for a batch "
                     f"of {n} images; expected class ids (N, H, W) or scores (N, C, H, W)."
                 )
             if _mask_hw(v) != hw:
-                raise TaskInputError(
+                raise InputError(
                     f"LogPredictionSamples(task='segmentation'): sample {i} of the first {stage} batch: the {what} is "
                     f"{_mask_hw(v)[0]}x{_mask_hw(v)[1]} but the image is {hw[0]}x{hw[1]} (inputs {describe(x)}, "
                     f"{what}s {describe(v)}); a mask must have its image's height and width."
@@ -313,12 +314,12 @@ def check_segmentation(
             tops.append((what, top))
     for what, top in tops:
         if top >= _MAX_MASK_CLASSES:
-            raise TaskInputError(
+            raise InputError(
                 f"LogPredictionSamples(task='segmentation'): the first {stage} batch holds {what} class {top}; W&B "
                 f"masks hold at most {_MAX_MASK_CLASSES} classes (ids 0..255)."
             )
         if class_names is not None and top >= len(class_names):
-            raise TaskInputError(
+            raise InputError(
                 f"LogPredictionSamples(class_names=<{len(class_names)} names>): the first {stage} batch holds "
                 f"{what} masks up to class {top}, which needs at least {top + 1} class names. Pass one name per "
                 "class in id order, or class_names=None to show the numbers."
@@ -381,7 +382,7 @@ def check_detection(
         if v is None:
             continue
         if not is_detections(v) or len(v) != n:
-            raise TaskInputError(
+            raise InputError(
                 f"LogPredictionSamples(task='detection'): the {stage} {what} is a {describe(v)} for a batch of {n} "
                 "images; expected a list of one dict per image with 'boxes' (K, 4) and 'labels' (K,) (and "
                 "'scores' (K,) for predictions), as torchvision detection models use."
@@ -391,19 +392,19 @@ def check_detection(
             k = len(boxes) if boxes is not None else 0
             shape = tuple(boxes.shape) if isinstance(boxes, (Tensor, np.ndarray)) else None
             if shape is None or len(shape) != 2 or shape[1] != 4 or labels is None or len(labels) != k:
-                raise TaskInputError(
+                raise InputError(
                     f"LogPredictionSamples(task='detection'): sample {i} of the first {stage} batch: {what} boxes "
                     f"{describe(boxes)} and labels {describe(labels)}; expected 'boxes' (K, 4) and 'labels' (K,)."
                 )
             scores = d.get("scores")
             if scores is not None and len(scores) != k:
-                raise TaskInputError(
+                raise InputError(
                     f"LogPredictionSamples(task='detection'): sample {i} of the first {stage} batch: {k} boxes but "
                     f"scores {describe(scores)}."
                 )
             ids = [int(a) for a in _numbers(labels)]
             if class_names is not None and ids and max(ids) >= len(class_names):
-                raise TaskInputError(
+                raise InputError(
                     f"LogPredictionSamples(class_names=<{len(class_names)} names>): sample {i} of the first {stage} "
                     f"batch has {what} label {max(ids)}, which needs at least {max(ids) + 1} class names."
                 )
@@ -415,7 +416,7 @@ def check_detection(
                     if not (-t <= x0 <= x1 <= w + t and -t <= y0 <= y1 <= h + t):
                         given = [round(float(c), 4) for c in _numbers(boxes[j])]
                         fmt = f"box_format={opts.box_format!r}, normalized_boxes={opts.normalized_boxes}"
-                        raise TaskInputError(
+                        raise InputError(
                             f"LogPredictionSamples(task='detection'): sample {i} of the first {stage} batch: "
                             f"ground-truth box {j} {given} is ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) in pixels "
                             f"under {fmt}, outside the {w}x{h} (width x height) image. Pass the box_format / "

@@ -589,6 +589,16 @@ class LogPredictionSamples(Callback):
                     "order, or class_names=None to show the numbers."
                 )
 
+    def _has_predictions(self, stage: str, outputs: Any, n: int) -> bool:
+        """Whether the step output holds this stage's task predictions (after the first batch's check)."""
+        task = self._state[stage].task
+        raw = self._raw_output(outputs)
+        if task == "segmentation":
+            return isinstance(raw, (Tensor, np.ndarray)) and raw.ndim > 0
+        if task == "detection":
+            return _tasks.is_detections(raw)
+        return _tasks.is_strings(raw) or self._output_tensor(outputs, n, stage) is not None
+
     def _check_annotated(self, stage: str, x: Any, y: Any, raw: Any, n: int) -> None:
         """First-batch checks of a segmentation / detection batch."""
         st = self._state[stage]
@@ -1026,8 +1036,8 @@ class LogPredictionSamples(Callback):
         return f"Ground Truth: {truth} - Prediction: {self._name(s.pred)}"
 
 
-class _InputError(ConfigurationError):
-    """A batch or step output this callback cannot read: a configuration error, raised."""
+_InputError = _tasks.InputError  # a batch or step output this callback cannot read: raised (or, after training
+# began, warned about once): the same class for the task checks of ``_tasks``
 
 
 # ---------------------------------------------------------------------- helpers

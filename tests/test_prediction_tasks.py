@@ -119,6 +119,20 @@ def test_segmentation_mask_of_another_size_fails_at_the_first_batch() -> None:
         trainer.validate(SmallMask(), loader)
 
 
+def test_segmentation_mismatch_first_seen_after_training_began_warns_and_training_goes_on() -> None:
+    loader = DataLoader(Shapes(16, mode="segmentation"), batch_size=4)
+    trainer = make_trainer([LogPredictionSamples(key="seg")], max_epochs=2, limit_train_batches=2, limit_val_batches=2)
+    with pytest.warns(UserWarning, match=r"predicted mask is 16x32 but the image is 32x32.*logs no more validation"):
+        trainer.fit(SmallMask(), loader, loader)
+    assert trainer.current_epoch == 2  # the fit ran to its end
+    rec = finish_and_read()
+    logged = rec.keys()
+    assert not [k for k in logged if k.startswith("seg/")]
+    sanity = make_trainer([LogPredictionSamples()], max_epochs=1, limit_train_batches=2, num_sanity_val_steps=1)
+    with pytest.raises(ConfigurationError, match=r"predicted mask is 16x32"):
+        sanity.fit(SmallMask(), loader, loader)
+
+
 # ---------------------------------------------------------------- detection
 class NormalizedCxcywh(Dataset):
     """The shapes' boxes as normalised (cx, cy, w, h), plus a fake low-score prediction."""
