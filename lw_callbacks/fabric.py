@@ -212,7 +212,7 @@ class FabricPredictionSamples:
             )
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         core = self.core
-        core._tasks.resolve()  # a dotted decode path, imported once
+        core._task_opts.resolve()  # a dotted decode path, imported once
         x, y, n = core._read_batch(stage, batch, outputs)  # every rank checks, so bad input fails alike
         if model is None and not core._has_predictions(stage, outputs, n):
             raise ValueError(

@@ -233,7 +233,7 @@ class LogPredictionSamples(Callback):
         decode: Callable[[list[int]], str] | str | None = None,
     ) -> None:
         super().__init__()
-        self._tasks = _tasks.TaskOptions(task, box_format, normalized_boxes, score_threshold, sample_rate, decode)
+        self._task_opts = _tasks.TaskOptions(task, box_format, normalized_boxes, score_threshold, sample_rate, decode)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ConfigurationError(
                 f"LogPredictionSamples(num_samples={num_samples!r}): num_samples must be an integer >= 1 "
@@ -301,7 +301,7 @@ class LogPredictionSamples(Callback):
         self.task = task
         self.box_format = box_format
         self.normalized_boxes = normalized_boxes
-        self.score_threshold = self._tasks.score_threshold
+        self.score_threshold = self._task_opts.score_threshold
         self.sample_rate = sample_rate
         self.decode = decode
         self._state: dict[str, _StageState] = {s: _StageState() for s in self.stages}
@@ -321,7 +321,7 @@ class LogPredictionSamples(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _wandb.require_wandb_logger(trainer, type(self).__name__)
-        self._tasks.resolve()  # a dotted decode path is imported here: a bad one fails before training
+        self._task_opts.resolve()  # a dotted decode path is imported here: a bad one fails before training
         self._sharded = _shards_parameters(trainer.strategy)
         for name in self._stages_of(stage):  # a new fit / test / predict may bring other data
             st = self._state[name]
@@ -535,15 +535,15 @@ class LogPredictionSamples(Callback):
         raw = self._raw_output(outputs)
         if isinstance(raw, np.ndarray):
             raw = torch.from_numpy(raw)
-        st.task = _tasks.guess(self._tasks, x, y, raw, x_key, _looks_like_images(x))
+        st.task = _tasks.guess(self._task_opts, x, y, raw, x_key, _looks_like_images(x))
         if st.task in _tasks.ANNOTATED:
             self._check_annotated(stage, x, y, raw, n)
             return
         if st.task == "audio":
-            _tasks.check_audio(x, self._tasks, stage)
+            _tasks.check_audio(x, self._task_opts, stage)
             st.input_kind = "audio"
         elif st.task == "text":
-            _tasks.check_text(x, self._tasks, stage)
+            _tasks.check_text(x, self._task_opts, stage)
             st.input_kind = "text"
         else:
             st.input_kind = _input_kind(x)
@@ -569,7 +569,7 @@ class LogPredictionSamples(Callback):
         if st.task == "regression":
             _tasks.check_regression(value, y, n, stage)
             return
-        if st.task == "text" and _tasks.decode_rows(value, self._tasks) is not None:
+        if st.task == "text" and _tasks.decode_rows(value, self._task_opts) is not None:
             return  # token ids to decode, not class scores
         if self.class_names is None:
             return
@@ -631,7 +631,7 @@ class LogPredictionSamples(Callback):
                     "a list of one dict per image with 'boxes', 'labels' and 'scores' (as torchvision detection "
                     "models return), a dict holding it, or nothing (the callback then runs the module's forward)."
                 )
-            _tasks.check_detection(x, y, value, n, stage, self._tasks, self.class_names)
+            _tasks.check_detection(x, y, value, n, stage, self._task_opts, self.class_names)
         if self._sharded and value is None:
             raise _InputError(
                 f"LogPredictionSamples: the {stage} step returned no predictions, and under a strategy that shards "
@@ -726,7 +726,7 @@ class LogPredictionSamples(Callback):
         if task == "regression":
             return _tasks.floats(rows), None
         if task == "text":
-            texts = _tasks.decode_rows(rows, self._tasks)
+            texts = _tasks.decode_rows(rows, self._task_opts)
             if texts is not None:
                 return texts, None
         labels, scores = _labels_and_scores(rows)
@@ -739,16 +739,16 @@ class LogPredictionSamples(Callback):
         if task == "regression":
             return _tasks.floats(rows)
         if task == "text":
-            texts = _tasks.decode_rows(rows, self._tasks)
+            texts = _tasks.decode_rows(rows, self._task_opts)
             if texts is not None:
                 return texts
         return _label_list(rows)
 
     def _display(self, sample: Any, kind: str, sid: int) -> Any:
         if kind == "audio":
-            return _tasks.write_wav(sample, sid, self._tasks)  # the WAV file's path, written once
+            return _tasks.write_wav(sample, sid, self._task_opts)  # the WAV file's path, written once
         if kind == "text" and not isinstance(sample, str):
-            return (_tasks.decode_rows(sample[None], self._tasks) or [str(sample)])[0]
+            return (_tasks.decode_rows(sample[None], self._task_opts) or [str(sample)])[0]
         return _display(sample, kind)
 
     def _collect_annotated(
@@ -792,7 +792,7 @@ class LogPredictionSamples(Callback):
                         f"a {_describe(found)}; expected a list of dicts with 'boxes', 'labels', 'scores'."
                     )
             preds = [
-                _tasks.read_boxes(d, _tasks.image_hw(x[i]), self._tasks, predicted=True)
+                _tasks.read_boxes(d, _tasks.image_hw(x[i]), self._task_opts, predicted=True)
                 for d, i in zip(found, local, strict=True)
             ]
         missing = [j for j, sid in enumerate(ids) if sid not in st.images]
@@ -804,7 +804,7 @@ class LogPredictionSamples(Callback):
                 if y is not None and segmentation:
                     truth = _tasks.mask_array(_take(y, [i]))[0]
                 elif y is not None:
-                    truth = _tasks.read_boxes(y[i], _tasks.image_hw(x[i]), self._tasks, predicted=False)
+                    truth = _tasks.read_boxes(y[i], _tasks.image_hw(x[i]), self._task_opts, predicted=False)
                 st.images[ids[j]] = (_display(rows_x[k], "image"), truth)
         for j, pos in enumerate(p + start for p in local):
             display, truth = st.images[ids[j]]
