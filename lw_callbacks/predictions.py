@@ -706,7 +706,7 @@ class LogPredictionSamples(Callback):
             sid = ids[j]
             if sid not in st.images:
                 assert xs is not None
-                st.images[sid] = self._display(xs[j], st.input_kind or "value", sid)
+                st.images[sid] = _tasks.off_heap(self._display(xs[j], st.input_kind or "value", sid))
             metric = None
             if st.task == "regression" and isinstance(truths[j], float) and isinstance(preds[j], float):
                 metric = round(abs(preds[j] - truths[j]), 6)
@@ -780,7 +780,7 @@ class LogPredictionSamples(Callback):
                         f"LogPredictionSamples(task='segmentation'): pl_module(x) on the chosen {stage} samples "
                         f"returned a {_describe(rows)}; expected masks (k, H, W) or scores (k, C, H, W)."
                     )
-            preds: list[Any] = list(_tasks.mask_array(rows))
+            preds: list[Any] = list(_tasks.off_heap(_tasks.mask_array(rows)))
         else:
             if _tasks.is_detections(raw):
                 found = [raw[i] for i in local]
@@ -802,10 +802,10 @@ class LogPredictionSamples(Callback):
                 i = local[j]
                 truth: Any = None
                 if y is not None and segmentation:
-                    truth = _tasks.mask_array(_take(y, [i]))[0]
+                    truth = _tasks.off_heap(_tasks.mask_array(_take(y, [i]))[0])
                 elif y is not None:
                     truth = _tasks.read_boxes(y[i], _tasks.image_hw(x[i]), self._task_opts, predicted=False)
-                st.images[ids[j]] = (_display(rows_x[k], "image"), truth)
+                st.images[ids[j]] = (_tasks.off_heap(_display(rows_x[k], "image")), truth)
         for j, pos in enumerate(p + start for p in local):
             display, truth = st.images[ids[j]]
             metric: float | None = None
