@@ -57,7 +57,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,6 +126,10 @@ class FabricPredictionSamples:
         input_key: key of the input in dict batches.
         target_key: key of the target in dict batches.
         output_key: key of the predictions in dict outputs.
+        task, box_format, normalized_boxes, score_threshold, sample_rate, decode: as
+            ``LogPredictionSamples``: segmentation masks, detection boxes, text, audio and
+            regression samples (``task="auto"`` tells them from the first batch); a dotted
+            ``decode`` path is imported at the first call.
 
     Raises:
         ValueError: for bad arguments (as ``LogPredictionSamples``); from the hook, for a batch or
@@ -150,6 +154,12 @@ class FabricPredictionSamples:
         input_key: str | None = None,
         target_key: str | None = None,
         output_key: str | None = None,
+        task: str = "auto",
+        box_format: str = "xyxy",
+        normalized_boxes: bool = False,
+        score_threshold: float = 0.3,
+        sample_rate: int | None = None,
+        decode: Callable[[list[int]], str] | str | None = None,
     ) -> None:
         self.core = LogPredictionSamples(
             num_samples=num_samples,
@@ -162,6 +172,12 @@ class FabricPredictionSamples:
             input_key=input_key,
             target_key=target_key,
             output_key=output_key,
+            task=task,
+            box_format=box_format,
+            normalized_boxes=normalized_boxes,
+            score_threshold=score_threshold,
+            sample_rate=sample_rate,
+            decode=decode,
         )
         self._fingerprints: dict[str, str] = {}
 
@@ -196,8 +212,9 @@ class FabricPredictionSamples:
             )
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         core = self.core
+        core._task_opts.resolve()  # a dotted decode path, imported once
         x, y, n = core._read_batch(stage, batch, outputs)  # every rank checks, so bad input fails alike
-        if model is None and core._output_tensor(outputs, n, stage) is None:
+        if model is None and not core._has_predictions(stage, outputs, n):
             raise ValueError(
                 "FabricPredictionSamples.log_prediction_samples: `outputs` holds no predictions "
                 f"(got {type(outputs).__name__}) and no `model` was given to compute them. Pass the model's "

@@ -17,15 +17,21 @@ from torch import Tensor
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 from typing_extensions import override
 
-from lw_callbacks import _wandb
+from lw_callbacks import _tasks, _wandb
 from lw_callbacks._errors import ConfigurationError
 
 __all__ = ["LogPredictionSamples"]
 
 STAGES = ("validation", "test", "predict")
-_INPUT_KEYS = ("image", "images", "img", "x", "input", "inputs", "input_ids", "text", "features", "pixel_values")
-_TARGET_KEYS = ("label", "labels", "y", "target", "targets", "class", "classes")
-_OUTPUT_KEYS = ("preds", "pred", "predictions", "logits", "probs", "probabilities", "scores", "y_hat")
+_INPUT_KEYS = (
+    "image", "images", "img", "x", "input", "inputs", "input_ids", "text", "features", "pixel_values",
+    *_tasks.AUDIO_KEYS,
+)
+_TARGET_KEYS = ("label", "labels", "y", "target", "targets", "class", "classes", "mask", "masks")
+_OUTPUT_KEYS = (
+    "preds", "pred", "predictions", "logits", "probs", "probabilities", "scores", "y_hat", "out", "masks",
+    "detections",
+)
 _ACCEPTED_BATCH = (
     "a tuple / list `(x, y, ...)`, a dict holding the input and target under `input_key` / `target_key`, "
     "or a bare input tensor (no targets)"
@@ -48,6 +54,7 @@ class _Sample:
     truth: Any
     pred: Any = None
     scores: list[float] | None = None
+    metric: float | None = None  # segmentation IoU, detection matches at IoU 0.5, regression absolute error
 
 
 @dataclass
@@ -61,7 +68,8 @@ class _StageState:
     ran: bool = False  # at least one batch reached the callback during this fit / test / predict
     collected: dict[int, _Sample] = field(default_factory=dict)  # this epoch's samples, by stream position
     images: dict[int, Any] = field(default_factory=dict)  # display form of each id, computed once
-    input_kind: str | None = None  # "image" or "value"
+    input_kind: str | None = None  # "image", "value", "text" or "audio"
+    task: str | None = None  # told from the first batch (or the task= argument)
     inputs_table: Any = None  # the wandb.Table holding the inputs, logged once per run
     inputs_run: str | None = None  # id of the run that holds inputs_table
     disabled: bool = False  # unreadable input first seen after training began: logging stopped for this fit
@@ -119,6 +127,29 @@ class LogPredictionSamples(Callback):
     turns out unreadable after training began (``num_sanity_val_steps=0``), the callback warns once
     and logs no more samples in that fit instead of ending a fit that has trained.
 
+    **Other tasks** (``task="auto"`` tells them from the first batch and step output; pass ``task=`` to
+    say which):
+
+    * ``"segmentation"``: targets and predictions ``(N, H, W)`` class ids or ``(N, C, H, W)`` scores
+      (argmax; one channel is thresholded) over image inputs. The inputs table's image carries the
+      ground-truth mask (uploaded once, with the pixels); each epoch's table holds the predicted mask
+      (a colour image) and ``iou`` (mean over the classes present in either mask); the panel's images
+      carry ``masks={"ground_truth", "predictions"}`` with ``class_names`` as class labels.
+    * ``"detection"``: torchvision-style targets and outputs, one dict per image with ``boxes`` ``(K,
+      4)``, ``labels`` and (predictions) ``scores``. Boxes are ``xyxy`` pixels unless ``box_format`` /
+      ``normalized_boxes`` say otherwise; predictions scoring below ``score_threshold`` are left out
+      and the rest clipped to the image. The inputs table's image carries the ground-truth boxes;
+      each epoch's table holds the boxes per class and ``matches@0.5`` (predictions matched one to
+      one to a ground-truth box of their class at IoU >= 0.5); the panel's images carry
+      ``boxes={"ground_truth", "predictions"}``.
+    * ``"text"``: string inputs, or integer token ids ``(N, L)`` shown through ``decode``, in a
+      ``text`` column; predictions may be strings (or token ids with ``decode``) or class scores.
+    * ``"audio"``: waveforms ``(N, T)``, ``(N, 1, T)`` or a list of 1-D ones (dict key ``audio`` /
+      ``waveform`` / ...; or any float input when ``sample_rate`` is given) become ``wandb.Audio`` in
+      the inputs table's ``audio`` column (16-bit WAV at ``sample_rate``).
+    * ``"regression"``: float targets (first batch not all whole numbers) and predictions ``(N,)``
+      or ``(N, 1)``: ``target``, ``prediction`` and ``abs_error`` columns.
+
     Under a strategy that shards the parameters (FSDP, DeepSpeed, model parallel), the step must
     return the predictions: running ``forward`` on rank 0 alone would wait forever for the other
     ranks' shards, so the callback refuses that at the first batch, on every rank.
@@ -141,6 +172,14 @@ class LogPredictionSamples(Callback):
         target_key: key of the target in dict batches (``None``: the first usual name present).
         output_key: key of the predictions in dict step outputs (``None``: ``preds``, ``logits``, ...).
         dataloader_idx: which evaluation dataloader to sample from.
+        task: ``"auto"`` (told from the first batch), ``"classification"``, ``"segmentation"``,
+            ``"detection"``, ``"text"``, ``"audio"`` or ``"regression"``.
+        box_format: detection boxes as ``"xyxy"`` (torchvision) or ``"cxcywh"``.
+        normalized_boxes: detection box coordinates are fractions of the image size, not pixels.
+        score_threshold: predicted boxes scoring below this are left out.
+        sample_rate: samples per second of audio inputs (required for audio).
+        decode: turns one sample's token ids (a list of ints) into a string: a callable such as
+            ``tokenizer.decode``, or its dotted import path (from LightningCLI YAML), imported at setup.
 
     Raises:
         ConfigurationError: at construction, for ``num_samples < 1``, ``every_n_epochs < 1``, an
@@ -150,7 +189,11 @@ class LogPredictionSamples(Callback):
             first batch of a stage, for a batch or step output this callback cannot read (the message
             names the shape or type that arrived and what is accepted), ``input_key`` /
             ``target_key`` on batches that are not dicts, ``class_names`` that do not cover the
-            labels, and a step that returns no predictions under a sharding strategy.
+            labels, and a step that returns no predictions under a sharding strategy. For the other
+            tasks: an unknown ``task`` / ``box_format``, ``task="audio"`` without ``sample_rate``
+            (construction); a ``decode`` path that does not import (setup); at the first batch, a mask
+            whose size differs from its image, a ground-truth box outside its image, audio without a
+            sample rate, each naming the sample and the shapes.
 
     Example::
 
@@ -182,8 +225,15 @@ class LogPredictionSamples(Callback):
         target_key: str | None = None,
         output_key: str | None = None,
         dataloader_idx: int = 0,
+        task: str = "auto",
+        box_format: str = "xyxy",
+        normalized_boxes: bool = False,
+        score_threshold: float = 0.3,
+        sample_rate: int | None = None,
+        decode: Callable[[list[int]], str] | str | None = None,
     ) -> None:
         super().__init__()
+        self._task_opts = _tasks.TaskOptions(task, box_format, normalized_boxes, score_threshold, sample_rate, decode)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ConfigurationError(
                 f"LogPredictionSamples(num_samples={num_samples!r}): num_samples must be an integer >= 1 "
@@ -248,6 +298,12 @@ class LogPredictionSamples(Callback):
         self.target_key = target_key
         self.output_key = output_key
         self.dataloader_idx = dataloader_idx
+        self.task = task
+        self.box_format = box_format
+        self.normalized_boxes = normalized_boxes
+        self.score_threshold = self._task_opts.score_threshold
+        self.sample_rate = sample_rate
+        self.decode = decode
         self._state: dict[str, _StageState] = {s: _StageState() for s in self.stages}
         self._sharded = False  # the strategy shards parameters: forward on rank 0 alone would hang
         self._warnings = WarningCache()
@@ -265,11 +321,12 @@ class LogPredictionSamples(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _wandb.require_wandb_logger(trainer, type(self).__name__)
+        self._task_opts.resolve()  # a dotted decode path is imported here: a bad one fails before training
         self._sharded = _shards_parameters(trainer.strategy)
         for name in self._stages_of(stage):  # a new fit / test / predict may bring other data
             st = self._state[name]
             st.ran, st.checked, st.positions, st.ids, st.images = False, False, None, {}, {}
-            st.disabled = False
+            st.disabled, st.task = False, None
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -407,7 +464,7 @@ class LogPredictionSamples(Callback):
         x, y = self._split_batch(batch)
         n = _batch_len(x)
         if not st.checked:
-            self._check_first(stage, x, y, outputs, n)
+            self._check_first(stage, x, y, outputs, n, self._input_key_of(batch))
             st.checked = True
         return x, y, n
 
@@ -460,9 +517,42 @@ class LogPredictionSamples(Callback):
             f"{_describe(batch)}. Accepted batches: {_ACCEPTED_BATCH}."
         )
 
-    def _check_first(self, stage: str, x: Any, y: Any, outputs: Any, n: int) -> None:
+    def _input_key_of(self, batch: Any) -> str | None:
+        if not isinstance(batch, Mapping):
+            return None
+        return self.input_key or next((k for k in _INPUT_KEYS if k in batch), None)
+
+    def _raw_output(self, outputs: Any) -> Any:
+        """The step output's predictions as they came (under ``output_key`` / a usual key for dicts)."""
+        if isinstance(outputs, Mapping):
+            keys = [self.output_key] if self.output_key else list(_OUTPUT_KEYS)
+            found = next((k for k in keys if k in outputs), None)
+            return outputs[found] if found is not None else None
+        return outputs
+
+    def _check_first(self, stage: str, x: Any, y: Any, outputs: Any, n: int, x_key: str | None = None) -> None:
         st = self._state[stage]
-        st.input_kind = _input_kind(x)
+        raw = self._raw_output(outputs)
+        if isinstance(raw, np.ndarray):
+            raw = torch.from_numpy(raw)
+        st.task = _tasks.guess(self._task_opts, x, y, raw, x_key, _looks_like_images(x))
+        if st.task in _tasks.ANNOTATED:
+            self._check_annotated(stage, x, y, raw, n)
+            return
+        if st.task == "audio":
+            _tasks.check_audio(x, self._task_opts, stage)
+            st.input_kind = "audio"
+        elif st.task == "text":
+            _tasks.check_text(x, self._task_opts, stage)
+            st.input_kind = "text"
+        else:
+            st.input_kind = _input_kind(x)
+        if _tasks.is_strings(raw):  # generated text: shown as it is
+            if len(raw) != n:
+                raise _InputError(
+                    f"LogPredictionSamples: the {stage} step returned {len(raw)} strings for a batch of {n} examples."
+                )
+            return
         if self._sharded and self._output_tensor(outputs, n, stage) is None:
             raise _InputError(
                 f"LogPredictionSamples: the {stage} step returned no predictions, and under a strategy that shards "
@@ -476,6 +566,11 @@ class LogPredictionSamples(Callback):
                 f"targets ({_describe(y)}); inputs and targets must have the same first dimension."
             )
         value = self._output_tensor(outputs, n, stage)
+        if st.task == "regression":
+            _tasks.check_regression(value, y, n, stage)
+            return
+        if st.task == "text" and _tasks.decode_rows(value, self._task_opts) is not None:
+            return  # token ids to decode, not class scores
         if self.class_names is None:
             return
         labels, scores = _labels_and_scores(value) if value is not None else (None, None)
@@ -493,6 +588,56 @@ class LogPredictionSamples(Callback):
                     f"class {top}, which needs at least {top + 1} class names. Pass one name per class in label "
                     "order, or class_names=None to show the numbers."
                 )
+
+    def _has_predictions(self, stage: str, outputs: Any, n: int) -> bool:
+        """Whether the step output holds this stage's task predictions (after the first batch's check)."""
+        task = self._state[stage].task
+        raw = self._raw_output(outputs)
+        if task == "segmentation":
+            return isinstance(raw, (Tensor, np.ndarray)) and raw.ndim > 0
+        if task == "detection":
+            return _tasks.is_detections(raw)
+        return _tasks.is_strings(raw) or self._output_tensor(outputs, n, stage) is not None
+
+    def _check_annotated(self, stage: str, x: Any, y: Any, raw: Any, n: int) -> None:
+        """First-batch checks of a segmentation / detection batch."""
+        st = self._state[stage]
+        task = st.task
+        if not _looks_like_images(x):
+            raise _InputError(
+                f"LogPredictionSamples(task={task!r}): the {stage} inputs are a {_describe(x)}, not images; "
+                f"{task} needs image inputs (N, C, H, W) / (N, H, W) / (N, H, W, C) or a list of images."
+            )
+        st.input_kind = "image"
+        if y is not None and _batch_len(y) != n:
+            raise _InputError(
+                f"LogPredictionSamples: the {stage} batch holds {n} inputs ({_describe(x)}) but {_batch_len(y)} "
+                f"targets ({_describe(y)}); inputs and targets must have the same first dimension."
+            )
+        if task == "segmentation":
+            value = raw if isinstance(raw, Tensor) and raw.ndim > 0 else None
+            if raw is not None and value is None and not (isinstance(raw, Tensor) and raw.ndim == 0):
+                raise _InputError(
+                    f"LogPredictionSamples(task='segmentation'): the {stage} step returned a {_describe(raw)}; "
+                    "expected masks (N, H, W) of class ids or scores (N, C, H, W), a dict holding them, or nothing "
+                    "(the callback then runs the module's forward on the chosen samples)."
+                )
+            _tasks.check_segmentation(x, y, value, n, stage, self.class_names)
+        else:
+            value = raw if _tasks.is_detections(raw) else None
+            if raw is not None and value is None and not (isinstance(raw, Tensor) and raw.ndim == 0):
+                raise _InputError(
+                    f"LogPredictionSamples(task='detection'): the {stage} step returned a {_describe(raw)}; expected "
+                    "a list of one dict per image with 'boxes', 'labels' and 'scores' (as torchvision detection "
+                    "models return), a dict holding it, or nothing (the callback then runs the module's forward)."
+                )
+            _tasks.check_detection(x, y, value, n, stage, self._task_opts, self.class_names)
+        if self._sharded and value is None:
+            raise _InputError(
+                f"LogPredictionSamples: the {stage} step returned no predictions, and under a strategy that shards "
+                "the parameters (FSDP, DeepSpeed, model parallel) running the module's forward on rank 0 alone "
+                f"would wait forever for the other ranks. Return the {task} predictions from the {stage} step."
+            )
 
     def _output_tensor(self, outputs: Any, n: int, stage: str) -> Tensor | None:
         """The step output's predictions tensor, layout checked; ``None`` means "run forward"."""
@@ -544,32 +689,132 @@ class LogPredictionSamples(Callback):
         self, stage: str, pl_module: pl.LightningModule, x: Any, y: Any, outputs: Any, local: list[int], start: int
     ) -> None:
         st = self._state[stage]
-        value = self._output_tensor(outputs, _batch_len(x), stage)
-        if value is None:
-            labels, scores = self._forward(pl_module, x, local, stage)
-        else:
-            labels, scores = _labels_and_scores(_take(value, local))
-        truths = _label_list(_take(y, local)) if y is not None else [None] * len(local)
-        preds = _label_list(labels)
-        probs = _probabilities(scores) if scores is not None else None
         ids = [st.ids.get(start + p, start + p) for p in local]
+        if st.task in _tasks.ANNOTATED:
+            self._collect_annotated(stage, pl_module, x, y, outputs, local, ids, start)
+            return
+        raw = self._raw_output(outputs)
+        if _tasks.is_strings(raw):
+            rows: Any = [raw[i] for i in local]
+        else:
+            value = self._output_tensor(outputs, _batch_len(x), stage)
+            rows = _take(value, local) if value is not None else self._forward(pl_module, x, local, stage)
+        preds, probs = self._predictions(st.task, rows)
+        truths = self._truths(st.task, y, local)
         xs = _take(x, local) if any(sid not in st.images for sid in ids) else None  # pixels are copied once
         for j, pos in enumerate(p + start for p in local):
             sid = ids[j]
             if sid not in st.images:
                 assert xs is not None
-                st.images[sid] = _display(xs[j], st.input_kind or "value")
+                st.images[sid] = _tasks.off_heap(self._display(xs[j], st.input_kind or "value", sid))
+            metric = None
+            if st.task == "regression" and isinstance(truths[j], float) and isinstance(preds[j], float):
+                metric = round(abs(preds[j] - truths[j]), 6)
             st.collected[pos] = _Sample(
                 id=sid,
                 display=st.images[sid],
                 truth=truths[j],
                 pred=preds[j],
                 scores=probs[j] if probs is not None else None,
+                metric=metric,
             )
 
-    def _forward(
-        self, pl_module: pl.LightningModule, x: Any, local: list[int], stage: str
-    ) -> tuple[Tensor, Tensor | None]:
+    def _predictions(self, task: str | None, rows: Any) -> tuple[list[Any], list[list[float]] | None]:
+        """Predictions (and class probabilities) of the chosen rows, read as the task reads them."""
+        if _tasks.is_strings(rows):
+            return list(rows), None
+        if task == "regression":
+            return _tasks.floats(rows), None
+        if task == "text":
+            texts = _tasks.decode_rows(rows, self._task_opts)
+            if texts is not None:
+                return texts, None
+        labels, scores = _labels_and_scores(rows)
+        return _label_list(labels), (_probabilities(scores) if scores is not None else None)
+
+    def _truths(self, task: str | None, y: Any, local: list[int]) -> list[Any]:
+        if y is None:
+            return [None] * len(local)
+        rows = _take(y, local)
+        if task == "regression":
+            return _tasks.floats(rows)
+        if task == "text":
+            texts = _tasks.decode_rows(rows, self._task_opts)
+            if texts is not None:
+                return texts
+        return _label_list(rows)
+
+    def _display(self, sample: Any, kind: str, sid: int) -> Any:
+        if kind == "audio":
+            return _tasks.write_wav(sample, sid, self._task_opts)  # the WAV file's path, written once
+        if kind == "text" and not isinstance(sample, str):
+            return (_tasks.decode_rows(sample[None], self._task_opts) or [str(sample)])[0]
+        return _display(sample, kind)
+
+    def _collect_annotated(
+        self,
+        stage: str,
+        pl_module: pl.LightningModule,
+        x: Any,
+        y: Any,
+        outputs: Any,
+        local: list[int],
+        ids: list[int],
+        start: int,
+    ) -> None:
+        """Segmentation / detection: pixels and ground truth once per sample id, predictions every epoch."""
+        st = self._state[stage]
+        raw = self._raw_output(outputs)
+        if isinstance(raw, np.ndarray):
+            raw = torch.from_numpy(raw)
+        segmentation = st.task == "segmentation"
+        if segmentation:
+            if isinstance(raw, Tensor) and raw.ndim > 0:
+                rows: Any = _take(raw, local)
+            else:
+                rows = self._forward_raw(pl_module, x, local, stage)
+                if isinstance(rows, Mapping):
+                    rows = next((rows[k] for k in ("out", *_OUTPUT_KEYS) if k in rows), rows)
+                if not isinstance(rows, Tensor) or rows.ndim not in (3, 4) or rows.shape[0] != len(local):
+                    raise _InputError(
+                        f"LogPredictionSamples(task='segmentation'): pl_module(x) on the chosen {stage} samples "
+                        f"returned a {_describe(rows)}; expected masks (k, H, W) or scores (k, C, H, W)."
+                    )
+            preds: list[Any] = list(_tasks.off_heap(_tasks.mask_array(rows)))
+        else:
+            if _tasks.is_detections(raw):
+                found = [raw[i] for i in local]
+            else:
+                found = self._forward_raw(pl_module, x, local, stage)
+                if not _tasks.is_detections(found) or len(found) != len(local):
+                    raise _InputError(
+                        f"LogPredictionSamples(task='detection'): pl_module(x) on the chosen {stage} samples returned "
+                        f"a {_describe(found)}; expected a list of dicts with 'boxes', 'labels', 'scores'."
+                    )
+            preds = [
+                _tasks.read_boxes(d, _tasks.image_hw(x[i]), self._task_opts, predicted=True)
+                for d, i in zip(found, local, strict=True)
+            ]
+        missing = [j for j, sid in enumerate(ids) if sid not in st.images]
+        if missing:
+            rows_x = _take(x, [local[j] for j in missing])
+            for k, j in enumerate(missing):
+                i = local[j]
+                truth: Any = None
+                if y is not None and segmentation:
+                    truth = _tasks.off_heap(_tasks.mask_array(_take(y, [i]))[0])
+                elif y is not None:
+                    truth = _tasks.read_boxes(y[i], _tasks.image_hw(x[i]), self._task_opts, predicted=False)
+                st.images[ids[j]] = (_tasks.off_heap(_display(rows_x[k], "image")), truth)
+        for j, pos in enumerate(p + start for p in local):
+            display, truth = st.images[ids[j]]
+            metric: float | None = None
+            if truth is not None:
+                metric = _tasks.mask_iou(truth, preds[j]) if segmentation else _tasks.matches(truth, preds[j])
+            st.collected[pos] = _Sample(id=ids[j], display=display, truth=truth, pred=preds[j], metric=metric)
+
+    def _forward_raw(self, pl_module: pl.LightningModule, x: Any, local: list[int], stage: str) -> Any:
+        """``pl_module(x)`` on the chosen rows only, as it comes."""
         chosen = _take(x, local, keep_device=True)
         try:
             with torch.no_grad():
@@ -580,6 +825,12 @@ class LogPredictionSamples(Callback):
                 f"forward on the chosen samples ({_describe(chosen)}), which failed: {type(err).__name__}: {err}. "
                 f"Return predictions from the step, as one of: {_ACCEPTED_OUTPUT}."
             ) from err
+        if isinstance(out, Tensor):
+            return out.detach().cpu()
+        return out
+
+    def _forward(self, pl_module: pl.LightningModule, x: Any, local: list[int], stage: str) -> Tensor:
+        out = self._forward_raw(pl_module, x, local, stage)
         if isinstance(out, Mapping):
             found = next((k for k in ([self.output_key] if self.output_key else _OUTPUT_KEYS) if k in out), None)
             out = out[found] if found is not None else None
@@ -591,8 +842,7 @@ class LogPredictionSamples(Callback):
                 f"{type(out).__name__}; expected logits / probabilities (N, C) or labels (N,)."
             )
         _check_prediction_shape(out, len(local), stage, "forward output")
-        labels, scores = _labels_and_scores(out.detach().cpu())
-        return labels, scores
+        return out.detach().cpu()
 
     # ------------------------------------------------------------------ logging (rank 0)
     def _epoch_end(self, stage: str, trainer: pl.Trainer) -> None:
@@ -639,55 +889,155 @@ class LogPredictionSamples(Callback):
         section = self.section(stage)
         owner = type(self).__name__
         is_image = st.input_kind == "image"
+        annotated = st.task in _tasks.ANNOTATED
+        truth_column = "target" if st.task == "regression" else "ground truth"
         if self.log_table:
             known = _row_index(st.inputs_table)
             if st.inputs_run != getattr(run, "id", None) or any(s.id not in known for s in samples):
-                rows = [
-                    [s.id, wandb.Image(s.display) if is_image else _cell(s.display), _cell(self._name(s.truth))]
-                    for s in samples
-                ]
-                columns: list[str | int] = ["id", "image" if is_image else "input", "ground truth"]
+                rows = [[s.id, self._input_cell(st, s), self._truth_cell(st, s)] for s in samples]
+                kind = st.input_kind or "value"
+                columns: list[str | int] = ["id", kind if kind in ("image", "text", "audio") else "input", truth_column]
                 inputs = wandb.Table(columns=columns, data=rows)
                 # Logged on its own first: its artifact must exist before a later table can reference its rows.
                 if _wandb.log(run, {f"{section}/inputs": inputs}, step, owner):
                     st.inputs_table, st.inputs_run = inputs, getattr(run, "id", None)
-            columns = ["id", "sample", "ground truth", "prediction"]  # a new Table every call
-            n_classes = max((len(s.scores) for s in samples if s.scores is not None), default=0)
-            with_scores = self.log_scores and 0 < n_classes <= _MAX_SCORE_COLUMNS
-            if self.log_scores and n_classes > _MAX_SCORE_COLUMNS:
-                self._warnings.warn(
-                    f"LogPredictionSamples: {n_classes} classes is more than {_MAX_SCORE_COLUMNS}; the table holds "
-                    "no per-class score columns."
-                )
-            if with_scores:
-                columns += [f"score_{self._name(c)}" for c in range(n_classes)]
             row_of = _row_index(st.inputs_table)
-            rows = []
-            for s in samples:
-                ref = st.inputs_table.index_ref(row_of[s.id]) if s.id in row_of else None
-                row = [s.id, ref, _cell(self._name(s.truth)), _cell(self._name(s.pred))]
-                if with_scores:
-                    scores = s.scores or []
-                    row += [round(float(v), 6) if i < len(scores) else None for i, v in _pad(scores, n_classes)]
-                rows.append(row)
+            refs = [st.inputs_table.index_ref(row_of[s.id]) if s.id in row_of else None for s in samples]
+            if annotated:
+                columns, rows = self._annotated_rows(st, samples, refs)
+            else:
+                columns, rows = self._prediction_rows(st, samples, refs)
             _wandb.log(run, {f"{section}/table": wandb.Table(columns=columns, data=rows)}, step, owner)
         if self.log_images:
             if not is_image:
-                self._warnings.warn(
-                    f"LogPredictionSamples: the {stage} inputs are not images ({st.input_kind}); "
-                    "they go into the table only, with no image panel."
-                )
+                if st.input_kind not in ("text", "audio"):
+                    self._warnings.warn(
+                        f"LogPredictionSamples: the {stage} inputs are not images ({st.input_kind}); "
+                        "they go into the table only, with no image panel."
+                    )
                 return
-            images = [wandb.Image(s.display, caption=self._caption(s)) for s in samples]
+            if annotated:
+                images = [self._annotated_image(st, s, caption=True) for s in samples]
+            else:
+                images = [wandb.Image(s.display, caption=self._caption(s)) for s in samples]
             _wandb.log(run, {f"{section}/images": images}, step, owner)
 
+    def _input_cell(self, st: _StageState, s: _Sample) -> Any:
+        import wandb
+
+        if st.task in _tasks.ANNOTATED:
+            return self._annotated_image(st, s, caption=False)
+        if st.input_kind == "image":
+            return wandb.Image(s.display)
+        if st.input_kind == "audio":
+            return wandb.Audio(s.display)
+        return _cell(s.display)
+
+    def _truth_cell(self, st: _StageState, s: _Sample) -> Any:
+        return self._summary(st, s.truth) if st.task in _tasks.ANNOTATED else _cell(self._name(s.truth))
+
+    def _prediction_rows(
+        self, st: _StageState, samples: list[_Sample], refs: list[Any]
+    ) -> tuple[list[str | int], list[list[Any]]]:
+        """Columns and rows of each epoch's table for classification, text, audio and regression."""
+        if st.task == "regression":
+            columns: list[str | int] = ["id", "sample", "target", "prediction", "abs_error"]
+            rows = [[s.id, ref, _cell(s.truth), _cell(s.pred), s.metric] for s, ref in zip(samples, refs, strict=True)]
+            return columns, rows
+        columns = ["id", "sample", "ground truth", "prediction"]  # a new Table every call
+        n_classes = max((len(s.scores) for s in samples if s.scores is not None), default=0)
+        with_scores = self.log_scores and 0 < n_classes <= _MAX_SCORE_COLUMNS
+        if self.log_scores and n_classes > _MAX_SCORE_COLUMNS:
+            self._warnings.warn(
+                f"LogPredictionSamples: {n_classes} classes is more than {_MAX_SCORE_COLUMNS}; the table holds "
+                "no per-class score columns."
+            )
+        if with_scores:
+            columns += [f"score_{self._name(c)}" for c in range(n_classes)]
+        rows = []
+        for s, ref in zip(samples, refs, strict=True):
+            row = [s.id, ref, _cell(self._name(s.truth)), _cell(self._name(s.pred))]
+            if with_scores:
+                scores = s.scores or []
+                row += [round(float(v), 6) if i < len(scores) else None for i, v in _pad(scores, n_classes)]
+            rows.append(row)
+        return columns, rows
+
+    # ------------------------------------------------------------------ segmentation / detection cells
+    def _class_name(self, c: int) -> str:
+        return str(self._name(int(c)))
+
+    def _class_labels(self, *ids: Any) -> dict[int, str]:
+        present: list[int] = []
+        for v in ids:
+            if isinstance(v, np.ndarray):
+                present += np.unique(v).tolist()
+            elif isinstance(v, _tasks.Boxes):
+                present += v.labels
+        return _tasks.class_labels(present, self.class_names)
+
+    def _summary(self, st: _StageState, v: Any) -> str | None:
+        """Classes in a mask (``"background, circle"``) or boxes per class (``"2 circle, 1 square"``)."""
+        if v is None:
+            return None
+        if isinstance(v, _tasks.Boxes):
+            return _tasks.count_text(v.labels, self._class_name)
+        return ", ".join(self._class_name(c) for c in np.unique(v).tolist())
+
+    def _annotated_image(self, st: _StageState, s: _Sample, caption: bool) -> Any:
+        """The sample's image with its ground truth (and, with ``caption``, the panel's prediction) on it."""
+        import wandb
+
+        layers: dict[str, Any] = {}
+        if s.truth is not None:
+            layers["ground_truth"] = s.truth
+        if caption:
+            layers["predictions"] = s.pred
+        labels = self._class_labels(*layers.values())
+        text = None
+        if st.task == "segmentation":
+            masks = {k: {"mask_data": v, "class_labels": labels} for k, v in layers.items()}
+            if caption:
+                text = f"IoU {s.metric:.3f}" if s.metric is not None and not math.isnan(s.metric) else "IoU -"
+            return wandb.Image(s.display, masks=masks or None, caption=text)
+        boxes = {
+            k: {"box_data": _tasks.box_data(v, self._class_name), "class_labels": labels} for k, v in layers.items()
+        }
+        if caption:
+            truth = "?" if s.truth is None else len(s.truth.labels)
+            text = f"matches@0.5: {s.metric if s.metric is not None else '-'} / {truth}; predicted {len(s.pred.labels)}"
+        return wandb.Image(s.display, boxes=boxes or None, caption=text)
+
+    def _annotated_rows(
+        self, st: _StageState, samples: list[_Sample], refs: list[Any]
+    ) -> tuple[list[str | int], list[list[Any]]]:
+        import wandb
+
+        rows = []
+        if st.task == "segmentation":
+            columns: list[str | int] = ["id", "sample", "ground truth", "prediction", "iou"]
+            for s, ref in zip(samples, refs, strict=True):
+                metric = None if s.metric is None or math.isnan(s.metric) else s.metric
+                pred = wandb.Image(_tasks.palette(s.pred), caption=self._summary(st, s.pred))
+                rows.append([s.id, ref, self._summary(st, s.truth), pred, metric])
+            return columns, rows
+        columns = ["id", "sample", "ground truth", "prediction", "predicted boxes", "matches@0.5"]
+        for s, ref in zip(samples, refs, strict=True):
+            rows.append(
+                [s.id, ref, self._summary(st, s.truth), self._summary(st, s.pred), len(s.pred.labels), s.metric]
+            )
+        return columns, rows
+
     def _caption(self, s: _Sample) -> str:
+        if s.metric is not None and isinstance(s.pred, float):  # regression
+            truth = "?" if s.truth is None else f"{s.truth:.4g}"
+            return f"Target: {truth} - Prediction: {s.pred:.4g}"
         truth = "?" if s.truth is None else self._name(s.truth)
         return f"Ground Truth: {truth} - Prediction: {self._name(s.pred)}"
 
 
-class _InputError(ConfigurationError):
-    """A batch or step output this callback cannot read: a configuration error, raised."""
+_InputError = _tasks.InputError  # a batch or step output this callback cannot read: raised (or, after training
+# began, warned about once): the same class for the task checks of ``_tasks``
 
 
 # ---------------------------------------------------------------------- helpers
@@ -754,6 +1104,13 @@ def _input_kind(x: Any) -> str:
             return "image"
         return "value"
     return "value"
+
+
+def _looks_like_images(x: Any) -> bool:
+    try:
+        return _input_kind(x) == "image"
+    except _InputError:
+        return False
 
 
 def _take(x: Any, local: list[int], keep_device: bool = False) -> Any:

@@ -163,3 +163,31 @@ def test_new_inputs_log_a_new_inputs_table_and_a_logging_failure_only_warns(monk
     records = read_run(path)
     assert [s for s, _ in records.series("predictions/inputs")] == [0, 2]
     assert [s for s, _ in records.series("predictions/table")] == [0, 1, 2]
+
+
+def test_segmentation_samples_from_a_fabric_loop() -> None:
+    from torch.utils.data import DataLoader
+
+    from lw_callbacks.demo_tasks import SHAPE_NAMES, Shapes, ShapesSegmenter
+
+    fabric = _fabric()
+    preds = FabricPredictionSamples(num_samples=3, class_names=SHAPE_NAMES, key="seg")
+    data = Shapes(8, mode="segmentation")
+    batch = next(iter(DataLoader(data, batch_size=4)))
+    model = ShapesSegmenter()
+    with torch.no_grad():
+        preds.log_prediction_samples(fabric, batch, model(batch[0]), step=0)
+        preds.log_prediction_samples(fabric, batch, step=1, model=model)  # no outputs: the model runs
+    wandb.finish()
+    (path,) = find_runs("runs")
+    records = read_run(path)
+    (inputs,) = records.tables("seg/inputs")
+    assert len([e for e in inputs.entries if e.path.startswith("media/images/mask/")]) == 3  # once
+    tables = records.tables("seg/table")
+    assert [t.columns[-1] for t in tables] == ["iou", "iou"]
+    first, second = ([r["iou"] for r in t.rows] for t in tables)
+    assert first == second and all(0 <= v <= 1 for v in first)  # the same weights, step output or forward
+    panels = records.series("seg/images")
+    assert [s for s, _ in panels] == [0, 1]
+    assert all(set(m) == {"ground_truth", "predictions"} for _, p in panels for m in p["all_masks"])
+
