@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ class _StageState:
     ran: bool = False  # at least one batch reached the callback during this fit / test / predict
     collected: dict[int, _Sample] = field(default_factory=dict)  # this epoch's samples, by stream position
     images: dict[int, Any] = field(default_factory=dict)  # display form of each id, computed once
+    encoded: dict[int, Any] = field(default_factory=dict)  # id -> last logged wandb.Image: its PNG, encoded once
     input_kind: str | None = None  # "image" or "value"
     inputs_table: Any = None  # the wandb.Table holding the inputs, logged once per run
     inputs_run: str | None = None  # id of the run that holds inputs_table
@@ -264,11 +266,12 @@ class LogPredictionSamples(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _wandb.require_wandb_logger(trainer, type(self).__name__)
+        if _wandb.require_wandb_logger(trainer, type(self).__name__) is not None:
+            _wandb.warm_up_media()  # W&B's first image / table log loads modules: load them now, off this thread
         self._sharded = _shards_parameters(trainer.strategy)
         for name in self._stages_of(stage):  # a new fit / test / predict may bring other data
             st = self._state[name]
-            st.ran, st.checked, st.positions, st.ids, st.images = False, False, None, {}, {}
+            st.ran, st.checked, st.positions, st.ids, st.images, st.encoded = False, False, None, {}, {}, {}
             st.disabled = False
 
     @override
@@ -678,8 +681,9 @@ class LogPredictionSamples(Callback):
                     "they go into the table only, with no image panel."
                 )
                 return
-            images = [wandb.Image(s.display, caption=self._caption(s)) for s in samples]
-            _wandb.log(run, {f"{section}/images": images}, step, owner)
+            images = [_captioned(st.encoded.get(s.id), s.display, self._caption(s)) for s in samples]
+            if _wandb.log(run, {f"{section}/images": images}, step, owner):
+                st.encoded.update((s.id, image) for s, image in zip(samples, images, strict=True))
 
     def _caption(self, s: _Sample) -> str:
         truth = "?" if s.truth is None else self._name(s.truth)
@@ -691,6 +695,17 @@ class _InputError(ConfigurationError):
 
 
 # ---------------------------------------------------------------------- helpers
+def _captioned(logged: Any, display: Any, caption: str) -> Any:
+    """``wandb.Image(display, caption=caption)``; from ``logged`` (the same sample's image logged before,
+    its PNG already in the run's media folder) when there is one, so the pixels are not encoded again."""
+    import wandb
+
+    path = getattr(logged, "_path", None)
+    if isinstance(path, str) and not getattr(logged, "_is_tmp", True) and os.path.isfile(path):
+        return wandb.Image(logged, caption=caption)
+    return wandb.Image(display, caption=caption)
+
+
 def _describe(obj: Any) -> str:
     if isinstance(obj, (Tensor, np.ndarray)):
         return f"{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
