@@ -133,7 +133,9 @@ class HookClock:
             profiling = profiler is not None and self.step > after
             if profiling:
                 profiler.enable()
-            t0, c0 = perf(), thread_time()
+            # thread_time() is a system call, where a busy kernel may switch threads: it stays outside the wall window
+            c0 = thread_time()
+            t0 = perf()
             try:
                 return fn(*args, **kwargs)
             finally:

@@ -138,11 +138,12 @@ def tables(records: Sequence[dict[str, Any]]) -> str:
             "min / median / max over rounds. *wall*: `trainer.fit` + `wandb.finish()`; *CPU*: user + system "
             "seconds of the training process and W&B's service process over that window; *ratio*: to bare in "
             "the same round; *steady*: the training epochs after the first; *hooks*: time inside the tested "
-            "callbacks' hooks on the training thread, share of the window.",
+            "callbacks' hooks on the training thread, as a share of the window's wall time, and as CPU time of "
+            "the training thread (a share of the process's CPU time in the last column).",
             "",
             "| arm | wall (s) | wall ratio | CPU (s) | of which W&B service | CPU ratio | CPU ratio, steady "
-            "| hooks, % of fit | hooks, % steady | hooks, thread CPU (ms) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| hooks, % of fit | hooks, % steady | hooks, thread CPU (ms) | hooks, % of CPU, steady |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arm, recs in arms.items():
             lines.append(
@@ -157,6 +158,7 @@ def tables(records: Sequence[dict[str, Any]]) -> str:
                     _mmm([100 * r["hooks"] / r["wall"] for r in recs], "{:.2f}"),
                     _mmm([100 * r["hooks_steady"] / r["wall_steady"] for r in recs], "{:.2f}"),
                     _mmm([1000 * r["hooks_cpu"] for r in recs], "{:.0f}"),
+                    _mmm([100 * r["hooks_cpu_steady"] / r["cpu_steady"] for r in recs], "{:.2f}"),
                 ]) + " |"
             )
         lines += _details(arms)
