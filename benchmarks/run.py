@@ -8,7 +8,7 @@ of an arm to ``bare`` are taken within a round, then summarised as min / median 
 Cases: ``cnn``, a CIFAR-sized CNN (321,290 parameters, 3x32x32 synthetic images, 100 optimizer steps
 and 20 validation batches per epoch, 3 epochs, ``log_every_n_steps=50``), every arm; ``digits``, the
 half-second digits fit as a smoke case, ``bare`` and ``all_five``. ``--quick`` (under 5 minutes): the
-CNN cut to 2 epochs of 30 steps and 5 validation batches, arms ``bare``, ``all_five`` and ``guide``,
+CNN cut to 2 epochs of 20 steps and 4 validation batches, arms ``bare``, ``all_five`` and ``guide``,
 2 rounds, and one digits round.
 ``--micro`` also runs the in-process cases of ``benchmarks/bench_*.py`` (checkpoint hand-over,
 validation on 20,000 images, ShareRunDir under DDP); ``--only bench_NAME`` runs just those.
@@ -222,6 +222,71 @@ def _details(arms: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _med(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _hook(recs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [r["hook_seconds"].get(key, 0.0) for r in recs]
+
+
+def summary(records: Sequence[dict[str, Any]]) -> str:
+    """One plain sentence per callback: what it costs per fit, per logged epoch and per log step (medians)."""
+    arms = _by(records, "cnn")
+    out: list[str] = []
+
+    def ms(v: float) -> str:
+        return f"{1000 * v:.1f} ms"
+
+    def total(arm: str, name: str) -> list[float]:
+        return [sum(v for k, v in r["hook_seconds"].items() if k.startswith(name + ".")) for r in arms.get(arm, [])]
+
+    if arms.get("share_run_dir"):
+        out.append(f"- `ShareRunDir`: {ms(_med(total('share_run_dir', 'ShareRunDir')))} per fit, all of it at "
+                   "`setup`; nothing per epoch or per step.")
+    recs = arms.get("metric_summaries") or []
+    if recs:
+        per_batch = _med(_hook(recs, "MetricSummaries.on_train_batch_end"))
+        out.append(f"- `MetricSummaries`: {ms(_med(total('metric_summaries', 'MetricSummaries')))} per fit; on each "
+                   "training batch a check of whether Lightning logs it, and on the batches it does a read of the "
+                   f"logged values ({ms(per_batch)} per fit in `on_train_batch_end` in all); nothing per epoch "
+                   "beyond reading the epoch's logged values.")
+    recs = arms.get("watch_model") or []
+    if recs:
+        first, later, other = [], [], []
+        for r in recs:
+            steps = _log_steps(r, "WatchModel.on_before_optimizer_step", 100)
+            if steps:
+                first.append(steps[0])
+                later += steps[1:]
+            calls = r["hook_calls"].get("WatchModel.on_before_optimizer_step", 0)
+            spent = r["hook_seconds"].get("WatchModel.on_before_optimizer_step", 0.0) - sum(steps)
+            if calls > len(steps):
+                other.append(spent / (calls - len(steps)))
+        out.append(f"- `WatchModel()`: {ms(_med(total('watch_model', 'WatchModel')))} per fit; per log step (every "
+                   f"100 optimizer steps, 10 gradient histograms) {ms(_med(later))}, the first of the fit "
+                   f"{ms(_med(first))}; about {1e6 * _med(other):.0f} µs on the other steps (a modulo, plus "
+                   "whatever the machine did meanwhile).")
+    recs = arms.get("prediction_samples") or []
+    if recs:
+        ends = [[d for _, d in r["slow_calls"].get("LogPredictionSamples.on_validation_epoch_end", [])] for r in recs]
+        first = [e[0] for e in ends if e]
+        later = [d for e in ends for d in e[1:]]
+        batches = _med(_hook(recs, "LogPredictionSamples.on_validation_batch_end"))
+        out.append(f"- `LogPredictionSamples()`: {ms(_med(total('prediction_samples', 'LogPredictionSamples')))} "
+                   f"per fit; per logged epoch {ms(_med(later))} (16 images, a predictions table), the first "
+                   f"{ms(_med(first))} (the inputs table with the pixels, the PNGs encoded); "
+                   f"{ms(batches)} per fit on the validation batches (copying the chosen rows); nothing on "
+                   "training steps.")
+    recs = arms.get("upload_checkpoints") or []
+    if recs:
+        end = _med(_hook(recs, "UploadCheckpoints.on_train_end"))
+        out.append(f"- `UploadCheckpoints()`: {ms(_med(total('upload_checkpoints', 'UploadCheckpoints')))} per fit "
+                   f"on the training thread, of which {ms(end)} at the end of training; each checkpoint is hashed "
+                   "and handed to W&B on a background thread; nothing on steps without a checkpoint.")
+    return "\n".join(out)
+
+
 def machine() -> str:
     import lightning
     import psutil
@@ -255,6 +320,7 @@ def main() -> None:
         data = json.loads(Path(args.table).read_text())
         print(f"machine: {data['machine']}")
         print(tables(data["records"]))
+        print("\n" + summary(data["records"]))
         return
     rounds = args.rounds or (2 if args.quick else 5)
     if args.only:
@@ -277,6 +343,7 @@ def main() -> None:
         else:
             run_case("digits", ("bare", "all_five"), 1 if args.quick else rounds, False, records, save)
     print(tables(records), flush=True)
+    print("\n" + summary(records), flush=True)
     if args.micro:
         _micro(rounds, None)
 

@@ -91,7 +91,7 @@ def workload(case: str, quick: bool = False) -> tuple[LightningModule, Lightning
     """``(module, datamodule, max_epochs, log_every_n_steps)`` of a case: ``"cnn"`` or ``"digits"``."""
     if case == "cnn":
         if quick:
-            return SmallCNN(), SyntheticImages(train_steps=30, val_batches=5), 2, 10
+            return SmallCNN(), SyntheticImages(train_steps=20, val_batches=4), 2, 10
         return SmallCNN(), SyntheticImages(), 3, 50
     if case == "digits":
         from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
