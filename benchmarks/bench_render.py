@@ -4,7 +4,8 @@
 of a small classifier on 64 synthetic 1x28x28 images runs ``rounds + 1`` times, and each time the
 callback's ``on_validation_epoch_end`` (where it builds and logs the images and tables) is timed,
 wall and training-thread CPU: the first logged epoch (which encodes the PNGs and logs the inputs
-table), then the later ones, with the image panel on and off.
+table), then the later ones, with the image panel on and off; and the bytes each one wrote to the
+run's media folder.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: F401  (offline W&B in temporary folders)
 
 
-def _epoch_ends(rounds: int, log_images: bool) -> list[tuple[float, float]]:
+def _bytes(folder: Path | None) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder and folder.exists() else 0
+
+
+def _epoch_ends(rounds: int, log_images: bool) -> list[tuple[float, float, int]]:
     import torch
     import wandb
     from lightning.pytorch import LightningModule, Trainer
@@ -43,13 +48,15 @@ def _epoch_ends(rounds: int, log_images: bool) -> list[tuple[float, float]]:
     data = DataLoader(TensorDataset(torch.rand(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,))),
                       batch_size=16)
     callback = LogPredictionSamples(num_samples=16, log_images=log_images)
-    timings: list[tuple[float, float]] = []
+    timings: list[tuple[float, float, int]] = []
     original = callback.on_validation_epoch_end
 
     def timed(*args: Any) -> None:
+        media = Path(wandb.run.dir) / "media" if wandb.run is not None else None
+        before = _bytes(media)
         c0, t0 = time.thread_time(), time.perf_counter()
         original(*args)
-        timings.append((time.perf_counter() - t0, time.thread_time() - c0))
+        timings.append((time.perf_counter() - t0, time.thread_time() - c0, _bytes(media) - before))
 
     callback.on_validation_epoch_end = timed  # type: ignore[method-assign]
     save_dir = tempfile.mkdtemp(prefix="lwbench-render-")
@@ -67,12 +74,14 @@ def cases(rounds: int) -> None:
     for log_images in (True, False):
         timings = _epoch_ends(max(rounds, 5), log_images)
         first, later = timings[0], timings[1:]
-        walls = [1000 * w for w, _ in later]
-        cpus = [1000 * c for _, c in later]
+        walls = [1000 * w for w, _, _ in later]
+        cpus = [1000 * c for _, c, _ in later]
+        written = [b for _, _, b in later]
         print(f"LogPredictionSamples(num_samples=16, log_images={log_images}), 1x28x28 samples, epoch end: first "
-              f"{1000 * first[0]:.1f} ms wall / {1000 * first[1]:.1f} ms CPU; later {len(later)}: wall min / median / "
-              f"max {min(walls):.1f} / {statistics.median(walls):.1f} / {max(walls):.1f} ms, training-thread CPU "
-              f"{min(cpus):.1f} / {statistics.median(cpus):.1f} / {max(cpus):.1f} ms", flush=True)
+              f"{1000 * first[0]:.1f} ms wall / {1000 * first[1]:.1f} ms CPU, {first[2]:,} media bytes; later "
+              f"{len(later)}: wall min / median / max {min(walls):.1f} / {statistics.median(walls):.1f} / "
+              f"{max(walls):.1f} ms, training-thread CPU {min(cpus):.1f} / {statistics.median(cpus):.1f} / "
+              f"{max(cpus):.1f} ms, media bytes {statistics.median(written):,.0f}", flush=True)
 
 
 if __name__ == "__main__":
