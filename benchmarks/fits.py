@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 SLOW = 0.001  # a hook call longer than this is listed on its own
+_FOLDERS: list[str] = []  # temporary folders this process made, removed at exit
 
 
 def _callbacks(arm: str) -> list[Any]:
@@ -204,6 +205,7 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
 
     GuideSamples = _guide_callback()
     save_dir = tempfile.mkdtemp(prefix="lwbench-run-")
+    _FOLDERS.append(save_dir)
     model, dm, epochs, log_every = workload(case, quick)
     logger = WandbLogger(save_dir=save_dir, project="lw-bench", log_model="all" if arm == "guide" else False)
     run = logger.experiment  # the run starts outside the timed window
@@ -287,7 +289,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-        os.environ.setdefault(name, tempfile.mkdtemp(prefix=f"lwbench-{name.lower()}-"))
+        if name not in os.environ:
+            os.environ[name] = tempfile.mkdtemp(prefix=f"lwbench-{name.lower()}-")
+            _FOLDERS.append(os.environ[name])
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -299,6 +303,10 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     result = fit_once(args.arm, args.case, args.quick)
     print("LWBENCH " + json.dumps(result), flush=True)
+    import shutil
+
+    for folder in _FOLDERS:  # after the measurement: the runs' folders are not kept
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
