@@ -702,7 +702,10 @@ def _captioned(logged: Any, display: Any, caption: str) -> Any:
 
     path = getattr(logged, "_path", None)
     if isinstance(path, str) and not getattr(logged, "_is_tmp", True) and os.path.isfile(path):
-        return wandb.Image(logged, caption=caption)
+        image = wandb.Image(logged, caption=caption)
+        if getattr(image, "_caption", caption) != caption:
+            image._caption = caption  # W&B's copy keeps the caption of the image it copies
+        return image
     return wandb.Image(display, caption=caption)
 
 
