@@ -1,40 +1,360 @@
-"""Print the overhead table: ``python benchmarks/run.py [--rounds N] [--only NAME ...]``.
+"""The overhead benchmark: ``python benchmarks/run.py [--rounds N] [--quick] [--arms A B ...] [--micro]``.
 
-Runs every ``benchmarks/bench_*.py`` module's ``cases(rounds)`` and prints one markdown table of
-B / A ratios (min / median / max), measured side by side in this one process.
+Every arm of a case is fit in its own fresh Python process (``benchmarks/fits.py``), so one-time
+costs (imports, the first media value of a process) are counted once per fit, as a user pays them.
+A round fits every arm once, in an order that rotates and reverses from round to round; the ratios
+of an arm to ``bare`` are taken within a round, then summarised as min / median / max over rounds.
+
+Cases: ``cnn``, a CIFAR-sized CNN (321,290 parameters, 3x32x32 synthetic images, 100 optimizer steps
+and 20 validation batches per epoch, 3 epochs, ``log_every_n_steps=50``), every arm; ``digits``, the
+half-second digits fit as a smoke case, ``bare`` and ``all_five``. ``--quick`` (under 5 minutes): the
+CNN cut to 2 epochs of 20 steps and 4 validation batches, arms ``bare``, ``all_five`` and ``guide``,
+2 rounds, and one digits round.
+``--micro`` also runs the in-process cases of ``benchmarks/bench_*.py`` (checkpoint hand-over,
+validation on 20,000 images, ShareRunDir under DDP); ``--only bench_NAME`` runs just those.
+
+Torch runs on ``LW_BENCH_THREADS`` intra-op threads (default 1): on a small shared CPU a second
+thread mostly waits for a descheduled core, and W&B's service process needs a core of its own.
+``--json FILE`` writes every fit's raw record; ``--table FILE`` prints the tables again from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import platform
+import statistics
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import harness  # noqa: E402
+FULL_ARMS = (
+    "bare", "share_run_dir", "metric_summaries", "watch_model", "prediction_samples",
+    "prediction_samples_no_images", "upload_checkpoints", "all_five", "guide",
+)
+QUICK_ARMS = ("bare", "all_five", "guide")
+LABELS = {
+    "bare": "bare: `WandbLogger` + `ModelCheckpoint`",
+    "share_run_dir": "+ `ShareRunDir()`",
+    "metric_summaries": "+ `MetricSummaries()`",
+    "watch_model": "+ `WatchModel()`",
+    "prediction_samples": "+ `LogPredictionSamples()`",
+    "prediction_samples_no_images": "+ `LogPredictionSamples(log_images=False)`",
+    "upload_checkpoints": "+ `UploadCheckpoints()`",
+    "all_five": "+ all five at defaults",
+    "guide": "the guide's recipe (`log_model=\"all\"`, `watch(log=\"all\")`, its sample callback)",
+}
+CALLBACK_OF_ARM = {
+    "share_run_dir": "ShareRunDir",
+    "metric_summaries": "MetricSummaries",
+    "watch_model": "WatchModel",
+    "prediction_samples": "LogPredictionSamples",
+    "upload_checkpoints": "UploadCheckpoints",
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", nargs="*", default=None, help="bench module names, e.g. bench_watch")
-    args = parser.parse_args()
+def fit(arm: str, case: str, quick: bool, timeout: float = 900.0) -> dict[str, Any]:
+    """Run one fit in a fresh process and return its record."""
+    cmd = [sys.executable, str(HERE / "fits.py"), arm, "--case", case, *(["--quick"] if quick else [])]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("LWBENCH "):
+            return json.loads(line[len("LWBENCH "):])
+    raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+
+
+def order(arms: Sequence[str], round_index: int) -> list[str]:
+    """The arms of round ``round_index``: rotated by the round, reversed every other round."""
+    k = round_index % len(arms)
+    rotated = list(arms[k:]) + list(arms[:k])
+    return rotated[::-1] if round_index % 2 else rotated
+
+
+def run_case(
+    case: str, arms: Sequence[str], rounds: int, quick: bool, records: list[dict[str, Any]], save: Any = None
+) -> None:
+    """Fit every arm ``rounds`` times into ``records``; ``save()`` after each fit keeps what ran so far."""
+    for r in range(rounds):
+        for arm in order(arms, r):
+            t0 = time.perf_counter()
+            rec = fit(arm, case, quick)
+            rec["round"] = r
+            records.append(rec)
+            if save is not None:
+                save()
+            print(f"  [{case} round {r + 1}/{rounds}] {arm}: fit+finish {rec['wall']:.1f} s, CPU {rec['cpu']:.1f} s, "
+                  f"hooks {1000 * rec['hooks']:.0f} ms (process {time.perf_counter() - t0:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _mmm(values: Sequence[float], fmt: str = "{:.3f}") -> str:
+    if not values:
+        return "-"
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def _by(records: Sequence[dict[str, Any]], case: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        if rec["case"] == case:
+            out.setdefault(rec["arm"], []).append(rec)
+    return out
+
+
+def _ratios(arm_recs: Sequence[dict[str, Any]], bare: Sequence[dict[str, Any]], key: str) -> list[float]:
+    base = {rec["round"]: rec[key] for rec in bare}
+    return [rec[key] / base[rec["round"]] for rec in arm_recs if rec["round"] in base and base[rec["round"]] > 0]
+
+
+def _log_steps(rec: dict[str, Any], hook: str, every: int) -> list[float]:
+    """Durations of a hook's slow calls that fell on multiples of ``every`` optimizer steps, in order."""
+    return [d for step, d in rec.get("slow_calls", {}).get(hook, []) if step % every == 0]
+
+
+def tables(records: Sequence[dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for case in dict.fromkeys(rec["case"] for rec in records):
+        arms = _by(records, case)
+        bare = arms.get("bare", [])
+        first = next(iter(arms.values()))[0]
+        rounds = len({rec["round"] for rec in records if rec["case"] == case})
+        lines += [
+            "",
+            f"### {case}: {first['params']:,} parameters, {rounds} rounds, torch threads {first['threads']}",
+            "",
+            "min / median / max over rounds. *wall*: `trainer.fit` + `wandb.finish()`; *CPU*: user + system "
+            "seconds of the training process and W&B's service process over that window; *ratio*: to bare in "
+            "the same round; *steady*: the training epochs after the first; *hooks*: time inside the tested "
+            "callbacks' hooks on the training thread, as a share of the window's wall time, and as CPU time of "
+            "the training thread (a share of the process's CPU time in the last column).",
+            "",
+            "| arm | wall (s) | wall ratio | CPU (s) | of which W&B service | CPU ratio | CPU ratio, steady "
+            "| hooks, % of fit | hooks, % steady | hooks, thread CPU (ms) | hooks, % of CPU, steady |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for arm, recs in arms.items():
+            lines.append(
+                "| " + " | ".join([
+                    LABELS.get(arm, arm),
+                    _mmm([r["wall"] for r in recs], "{:.1f}"),
+                    _mmm(_ratios(recs, bare, "wall")),
+                    _mmm([r["cpu"] for r in recs], "{:.1f}"),
+                    _mmm([r.get("cpu_service", 0.0) for r in recs], "{:.1f}"),
+                    _mmm(_ratios(recs, bare, "cpu")),
+                    _mmm(_ratios(recs, bare, "cpu_steady")),
+                    _mmm([100 * r["hooks"] / r["wall"] for r in recs], "{:.2f}"),
+                    _mmm([100 * r["hooks_steady"] / r["wall_steady"] for r in recs], "{:.2f}"),
+                    _mmm([1000 * r["hooks_cpu"] for r in recs], "{:.0f}"),
+                    _mmm([100 * r["hooks_cpu_steady"] / r["cpu_steady"] for r in recs], "{:.2f}"),
+                ]) + " |"
+            )
+        lines += _details(arms)
+    return "\n".join(lines)
+
+
+def _details(arms: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines: list[str] = []
+    combined = arms.get("all_five") or []
+    if combined:
+        keys = sorted({k for rec in combined for k in rec["hook_seconds"]})
+        rows = []
+        for key in keys:
+            secs = [rec["hook_seconds"].get(key, 0.0) for rec in combined]
+            calls = statistics.median(rec["hook_calls"].get(key, 0) for rec in combined)
+            rows.append((statistics.median(secs), key, secs, calls))
+        rows.sort(reverse=True)
+        lines += ["", "All five: seconds inside each hook per fit (min / median / max), calls per fit:", "",
+                  "| hook | seconds | calls |", "|---|---|---|"]
+        lines += [f"| `{key}` | {_mmm(secs, '{:.4f}')} | {calls:.0f} |" for _, key, secs, calls in rows if _ > 0.0005]
+    per_arm = []
+    for arm, name in CALLBACK_OF_ARM.items():
+        recs = arms.get(arm) or []
+        if recs:
+            per_fit = [sum(v for k, v in r["hook_seconds"].items() if k.startswith(name + ".")) for r in recs]
+            per_arm.append(f"| `{name}` | {_mmm([1000 * v for v in per_fit], '{:.1f}')} |")
+    if per_arm:
+        lines += ["", "Each callback alone: milliseconds inside its hooks per fit (min / median / max):", "",
+                  "| callback | ms per fit |", "|---|---|", *per_arm]
+    watch = (arms.get("watch_model") or []) + (arms.get("all_five") or [])
+    firsts, laters = [], []
+    for rec in watch:
+        steps = _log_steps(rec, "WatchModel.on_before_optimizer_step", 100)
+        if steps:
+            firsts.append(steps[0])
+            laters += steps[1:]
+    if firsts:
+        lines += ["", f"WatchModel log step (ms): first of the fit {_mmm([1000 * v for v in firsts], '{:.1f}')}; "
+                      f"later ones {_mmm([1000 * v for v in laters], '{:.1f}')} (min / median / max)."]
+    samples = (arms.get("prediction_samples") or []) + (arms.get("all_five") or [])
+    firsts, laters = [], []
+    for rec in samples:
+        ends = [d for _, d in rec.get("slow_calls", {}).get("LogPredictionSamples.on_validation_epoch_end", [])]
+        if ends:
+            firsts.append(ends[0])
+            laters += ends[1:]
+    if firsts:
+        lines += ["", "LogPredictionSamples epoch end, 16 samples, images + tables (ms): first logged epoch "
+                      f"{_mmm([1000 * v for v in firsts], '{:.1f}')}; later ones "
+                      f"{_mmm([1000 * v for v in laters], '{:.1f}')}."]
+    media = []
+    for arm in ("bare", "prediction_samples", "prediction_samples_no_images", "guide"):
+        recs = arms.get(arm) or []
+        later = [b for r in recs for b in r["media_bytes_per_epoch"][1:]]
+        first = [r["media_bytes_per_epoch"][0] for r in recs if r["media_bytes_per_epoch"]]
+        if recs:
+            media.append(f"| {LABELS[arm]} | {_mmm(first, '{:,.0f}')} | {_mmm(later, '{:,.0f}')} |")
+    if media:
+        lines += ["", "Bytes written to the run's media folder per validation epoch:", "",
+                  "| arm | first epoch | each later epoch |", "|---|---|---|", *media]
+    return lines
+
+
+def _med(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _hook(recs: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [r["hook_seconds"].get(key, 0.0) for r in recs]
+
+
+def summary(records: Sequence[dict[str, Any]]) -> str:
+    """One plain sentence per callback: what it costs per fit, per logged epoch and per log step (medians)."""
+    arms = _by(records, "cnn")
+    out: list[str] = []
+
+    def ms(v: float) -> str:
+        return f"{1000 * v:.1f} ms"
+
+    def total(arm: str, name: str) -> list[float]:
+        return [sum(v for k, v in r["hook_seconds"].items() if k.startswith(name + ".")) for r in arms.get(arm, [])]
+
+    if arms.get("share_run_dir"):
+        out.append(f"- `ShareRunDir`: {ms(_med(total('share_run_dir', 'ShareRunDir')))} per fit, all of it at "
+                   "`setup`; nothing per epoch or per step.")
+    recs = arms.get("metric_summaries") or []
+    if recs:
+        per_batch = _med(_hook(recs, "MetricSummaries.on_train_batch_end"))
+        out.append(f"- `MetricSummaries`: {ms(_med(total('metric_summaries', 'MetricSummaries')))} per fit; on each "
+                   "training batch a check of whether Lightning logs it, and on the batches it does a read of the "
+                   f"logged values ({ms(per_batch)} per fit in `on_train_batch_end` in all); nothing per epoch "
+                   "beyond reading the epoch's logged values.")
+    recs = arms.get("watch_model") or []
+    if recs:
+        first, later, other = [], [], []
+        for r in recs:
+            steps = _log_steps(r, "WatchModel.on_before_optimizer_step", 100)
+            if steps:
+                first.append(steps[0])
+                later += steps[1:]
+            calls = r["hook_calls"].get("WatchModel.on_before_optimizer_step", 0)
+            spent = r["hook_seconds"].get("WatchModel.on_before_optimizer_step", 0.0) - sum(steps)
+            if calls > len(steps):
+                other.append(spent / (calls - len(steps)))
+        out.append(f"- `WatchModel()`: {ms(_med(total('watch_model', 'WatchModel')))} per fit; per log step (every "
+                   f"100 optimizer steps, 10 gradient histograms) {ms(_med(later))}, the first of the fit "
+                   f"{ms(_med(first))}; about {1e6 * _med(other):.0f} µs on the other steps (a modulo, plus "
+                   "whatever the machine did meanwhile).")
+    recs = arms.get("prediction_samples") or []
+    if recs:
+        ends = [[d for _, d in r["slow_calls"].get("LogPredictionSamples.on_validation_epoch_end", [])] for r in recs]
+        first = [e[0] for e in ends if e]
+        later = [d for e in ends for d in e[1:]]
+        batches = _med(_hook(recs, "LogPredictionSamples.on_validation_batch_end"))
+        out.append(f"- `LogPredictionSamples()`: {ms(_med(total('prediction_samples', 'LogPredictionSamples')))} "
+                   f"per fit; per logged epoch {ms(_med(later))} (16 images, a predictions table), the first "
+                   f"{ms(_med(first))} (the inputs table with the pixels, the PNGs encoded); "
+                   f"{ms(batches)} per fit on the validation batches (copying the chosen rows); nothing on "
+                   "training steps.")
+    recs = arms.get("upload_checkpoints") or []
+    if recs:
+        end = _med(_hook(recs, "UploadCheckpoints.on_train_end"))
+        out.append(f"- `UploadCheckpoints()`: {ms(_med(total('upload_checkpoints', 'UploadCheckpoints')))} per fit "
+                   f"on the training thread, of which {ms(end)} at the end of training; each checkpoint is hashed "
+                   "and handed to W&B on a background thread; nothing on steps without a checkpoint.")
+    return "\n".join(out)
+
+
+def machine() -> str:
     import lightning
+    import psutil
     import torch
     import wandb
 
-    print(f"machine: {platform.machine()}, {platform.processor() or platform.system()}, "
-          f"python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}, "
-          f"wandb {wandb.__version__}")
-    print(harness.HEADER, flush=True)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{psutil.cpu_count()} CPUs ({cpu}), {platform.system()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, lightning {lightning.__version__}, wandb {wandb.__version__}, offline")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per case (default 5; 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a shorter CNN, five arms, 2 rounds: under 5 minutes")
+    parser.add_argument("--arms", nargs="*", default=None, choices=FULL_ARMS, help="arms of the CNN case")
+    parser.add_argument("--cases", nargs="*", default=("cnn", "digits"), choices=("cnn", "digits"))
+    parser.add_argument("--micro", action="store_true", help="also run benchmarks/bench_*.py (in-process cases)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these bench_*.py modules, e.g. bench_watch")
+    parser.add_argument("--json", default=None, help="write every fit's record to this file")
+    parser.add_argument("--table", default=None, help="only print the tables of a file written by --json")
+    args = parser.parse_args()
+    if args.table:
+        data = json.loads(Path(args.table).read_text())
+        print(f"machine: {data['machine']}")
+        print(tables(data["records"]))
+        print("\n" + summary(data["records"]))
+        return
+    rounds = args.rounds or (2 if args.quick else 5)
+    if args.only:
+        _micro(rounds, args.only)
+        return
+    arms = tuple(args.arms or (QUICK_ARMS if args.quick else FULL_ARMS))
+    if "bare" not in arms:
+        arms = ("bare", *arms)
+    where = machine()
+    print(f"machine: {where}", flush=True)
+    records: list[dict[str, Any]] = []
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": where, "records": records}))
+
+    for case in args.cases:
+        if case == "cnn":
+            run_case("cnn", arms, rounds, args.quick, records, save)
+        else:
+            run_case("digits", ("bare", "all_five"), 1 if args.quick else rounds, False, records, save)
+    print(tables(records), flush=True)
+    print("\n" + summary(records), flush=True)
+    if args.micro:
+        _micro(rounds, None)
+
+
+def _micro(rounds: int, only: Sequence[str] | None) -> None:
+    import harness
+
+    print("\n" + harness.HEADER, flush=True)
     for path in sorted(HERE.glob("bench_*.py")):
-        if args.only and path.stem not in args.only:
-            continue
-        importlib.import_module(path.stem).cases(args.rounds)
+        if only is None or path.stem in only:
+            importlib.import_module(path.stem).cases(rounds)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,6 +197,58 @@ def lightning_step(trainer: pl.Trainer) -> int:
         and getattr(progress, "processed", 0) > getattr(progress, "completed", 0)
     )
     return max(0, step - 1) if in_epoch_end else step
+
+
+def skip_pandas_import() -> None:
+    """Keep W&B from importing pandas the first time a histogram, image or table is logged.
+
+    W&B asks of every logged value that is not a number or a string whether it is a
+    ``pandas.DataFrame``, and when pandas is installed it imports pandas to ask: half a second or
+    more of one core, paid by the training thread at the first media value of the process. A value
+    can only be a DataFrame once pandas has been imported, so the check is wrapped to answer
+    ``False`` while pandas is not in ``sys.modules`` and to ask W&B's own check otherwise: the answer
+    is the same for every value, without the import. Idempotent.
+    """
+    try:
+        from wandb import util
+    except Exception:  # pragma: no cover - wandb is a dependency
+        return
+    check = getattr(util, "is_pandas_data_frame", None)
+    if check is None or getattr(check, "_lw_no_import", False):
+        return
+
+    def is_pandas_data_frame(obj: Any) -> bool:
+        return "pandas" in sys.modules and bool(check(obj))
+
+    is_pandas_data_frame._lw_no_import = True  # type: ignore[attr-defined]
+    util.is_pandas_data_frame = is_pandas_data_frame
+
+
+_warm_up_started = False
+
+
+def warm_up_media() -> None:
+    """Load, on a background thread, the modules W&B's first image or table log loads (its image and
+    table types, PIL's PNG writer, the HTTP session its artifact storage builds even offline), so the
+    training thread does not pay them at the first logged epoch; also :func:`skip_pandas_import`.
+    Once per process; a failure is ignored (the first log then loads them as it would anyway).
+    """
+    global _warm_up_started
+    skip_pandas_import()
+    if _warm_up_started:
+        return
+    _warm_up_started = True
+
+    def load() -> None:
+        try:
+            import PIL.PngImagePlugin  # noqa: F401
+            import requests  # noqa: F401
+            from wandb.sdk.artifacts.storage_policies import wandb_storage_policy  # noqa: F401
+            from wandb.sdk.data_types import image, table  # noqa: F401
+        except Exception:  # pragma: no cover - an optional speed-up
+            pass
+
+    threading.Thread(target=load, name="lw-callbacks-warm-up", daemon=True).start()
 
 
 def log(run: Any, payload: Mapping[str, Any], step: int, owner: str) -> bool:

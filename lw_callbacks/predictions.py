@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ class _StageState:
     ran: bool = False  # at least one batch reached the callback during this fit / test / predict
     collected: dict[int, _Sample] = field(default_factory=dict)  # this epoch's samples, by stream position
     images: dict[int, Any] = field(default_factory=dict)  # display form of each id, computed once
+    encoded: dict[int, Any] = field(default_factory=dict)  # id -> last logged wandb.Image: its PNG, encoded once
     input_kind: str | None = None  # "image", "value", "text" or "audio"
     task: str | None = None  # told from the first batch (or the task= argument)
     inputs_table: Any = None  # the wandb.Table holding the inputs, logged once per run
@@ -320,12 +322,13 @@ class LogPredictionSamples(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _wandb.require_wandb_logger(trainer, type(self).__name__)
+        if _wandb.require_wandb_logger(trainer, type(self).__name__) is not None:
+            _wandb.warm_up_media()  # W&B's first image / table log loads modules: load them now, off this thread
         self._task_opts.resolve()  # a dotted decode path is imported here: a bad one fails before training
         self._sharded = _shards_parameters(trainer.strategy)
         for name in self._stages_of(stage):  # a new fit / test / predict may bring other data
             st = self._state[name]
-            st.ran, st.checked, st.positions, st.ids, st.images = False, False, None, {}, {}
+            st.ran, st.checked, st.positions, st.ids, st.images, st.encoded = False, False, None, {}, {}, {}
             st.disabled, st.task = False, None
 
     @override
@@ -916,11 +919,13 @@ class LogPredictionSamples(Callback):
                         "they go into the table only, with no image panel."
                     )
                 return
-            if annotated:
+            if annotated:  # masks and boxes change each epoch: a new image with its annotations
                 images = [self._annotated_image(st, s, caption=True) for s in samples]
-            else:
-                images = [wandb.Image(s.display, caption=self._caption(s)) for s in samples]
-            _wandb.log(run, {f"{section}/images": images}, step, owner)
+                _wandb.log(run, {f"{section}/images": images}, step, owner)
+                return
+            images = [_captioned(st.encoded.get(s.id), s.display, self._caption(s)) for s in samples]
+            if _wandb.log(run, {f"{section}/images": images}, step, owner):
+                st.encoded.update((s.id, image) for s, image in zip(samples, images, strict=True))
 
     def _input_cell(self, st: _StageState, s: _Sample) -> Any:
         import wandb
@@ -1041,6 +1046,20 @@ _InputError = _tasks.InputError  # a batch or step output this callback cannot r
 
 
 # ---------------------------------------------------------------------- helpers
+def _captioned(logged: Any, display: Any, caption: str) -> Any:
+    """``wandb.Image(display, caption=caption)``; from ``logged`` (the same sample's image logged before,
+    its PNG already in the run's media folder) when there is one, so the pixels are not encoded again."""
+    import wandb
+
+    path = getattr(logged, "_path", None)
+    if isinstance(path, str) and not getattr(logged, "_is_tmp", True) and os.path.isfile(path):
+        image = wandb.Image(logged, caption=caption)
+        if getattr(image, "_caption", caption) != caption:
+            image._caption = caption  # W&B's copy keeps the caption of the image it copies
+        return image
+    return wandb.Image(display, caption=caption)
+
+
 def _describe(obj: Any) -> str:
     if isinstance(obj, (Tensor, np.ndarray)):
         return f"{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"

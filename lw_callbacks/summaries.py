@@ -365,7 +365,10 @@ class MetricSummaries(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._scan_and_observe(trainer, logs=_logs_this_batch(trainer))
+        # Lightning sends step metrics to the loggers on logging batches only, and reading them
+        # (``trainer.logged_metrics``) computes every logged value: read them on those batches alone.
+        if _logs_this_batch(trainer):
+            self._scan_and_observe(trainer, logs=True)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lw_callbacks._errors import ConfigurationError
-from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of
+from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of, skip_pandas_import
 from lw_callbacks._wandb import log as log_to_run
 
 if TYPE_CHECKING:
@@ -156,8 +156,8 @@ class WatchModel(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            require_wandb_logger(trainer, type(self).__name__)
+        if stage == "fit" and require_wandb_logger(trainer, type(self).__name__) is not None:
+            skip_pandas_import()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
