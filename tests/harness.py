@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import RunRecords, find_runs, read_run
 
 SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def release(name: str) -> tuple[int, ...]:
+    """The installed release of a distribution as numbers: ``"2.13.0+cpu"`` -> ``(2, 13, 0)``."""
+    return tuple(int(p) for p in version(name).split("+")[0].split(".")[:3] if p.isdigit())
+
+
+WANDB_VERSION = release("wandb")
+LIGHTNING_VERSION = release("lightning")
 ISOLATED = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR", "TMPDIR")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import wandb
-from harness import build_with_cli, make_logger, make_trainer, run_ranks
+from harness import LIGHTNING_VERSION, build_with_cli, make_logger, make_trainer, run_ranks
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -358,6 +358,7 @@ class FailAt(DigitsClassifier):
         return super().training_step(batch, batch_idx)
 
 
+@pytest.mark.skipif(LIGHTNING_VERSION < (2, 5, 3), reason="ModelCheckpoint(save_on_exception=) needs lightning 2.5.3")
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_exception_mid_fit_keeps_every_saved_checkpoint(wandb_env: Path, error: type[BaseException]) -> None:
     mc = ModelCheckpoint(
