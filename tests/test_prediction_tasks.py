@@ -43,6 +43,17 @@ def panel_class_labels(rec: RunRecords) -> dict[str, dict[str, str]]:
     return labels
 
 
+def table_class_labels(inputs: Any, kind: str) -> dict[str, dict[str, str]]:
+    """The class labels of each mask / box layer of the table's image column, as the UI reads them."""
+    params = inputs.data["column_types"]["params"]["type_map"]["image"]["params"]["allowed_types"][0]["params"]
+    per_layer = params.get(f"{kind}_class_maps")
+    if per_layer is not None:
+        return dict(per_layer["params"]["val"])
+    # older wandb (0.21): one class map for the column, and the names of the layers apart
+    labels = params["class_map"]["params"]["val"]
+    return {layer: labels for layer in params[f"{kind}_layers"]["params"]["val"]}
+
+
 # ---------------------------------------------------------------- segmentation
 @pytest.fixture(scope="module")
 def segmentation(isolated_dir: Path) -> tuple[RunRecords, Shapes]:
@@ -66,8 +77,7 @@ def test_segmentation_masks_on_the_images(segmentation: tuple[RunRecords, Shapes
     masks = [e for e in inputs.entries if e.path.startswith("media/images/mask/")]
     pixels = [e for e in inputs.entries if e.path.endswith(".png") and e not in masks]
     assert len(masks) == 5 and len(pixels) == 5
-    image_type = inputs.data["column_types"]["params"]["type_map"]["image"]["params"]["allowed_types"][0]
-    assert image_type["params"]["mask_class_maps"]["params"]["val"] == {
+    assert table_class_labels(inputs, "mask") == {
         "ground_truth": {"0": "background", "1": "disc", "2": "square"}
     }
     for row in inputs.rows:
@@ -194,8 +204,7 @@ def test_detection_boxes_on_the_images() -> None:
     trainer.fit(model, loader, loader)
     rec = finish_and_read()
     (inputs,) = rec.tables("det/inputs")
-    image_type = inputs.data["column_types"]["params"]["type_map"]["image"]["params"]["allowed_types"][0]
-    assert image_type["params"]["box_class_maps"]["params"]["val"] == {
+    assert table_class_labels(inputs, "box") == {
         "ground_truth": {"0": "background", "1": "disc", "2": "square"}
     }
     for row in inputs.rows:
