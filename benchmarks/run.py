@@ -265,8 +265,8 @@ def summary(records: Sequence[dict[str, Any]]) -> str:
                 other.append(spent / (calls - len(steps)))
         out.append(f"- `WatchModel()`: {ms(_med(total('watch_model', 'WatchModel')))} per fit; per log step (every "
                    f"100 optimizer steps, 10 gradient histograms) {ms(_med(later))}, the first of the fit "
-                   f"{ms(_med(first))}; about {1e6 * _med(other):.0f} µs on the other steps (a modulo, plus "
-                   "whatever the machine did meanwhile).")
+                   f"{ms(_med(first))}; on the other steps one modulo ({1e6 * _med(other):.0f} µs per step on "
+                   "average, waits for a busy core included).")
     recs = arms.get("prediction_samples") or []
     if recs:
         ends = [[d for _, d in r["slow_calls"].get("LogPredictionSamples.on_validation_epoch_end", [])] for r in recs]
