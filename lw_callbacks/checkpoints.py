@@ -222,7 +222,8 @@ class UploadCheckpoints(Callback):
         return uploader
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the checkpoint's callback states were loaded; also for a resume with nothing left to train.
         if self._uploader is None:
             return
         try:
@@ -230,6 +231,11 @@ class UploadCheckpoints(Callback):
         except Exception as err:  # never stop training over it
             rank_zero_warn(f"{_OWNER}: could not compare the checkpoints on disk with the run's records "
                            f"({type(err).__name__}: {err}); files saved before this fit may be missing in W&B.")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._uploader is None:
+            return
         self._scan(trainer)
 
     @override
