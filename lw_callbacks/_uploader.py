@@ -151,6 +151,7 @@ class Job:
     run_id: str = ""
     digest: str | None = None
     status: str = PENDING
+    copied: bool = False  # ``staged`` is a copy (compared by content), not a hard link (by size and mtime)
     fd: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -514,7 +515,9 @@ class Uploader:
             with contextlib.suppress(OSError):
                 os.remove(job.staged)  # the copy may mix two contents: take none
             return
+        job.copied = True
         job.close_fd()
+        write_note(job)
 
     def _process(self, job: Job) -> None:
         ledger = self.ledger
@@ -545,8 +548,11 @@ class Uploader:
                 self._cleanup(job)
                 return
         digest = md5_b64(path, self._progress)
-        if job.fd is None and path == job.staged and signature(os.stat(path))[2:] != job.signature[2:]:
+        staged_sig = signature(os.stat(path)) if path == job.staged else None
+        linked = staged_sig is not None and not job.copied and staged_sig[:2] == job.signature[:2]
+        if linked and staged_sig is not None and staged_sig[2:] != job.signature[2:]:
             # The file was rewritten in place under our hard link; its new content has its own hand-over.
+            # (A staged copy has an identity of its own: it is what was read, whole, and is uploaded.)
             ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
             self._cleanup(job)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import json
 import os
 import signal
 from dataclasses import dataclass, field
@@ -403,10 +404,9 @@ def test_leftover_staged_copies_are_uploaded_by_the_resumed_fit(wandb_env: Path)
     stranger = Path("ckpts") / _uploader.STAGING_FOLDER / "otherrun" / "model-otherrun"
     stranger.mkdir(parents=True)
     (stranger / "000000-x-epoch=9.ckpt").write_bytes(b"not ours")
-    (stranger / "000000-x-epoch=9.ckpt.json").write_text(
-        '{"seq": 0, "collection": "model-otherrun", "source": "x", "staged": "%s", "size": 8, "signature": [0, 0, 8, 0],'
-        ' "score": null, "metadata": {}, "aliases": [], "run_id": "otherrun"}' % (stranger / "000000-x-epoch=9.ckpt")
-    )
+    note = {"seq": 0, "collection": "model-otherrun", "source": "x", "staged": str(stranger / "000000-x-epoch=9.ckpt"),
+            "size": 8, "signature": [0, 0, 8, 0], "score": None, "metadata": {}, "aliases": [], "run_id": "otherrun"}
+    (stranger / "000000-x-epoch=9.ckpt.json").write_text(json.dumps(note))
 
     mc_b = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, save_last=True, filename="{epoch}")
     logger_b = make_logger("a", id=run_id, resume="allow")  # the same run, resumed: a new offline segment
