@@ -61,7 +61,10 @@ class UploadCheckpoints(Callback):
 
     Each ``ModelCheckpoint`` on the Trainer (or each one passed in ``checkpoints``) gets its own
     artifact collection, ``model-<run id>-<monitor>`` by default, so two checkpoint callbacks never
-    fight over one ``best`` alias. Every new or changed file becomes a new version holding one file,
+    fight over one ``best`` alias; when two ModelCheckpoints of the Trainer share a monitor (even
+    when two UploadCheckpoints track one each), the fixed part of their ``filename`` (or their
+    folder's name) is appended, e.g. ``model-<run id>-val_loss-fast``, and two callbacks that would
+    still get one name are refused at ``setup``. Every new or changed file becomes a new version holding one file,
     ``model.ckpt``, with metadata (``score``, ``monitor``, ``mode``, ``epoch``, ``global_step``, ``step``,
     ``original_filename``, ``is_last`` and the ``ModelCheckpoint`` settings) and aliases:
 
@@ -73,24 +76,45 @@ class UploadCheckpoints(Callback):
 
     Training does not wait for uploads. Right after ``ModelCheckpoint`` has written a file (at
     ``setup`` this callback moves itself after the ``ModelCheckpoint`` callbacks, so its hooks run
-    after theirs), it makes a hard link to it in a staging
-    folder (``.upload-staging`` beside the checkpoint; a copy where hard links are impossible) and
-    returns; hashing and ``log_artifact`` run on a background thread. The link keeps the file's
-    content alive, so a checkpoint that top-k rotation deletes a moment later is still uploaded
-    whole. Content uploaded before is not uploaded again, and a ``last.ckpt`` symlink
-    (``save_last="link"``) is not uploaded apart from its target; a ``last.ckpt`` copy saved at the
-    same step as a top-k file holds the same weights and is skipped.
+    after theirs), it hands the file over and returns; hashing and ``log_artifact`` run on a
+    background thread. The hand-over is a hard link in ``<staging>/<run id>/<collection>/``
+    (``<staging>`` is ``.upload-staging`` beside the checkpoint, or ``staging_dir``), with a note
+    beside it naming the run. On another filesystem (a ``staging_dir`` on tmpfs, say) it opens the
+    file instead, and the worker copies it from that descriptor into the staging folder; the copy is
+    compared by content, and a partial copy is removed on failure. Either way the content stays
+    readable, so a checkpoint that top-k rotation deletes a moment later is still uploaded whole.
+    When the staging disk is full, one warning names the file at risk and the fix; such files are
+    uploaded from the original (or the open descriptor) when fit ends. Content uploaded before is not
+    uploaded again, and a ``last.ckpt`` symlink (``save_last="link"``) is not uploaded apart from its
+    target; a ``last.ckpt`` copy saved at the same step as a top-k file holds the same weights and is
+    skipped.
+
+    A crash loses nothing that was saved. A staged file and its note stay until W&B holds the
+    version durably: offline, until the artifact record is in the run's ``.wandb`` log on disk (an
+    offline run writes it every 15 s and at ``wandb.finish()``); online, until the artifact is
+    committed. Until then the ledger says ``sent``. At the start of every fit, the files the tracked
+    ModelCheckpoints have on disk and the staged files of this run are compared (by digest) with
+    what the earlier segments of the run (same run id) recorded, and what is missing is uploaded:
+    a run resumed after ``kill -9`` at any moment ends with every checkpoint that was on disk. Staged
+    files of another run are reported, never uploaded into this one.
+
+    What this callback touches: your checkpoint files are only read (never moved, changed or
+    deleted); the staging folder and W&B's own staged copy (``add_file`` copies the file into
+    ``$WANDB_DATA_DIR/artifacts/staging``, which ``wandb sync`` uploads) are not yours to change;
+    :func:`restore_checkpoint` gives you a copy of your own.
 
     When fit ends, and when it ends with an exception or ``KeyboardInterrupt``, pending uploads are
     flushed (with a progress bar when large files remain) for at most ``flush_timeout`` seconds, and
-    failed uploads are retried. Your checkpoint files are never moved, changed or deleted.
+    failed uploads are retried. Under several processes the other ranks wait in a collective while
+    rank 0 flushes, so rank 0 flushes for at most half the process group's timeout
+    (``DDPStrategy(timeout=...)``, 30 minutes by default) or ``flush_timeout``, whichever is shorter:
+    no rank waits in a collective longer than the process group allows. What is left goes on in
+    the background, and ``wandb.finish()`` waits for it (up to ``flush_timeout``).
 
     The callback's ``state_dict`` holds a ledger of the files handed over and their digests, so a
-    fit resumed from a checkpoint neither uploads them again nor misses one: files saved before the
-    resumed fit were handed over by the fit that saved them, and copies that a killed process left
-    in a staging folder are uploaded by the next fit. Without that state (the callback is new to
-    the fit), checkpoints the ``ModelCheckpoint`` already tracks are uploaded once, without epoch
-    and step.
+    fit resumed from a checkpoint neither uploads them again nor misses one. Without that state
+    (the callback is new to the fit, in a new run), checkpoints the ``ModelCheckpoint`` already
+    tracks are uploaded once, without epoch and step.
 
     Attributes:
         collection_names: after ``setup``, the artifact name of each tracked ``ModelCheckpoint`` in
@@ -104,13 +128,16 @@ class UploadCheckpoints(Callback):
         aliases: extra aliases for every new version (letters, digits, ``_ . -``).
         checkpoints: the ``ModelCheckpoint`` callbacks to upload; ``None``: every one on the Trainer.
         flush_timeout: seconds to wait for pending uploads when fit ends or fails.
-        staging_dir: where hand-over links are made; ``None``: ``.upload-staging`` in each
-            checkpoint's folder, which is on the same filesystem, so the hand-over is a hard link.
+        staging_dir: where hand-over links are made (in ``<staging_dir>/<run id>/<collection>/``);
+            ``None``: ``.upload-staging`` in each checkpoint's folder, which is on the same filesystem,
+            so the hand-over is a hard link. On another filesystem each file is copied there by the
+            upload worker.
         progress_bar: show a progress bar while flushing when 64 MiB or more remain.
 
     Raises:
         MisconfigurationException: at construction for a bad ``name`` template, alias or timeout;
-            at ``setup`` when the Trainer has no ``WandbLogger`` or two callbacks get the same name.
+            at ``setup`` (as :class:`~lw_callbacks.ConfigurationError`) when the Trainer has no
+            ``WandbLogger``, or two collections (of this or another UploadCheckpoints) get the same name.
 
     Example::
 
@@ -933,11 +960,20 @@ def restore_checkpoint(
       (:mod:`lw_callbacks.records`): the run in ``run_dir``; else what ``UploadCheckpoints`` logged
       in this process (known on every rank once fit ends: a running run's log reaches the disk only
       every 15 s); else the run live in this process, or a run under ``$WANDB_DIR`` or the current
-      directory that logged ``name``. Its staged file (the
-      manifest's ``local_path``) is checked against the recorded md5 digest and linked (or copied)
-      to ``<root>/<name>-v<N>/model.ckpt``.
+      directory that logged ``name``. Versions are numbered over every segment of a resumed run
+      (each offline resume writes a folder of its own with the same run id) in order, deduplicated
+      by digest, as ``wandb sync`` of those folders will number them. The version's staged file (the
+      manifest's ``local_path``) is copied (a reflink, ``FICLONE``, where the filesystem offers one)
+      to ``<root>/<name>-v<N>-<first 8 hex digits of its md5>/model.ckpt`` and the copy is checked
+      against the recorded md5 digest; a verified copy already there is reused.
     - Online, with ``entity/project/`` in ``ref``: through the W&B API, downloaded into
       ``<root>/<name>-v<N>/``.
+
+    The returned file is yours: it never shares storage with anything W&B (or ``UploadCheckpoints``)
+    will upload, so writing to it in place (``torch.save(state, path)``, an editor) cannot change
+    what ``wandb sync`` uploads. Its path carries the content's digest, so a path returned once
+    never holds other bytes; restoring the same version
+    again checks the copy and writes it afresh if it was changed.
 
     It works on every rank with no collective: each process gets the same path (one process
     downloads, the others wait for it). It never unpickles anything: the file loads with

@@ -423,9 +423,10 @@ class FabricUploadCheckpoints:
     r"""Upload checkpoints saved with ``fabric.save`` as W&B ``model`` artifacts, without slowing training.
 
     After ``fabric.save(path, state)``, call :meth:`upload_checkpoint` on every rank: on global
-    rank 0 it hard-links the file into a staging folder and returns; a background thread hashes
-    and logs it, exactly as :class:`~lw_callbacks.UploadCheckpoints` does (it is that callback's
-    core: the same hand-over, ledger, retries and flush). Each file becomes a version of one
+    rank 0 it hard-links the file into a staging folder (or, on another filesystem, opens it for the
+    worker to copy) and returns; a background thread hashes and logs it, exactly as
+    :class:`~lw_callbacks.UploadCheckpoints` does (it is that callback's core: the same hand-over,
+    ledger, retries, flush, and staged files kept until W&B holds them durably). Each file becomes a version of one
     collection, ``collection_name`` (``model-<run id>-<monitor>``, or ``model-<run id>`` without
     ``monitor``), holding ``model.ckpt``, with metadata ``score``, ``monitor``, ``mode``,
     ``epoch``, ``global_step``, ``original_filename``, ``original_path`` and yours, and aliases
@@ -518,7 +519,9 @@ class FabricUploadCheckpoints:
         Raises:
             FileNotFoundError: on global rank 0, when ``path`` does not exist.
             ValueError: ``path`` is a folder (sharded checkpoint).
-            MisconfigurationException: a bad alias.
+            MisconfigurationException: a bad alias; on global rank 0, ``metadata`` that is not
+                JSON-serializable (:class:`~lw_callbacks.ConfigurationError`, raised before anything
+                is marked, so the corrected call for the same file uploads it).
         """
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         extra = list(_check_aliases(aliases))
@@ -580,7 +583,12 @@ class FabricUploadCheckpoints:
             rank_zero_warn(f"FabricUploadCheckpoints: could not hand over {path} ({type(err).__name__}: {err}).")
 
     def training_done(self, fabric: Any) -> None:
-        """Flush pending uploads and share what was logged with every rank (a broadcast: call on every rank)."""
+        """Flush pending uploads and share what was logged with every rank (a broadcast: call on every rank).
+
+        Under several processes rank 0 flushes for at most half the process group's timeout (or
+        ``flush_timeout``, if shorter), so no rank waits in the broadcast longer than the group
+        allows; what is left goes on in the background and ``wandb.finish()`` waits for it.
+        """
         timeout = self.core.flush_timeout
         if getattr(fabric, "world_size", 1) > 1:
             pg = getattr(getattr(fabric, "strategy", None), "_timeout", None)
