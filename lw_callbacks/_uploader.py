@@ -296,6 +296,7 @@ class Uploader:
         self._active = 0
         self._active_bytes = 0
         self._offset = 0
+        self.log_ended = False  # the run's exit record is on disk: nothing more will be recorded
         self.bytes_done = 0
         self.failed: list[Job] = []
         self.deferred: list[Job] = []
@@ -409,15 +410,16 @@ class Uploader:
         Offline, the artifact records appended to the run's log since the last check are decoded;
         online, versions are committed before they are marked sent, so nothing waits here.
         """
-        from lw_callbacks.records import scan_artifact_digests
+        from lw_callbacks.records import scan_log
 
         with self._durable_lock:
             if self.offline and self.log_path is not None:
                 try:
-                    found, self._offset = scan_artifact_digests(self.log_path, self._offset)
+                    found, self._offset, exited = scan_log(self.log_path, self._offset)
                 except (OSError, ValueError):
-                    found = []
+                    found, exited = [], False
                 self.durable.update(found)
+                self.log_ended = self.log_ended or exited
             with self._cond:
                 done = [j for j in self.sent if (j.collection, j.digest) in self.durable]
                 self.sent = [j for j in self.sent if j not in done]
@@ -431,6 +433,8 @@ class Uploader:
         """Check again and again, for at most ``timeout`` s, until every sent version is durable."""
         deadline = time.monotonic() + timeout
         while self.check_durable() and time.monotonic() < deadline:
+            if self.log_ended or self.log_path is None or not self.log_path.exists():
+                break  # it will not come: the staged files stay for the next fit of this run
             time.sleep(0.1)
         return len(self.not_durable())
 

@@ -242,10 +242,16 @@ class UploadCheckpoints(Callback):
         uploader = Uploader(run, self._ledger, owner, run_id=str(run.id), log_path=log_path, offline=offline)
         self._finishing = [u for u in self._finishing if u.not_durable() or u.pending()]
         self._finishing.append(uploader)
-        hooked = _FINISH_HOOKED.setdefault(id(run), [])
+        key = id(run)
+        hooked = _FINISH_HOOKED.setdefault(key, [])
         if self not in hooked:
             hooked.append(self)
-            at_finish(run, early=self._at_run_finish, late=self._after_run_finish)
+
+            def late() -> None:
+                _FINISH_HOOKED.pop(key, None)
+                self._after_run_finish()
+
+            at_finish(run, early=self._at_run_finish, late=late)
         return uploader
 
     @override
@@ -312,6 +318,7 @@ class UploadCheckpoints(Callback):
         # ddp_spawn pickles the callbacks into the new processes: a live worker stays behind
         state = self.__dict__.copy()
         state["_uploader"] = state["_last_uploader"] = None
+        state["_finishing"] = []
         return state
 
     @override
@@ -749,7 +756,7 @@ _LOGGED: dict[str, list[dict[str, Any]]] = {}
 # forget staged files once the finished run's log holds their records.
 _FINISH_HOOKED: dict[int, list[UploadCheckpoints]] = {}
 _CLEANUPS: list[threading.Thread] = []
-_DURABLE_WAIT_S = 60.0
+_DURABLE_WAIT_S = 30.0
 _DEFAULT_PG_TIMEOUT_S = 1800.0
 
 

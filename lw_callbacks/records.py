@@ -43,6 +43,7 @@ __all__ = [
     "read_resumed",
     "read_run",
     "scan_artifact_digests",
+    "scan_log",
     "segments_of",
     "summarize",
 ]
@@ -323,15 +324,25 @@ def scan_artifact_digests(path: str | Path, offset: int = 0) -> tuple[list[tuple
     on a growing log to learn which artifacts have reached the disk. A record not yet whole is
     left for the next call. A missing file gives nothing and ``offset`` back.
     """
+    pairs, offset, _exited = scan_log(path, offset)
+    return pairs, offset
+
+
+def scan_log(path: str | Path, offset: int = 0) -> tuple[list[tuple[str, str]], int, bool]:
+    """:func:`scan_artifact_digests`, and whether the ``exit`` record was among the bytes read."""
     found: list[tuple[str, str]] = []
+    exited = False
     try:
         for record, end in _records_from(Path(path), offset):
             offset = end
-            if record.WhichOneof("record_type") == "artifact":
+            kind = record.WhichOneof("record_type")
+            if kind == "artifact":
                 found.extend((record.artifact.name, e.digest) for e in _manifest_entries(record.artifact.manifest))
+            elif kind == "exit":
+                exited = True
     except FileNotFoundError:
         pass
-    return found, offset
+    return found, offset, exited
 
 
 def _item_path(item: Any) -> list[str]:
