@@ -152,6 +152,7 @@ class Job:
     digest: str | None = None
     status: str = PENDING
     copied: bool = False  # ``staged`` is a copy (compared by content), not a hard link (by size and mtime)
+    unclaimed: bool = False  # found in the folder, not named by the ModelCheckpoint: skip content held anywhere
     fd: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -303,6 +304,7 @@ class Uploader:
         self.sent: list[Job] = []  # logged, not yet durable
         self.lost: list[Job] = []
         self.durable: set[tuple[str, str]] = set()  # (collection, file digest) W&B holds for good
+        self.held_anywhere: set[str] = set()  # digests the run's earlier segments hold, in any collection
         self.uploaded: list[tuple[Job, str, list[str], str | None]] = []  # job, digest, aliases, W&B's copy
         self._warned_full = False
         self._thread: threading.Thread | None = None
@@ -562,7 +564,8 @@ class Uploader:
             return
         job.digest = digest
         state = ledger.collection(job.collection)
-        if digest in state.digests or (job.collection, digest) in self.durable:
+        held = job.unclaimed and digest in self.held_anywhere  # another ModelCheckpoint's file, say
+        if digest in state.digests or (job.collection, digest) in self.durable or held:
             ledger.set_status(job.source, DUPLICATE, digest=digest, seq=job.seq)
             self._cleanup(job)
             return

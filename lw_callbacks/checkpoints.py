@@ -451,6 +451,7 @@ class UploadCheckpoints(Callback):
                     started = min(p.stat().st_mtime for p in segments) - 60.0
         known: set[tuple[str, str]] = previous.digests() if previous is not None else set()
         uploader.durable |= known
+        uploader.held_anywhere |= {digest for _name, digest in known}
         if previous is not None:
             for name in self.collection_names:
                 state = ledger.collection(name)
@@ -499,6 +500,7 @@ class UploadCheckpoints(Callback):
             return
         every = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         for index, mc in enumerate(self._tracked):
+            named = {os.path.realpath(p) for p in _files_on_disk(mc, every, None, glob=False)}
             for path in _files_on_disk(mc, every, started):
                 real = os.path.realpath(path)
                 if real in queued:
@@ -521,7 +523,7 @@ class UploadCheckpoints(Callback):
                 is_last = bool(mc.last_model_path) and os.path.realpath(mc.last_model_path) == real and not any(
                     os.path.realpath(p) == real for p in mc.best_k_models
                 )
-                self._hand_over(trainer, index, mc, path, real, sig, is_last, fresh=False)
+                self._hand_over(trainer, index, mc, path, real, sig, is_last, fresh=False, unclaimed=real not in named)
 
     # ------------------------------------------------------------------ hand-over (training thread)
     def _scan(self, trainer: pl.Trainer) -> None:
@@ -581,6 +583,7 @@ class UploadCheckpoints(Callback):
         sig: list[int],
         is_last: bool,
         fresh: bool,
+        unclaimed: bool = False,
     ) -> None:
         assert self._uploader is not None
         collection = self.collection_names[index]
@@ -603,7 +606,7 @@ class UploadCheckpoints(Callback):
             "ModelCheckpoint": _settings(mc),
         }
         aliases = ([f"epoch-{epoch}", f"step-{step}"] if fresh else []) + list(self.aliases)
-        self._stage_and_submit(path, real, sig, collection, score, metadata, aliases)
+        self._stage_and_submit(path, real, sig, collection, score, metadata, aliases, unclaimed=unclaimed)
 
     def _stage_and_submit(
         self,
@@ -614,6 +617,7 @@ class UploadCheckpoints(Callback):
         score: float | None,
         metadata: dict[str, Any],
         aliases: list[str],
+        unclaimed: bool = False,
     ) -> None:
         """Hand ``real`` over to the upload worker: a hard link in this run's staging folder, or (on
         another filesystem) a descriptor open on it that the worker copies from. That is the only work
@@ -652,7 +656,8 @@ class UploadCheckpoints(Callback):
                 fd = _uploader.open_source(real)  # keeps the content readable if rotation deletes the file
             except OSError:
                 fd = None
-        job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases, run_id=run_id, fd=fd)
+        job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases, run_id=run_id, fd=fd,
+                  unclaimed=unclaimed)
         self._ledger.note(real, sig, PENDING, collection=collection, seq=seq, run_id=run_id)
         try:
             if staged is None:
@@ -798,13 +803,16 @@ def _dir_stem(mc: ModelCheckpoint) -> str:
     return _sanitize(os.path.basename(os.path.normpath(mc.dirpath))) if mc.dirpath else ""
 
 
-def _files_on_disk(mc: ModelCheckpoint, every: list[ModelCheckpoint], since: float | None) -> list[str]:
-    """Checkpoint files of ``mc`` on disk: the ones its state names, and, when no other ModelCheckpoint
-    writes into its folder, every ``*.ckpt`` there written since the run began (``since``)."""
+def _files_on_disk(
+    mc: ModelCheckpoint, every: list[ModelCheckpoint], since: float | None, glob: bool = True
+) -> list[str]:
+    """Checkpoint files of ``mc`` on disk: the ones its state names, and (``glob``), when no other
+    ModelCheckpoint of the Trainer writes into its folder, every ``*.ckpt`` there written since the run
+    began (``since``); those are uploaded only if no collection of the run holds their content."""
     paths = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
     found = [str(p) for p in paths if p]
     folder = mc.dirpath
-    if folder and os.path.isdir(folder):
+    if glob and folder and os.path.isdir(folder):
         sharing = [o for o in every if o is not mc and o.dirpath and os.path.realpath(o.dirpath) ==
                    os.path.realpath(folder)]
         if not sharing:
