@@ -452,6 +452,12 @@ class UploadCheckpoints(Callback):
         known: set[tuple[str, str]] = previous.digests() if previous is not None else set()
         uploader.durable |= known
         uploader.held_anywhere |= {digest for _name, digest in known}
+        # Sent by an earlier fit of this process (same segment), not yet on disk: its uploader keeps
+        # the staged files until they are; nothing to hand over again.
+        earlier = [u for u in self._finishing if u is not uploader]
+        in_flight = {j.staged for u in earlier for j in u.not_durable() if j.staged}
+        known |= {(j.collection, j.digest or "") for u in earlier for j in u.not_durable()}
+        known |= {pair for u in earlier for pair in u.durable}
         if previous is not None:
             for name in self.collection_names:
                 state = ledger.collection(name)
@@ -486,6 +492,8 @@ class UploadCheckpoints(Callback):
                         "are not uploaded into this run. Resume that run to upload them, or delete them."
                     )
             for job in jobs:
+                if job.staged in in_flight:
+                    continue
                 if job.digest and (job.collection, job.digest) in known:
                     ledger.set_status(job.source, UPLOADED)
                     Uploader._cleanup(job)
