@@ -1,7 +1,9 @@
 """``python -m lw_callbacks inspect RUN_DIR``: what a run recorded, read from its own log.
 
 Checks an offline run before ``wandb sync`` (on an air-gapped cluster, say): history keys with
-their step range, summary, metric definitions, artifact versions with aliases, and files.
+their step range, summary, metric definitions, artifact versions with aliases, and files. A folder
+holding several segments of one resumed run is shown as one run, merged as ``wandb sync`` will; a
+segment whose process was killed is read up to where its log was cut, and named.
 """
 
 from __future__ import annotations
@@ -10,8 +12,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from lw_callbacks.records import IncompleteRunError, find_runs, read_run, summarize
+from lw_callbacks.records import (
+    IncompleteRunError,
+    _run_id,
+    find_runs,
+    read_run,
+    read_segments,
+    summarize,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,17 +30,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect = sub.add_parser("inspect", help="print what a run recorded")
     inspect.add_argument("path", help="a run folder, its run-<id>.wandb file, or a folder holding runs")
     inspect.add_argument("--json", action="store_true", help="print the summary, metrics and artifacts as JSON")
-    inspect.add_argument("--partial", action="store_true", help="read a run that is still running")
+    inspect.add_argument(
+        "--partial", action="store_true", help="do not wait for the exit record of a run that is still running"
+    )
     args = parser.parse_args(argv)
 
-    runs = find_runs(args.path)
-    targets = [args.path] if len(runs) <= 1 else runs
+    path = Path(args.path)
+    runs = find_runs(path) if path.is_dir() else []
+    groups: dict[str, list[Path]] = {}
+    for run_dir in runs:
+        groups.setdefault(_run_id(run_dir), []).append(run_dir)
     status = 0
-    for target in targets:
+    targets: list[list[Path]] = list(groups.values()) if len(runs) > 1 else [[path]]
+    for segments in targets:
         try:
-            run = read_run(target, timeout=2.0, require_exit=not args.partial)
+            if len(segments) > 1:
+                run = read_segments(segments, timeout=0 if args.partial else 2.0)
+            else:
+                run = read_run(segments[0], timeout=0 if args.partial else 2.0, require_exit=False)
         except (FileNotFoundError, ValueError, IncompleteRunError) as err:
             print(f"error: {err}", file=sys.stderr)
+            status = 1
+            continue
+        if not run.run_id and not run.history and not run.artifact_log:
+            print(
+                f"error: {run.path} holds no records: the run's process ended (or was killed) before W&B wrote "
+                "its first records to disk (an offline run writes its log every 15 s). Nothing to inspect.",
+                file=sys.stderr,
+            )
             status = 1
             continue
         if args.json:

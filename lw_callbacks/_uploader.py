@@ -1,17 +1,21 @@
 """Private machinery of :class:`~lw_callbacks.checkpoints.UploadCheckpoints`.
 
-- :func:`hand_over` puts a checkpoint into a staging folder we own (a hard link on the same
-  filesystem, a copy otherwise): the only file work done on the training thread.
-- :class:`Ledger` remembers every file handed over or uploaded and each collection's ``best`` and
-  ``latest``; it is what ``UploadCheckpoints.state_dict`` saves.
-- :class:`Uploader` hashes and logs the handed-over files on one daemon worker thread and retries
-  failures when asked to flush.
+- :func:`hand_over` puts a checkpoint into a staging folder we own: a hard link on the same
+  filesystem; on another one, an open file descriptor taken on the training thread, from which the
+  worker copies. That is the only file work done on the training thread.
+- :class:`Ledger` remembers every file handed over, sent or durably uploaded, and each collection's
+  ``best`` and ``latest``; it is what ``UploadCheckpoints.state_dict`` saves.
+- :class:`Uploader` hashes and logs the handed-over files on one daemon worker thread, retries
+  failures when asked to flush, and forgets a staged file (and its note) only once W&B durably holds
+  its version: offline, once the artifact record is in the run's ``.wandb`` file on disk; online,
+  once the artifact is committed.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -31,32 +35,82 @@ ENTRY_NAME = "model.ckpt"
 STAGING_FOLDER = ".upload-staging"
 _CHUNK = 8 * 2**20
 
-# Uploading states of a file in the ledger.
-PENDING, UPLOADED, DUPLICATE, SKIPPED, LOST = "pending", "uploaded", "duplicate", "skipped", "lost"
+# Uploading states of a file in the ledger. SENT: ``log_artifact`` returned, but W&B does not hold
+# it durably yet (offline: the record is not in the log on disk; online: not committed).
+PENDING, SENT, UPLOADED, DUPLICATE, SKIPPED, LOST = "pending", "sent", "uploaded", "duplicate", "skipped", "lost"
+DONE = (UPLOADED, DUPLICATE, SKIPPED, LOST)
 
 
 def _link(src: str, dst: str) -> None:
     os.link(src, dst)
 
 
-def _copy(src: str, dst: str) -> None:
-    shutil.copyfile(src, dst)
+def _write(fh: Any, data: bytes) -> None:
+    fh.write(data)
 
 
-def hand_over(src: str, dst: str) -> str:
-    """Stage ``src`` at ``dst``: a hard link (``"link"``) when possible, else a copy (``"copy"``).
+def copy_fd(fd: int, dst: str) -> None:
+    """Copy the whole file open at ``fd`` to ``dst`` (through ``dst.partial``, removed on any failure,
+    ``ENOSPC`` included, so a full disk keeps no partial file)."""
+    partial = dst + ".partial"
+    try:
+        with open(partial, "wb") as out:
+            offset = 0
+            while chunk := os.pread(fd, _CHUNK, offset):
+                _write(out, chunk)
+                offset += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
 
-    A full disk (``ENOSPC``) is not worth a copy attempt and is raised at once; any other failure
-    of the link falls back to a copy, whose ``OSError`` is raised.
+
+def open_source(src: str) -> int:
+    """An open descriptor on ``src``: its content stays readable even if the file is deleted."""
+    return os.open(src, os.O_RDONLY)
+
+
+def hand_over(src: str, dst: str) -> tuple[str, int | None]:
+    """Stage ``src`` at ``dst``: ``("link", None)`` when a hard link is possible, else
+    ``("copy", fd)`` with ``fd`` open on ``src``, for the worker to copy from (:func:`copy_fd`).
+
+    A full disk (``ENOSPC``) is raised at once; any other failure of the link (another filesystem,
+    a filesystem without hard links) falls back to the descriptor.
     """
     try:
         _link(src, dst)
-        return "link"
+        return "link", None
     except OSError as err:
-        if err.errno == 28:  # ENOSPC
+        if err.errno == errno.ENOSPC:
             raise
-    _copy(src, dst)
-    return "copy"
+    return "copy", open_source(src)
+
+
+def reflink_or_copy(src: str, dst: str) -> str:
+    """Write a copy of ``src`` at ``dst`` that shares no storage with it that a write could change:
+    a reflink (``FICLONE``, copy-on-write) where the filesystem offers one, else a plain copy.
+    Returns ``"reflink"`` or ``"copy"``. ``dst`` is removed on failure."""
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            try:
+                import fcntl
+
+                fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+                return "reflink"
+            except (OSError, ImportError, AttributeError):
+                pass
+            shutil.copyfileobj(fin, fout, _CHUNK)
+            return "copy"
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(dst)
+        raise
+
+
+_FICLONE = 0x40049409  # Linux ioctl: clone a whole file (btrfs, XFS, bcachefs, ...)
 
 
 def md5_b64(path: str | os.PathLike[str], progress: Callable[[int], None] | None = None) -> str:
@@ -77,7 +131,11 @@ def signature(st: os.stat_result) -> list[int]:
 
 @dataclass
 class Job:
-    """One checkpoint file to upload as a new version of ``collection``."""
+    """One checkpoint file to upload as a new version of ``collection``.
+
+    ``staged`` is our staged file (a hard link, or the copy the worker makes from ``fd``), with a
+    note ``<staged>.json`` beside it; ``None`` when staging failed and the original is uploaded.
+    """
 
     seq: int
     collection: str
@@ -90,14 +148,28 @@ class Job:
     aliases: list[str]
     attempts: int = 0
     error: str = ""
+    run_id: str = ""
+    digest: str | None = None
+    status: str = PENDING
+    copied: bool = False  # ``staged`` is a copy (compared by content), not a hard link (by size and mtime)
+    unclaimed: bool = False  # found in the folder, not named by the ModelCheckpoint: skip content held anywhere
+    fd: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("fd")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
-        names = set(cls.__dataclass_fields__)
+        names = set(cls.__dataclass_fields__) - {"fd"}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    def close_fd(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
 
 
 @dataclass
@@ -159,6 +231,10 @@ class Ledger:
             entry = self.files.setdefault(real, {})
             entry.update(signature=list(sig), status=status, **extra)
 
+    def forget(self, real: str) -> None:
+        with self.lock:
+            self.files.pop(real, None)
+
     def set_status(self, real: str, status: str, **extra: Any) -> None:
         with self.lock:
             entry = self.files.get(real)
@@ -189,22 +265,48 @@ class Uploader:
     Only the worker thread changes collection state, so ``best`` and ``latest`` are decided in one
     place; they are decided by score and by hand-over order (``seq``), so a version logged late
     (after a retry) still gets the right aliases.
+
+    A logged version is ``sent`` until W&B holds it durably: offline, until its artifact record is in
+    the run's log on disk (``log_path``, which an offline run writes every 15 s and at finish),
+    checked by decoding only the bytes appended since the last check; online, until the artifact is
+    committed (``wait()``). Only then are the staged file and its note removed, so a process killed
+    at any moment leaves either the record on disk or the staged file and its note for the next fit.
     """
 
     MAX_ATTEMPTS = 3
+    CHECK_EVERY = 2.0
 
-    def __init__(self, run: Any, ledger: Ledger, owner: str) -> None:
+    def __init__(
+        self,
+        run: Any,
+        ledger: Ledger,
+        owner: str,
+        run_id: str = "",
+        log_path: str | os.PathLike[str] | None = None,
+        offline: bool = True,
+    ) -> None:
         self.run = run
         self.ledger = ledger
         self.owner = owner
+        self.run_id = run_id
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.offline = offline
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._cond = threading.Condition()
+        self._durable_lock = threading.Lock()
         self._active = 0
         self._active_bytes = 0
+        self._offset = 0
+        self.log_ended = False  # the run's exit record is on disk: nothing more will be recorded
         self.bytes_done = 0
         self.failed: list[Job] = []
         self.deferred: list[Job] = []
+        self.sent: list[Job] = []  # logged, not yet durable
+        self.lost: list[Job] = []
+        self.durable: set[tuple[str, str]] = set()  # (collection, file digest) W&B holds for good
+        self.held_anywhere: set[str] = set()  # digests the run's earlier segments hold, in any collection
         self.uploaded: list[tuple[Job, str, list[str], str | None]] = []  # job, digest, aliases, W&B's copy
+        self._warned_full = False
         self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -220,7 +322,7 @@ class Uploader:
         self._queue.put(job)
 
     def defer(self, job: Job) -> None:
-        """Upload ``job`` (from its original file) at :meth:`flush`, not now."""
+        """Upload ``job`` (from its original file, or the descriptor held on it) at :meth:`flush`."""
         with self._cond:
             self.deferred.append(job)
 
@@ -228,10 +330,28 @@ class Uploader:
         with self._cond:
             return self._active + len(self.failed) + len(self.deferred)
 
+    def not_durable(self) -> list[Job]:
+        with self._cond:
+            return list(self.sent)
+
+    def disk_full(self, path: str, folder: str | os.PathLike[str]) -> None:
+        """One warning, the first time staging meets a full disk, naming the file at risk and the fix."""
+        if self._warned_full:
+            return
+        self._warned_full = True
+        rank_zero_warn(
+            f"{self.owner}: the staging disk is full (disk full): {path} could not be staged in {folder}, nor can "
+            "any later checkpoint while it stays full. Each such file is uploaded from the original when fit ends, "
+            "if it still exists then: files that ModelCheckpoint's top-k rotation deletes before are at risk (the "
+            "ones lost are listed when fit ends). Free space on that disk, or pass "
+            "`UploadCheckpoints(staging_dir=...)` on a disk with room."
+        )
+
     def flush(self, timeout: float, progress_bar: bool, min_progress_bytes: int) -> list[Job]:
         """Wait (up to ``timeout`` s) until every job is logged; retry failed and deferred jobs.
 
         Returns the jobs that are still not logged (failed for good, or not reached in time).
+        Logged versions that are not yet durable stay staged (see :meth:`check_durable`).
         """
         deadline = time.monotonic() + timeout
         self.start()
@@ -263,6 +383,7 @@ class Uploader:
             bar.close()
         if idle:
             self._restore_latest()
+        self.check_durable()
         with self._cond:
             left = list(self.failed) + list(self.deferred)
             if not idle:
@@ -283,6 +404,41 @@ class Uploader:
     def _queued_snapshot(self) -> list[Job]:
         with self._queue.mutex:
             return [j for j in self._queue.queue if j is not None]
+
+    # ----------------------------------------------------------------- durability
+    def check_durable(self) -> int:
+        """Forget the staged files of sent versions that W&B now holds durably; how many remain sent.
+
+        Offline, the artifact records appended to the run's log since the last check are decoded;
+        online, versions are committed before they are marked sent, so nothing waits here.
+        """
+        from lw_callbacks.records import scan_log
+
+        with self._durable_lock:
+            if self.offline and self.log_path is not None:
+                try:
+                    found, self._offset, exited = scan_log(self.log_path, self._offset)
+                except (OSError, ValueError):
+                    found, exited = [], False
+                self.durable.update(found)
+                self.log_ended = self.log_ended or exited
+            with self._cond:
+                done = [j for j in self.sent if (j.collection, j.digest) in self.durable]
+                self.sent = [j for j in self.sent if j not in done]
+                left = len(self.sent)
+            for job in done:
+                self.ledger.set_status(job.source, UPLOADED)
+                self._cleanup(job)
+            return left
+
+    def wait_durable(self, timeout: float) -> int:
+        """Check again and again, for at most ``timeout`` s, until every sent version is durable."""
+        deadline = time.monotonic() + timeout
+        while self.check_durable() and time.monotonic() < deadline:
+            if self.log_ended or self.log_path is None or not self.log_path.exists():
+                break  # it will not come: the staged files stay for the next fit of this run
+            time.sleep(0.1)
+        return len(self.not_durable())
 
     def _restore_latest(self) -> None:
         """W&B moves ``latest`` to whatever was logged last; after a retry logged an older checkpoint
@@ -320,7 +476,12 @@ class Uploader:
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=self.CHECK_EVERY)
+            except queue.Empty:
+                if self.sent:
+                    self.check_durable()
+                continue
             if job is None:
                 return
             try:
@@ -342,29 +503,69 @@ class Uploader:
                     self._active_bytes -= job.size
                     self._cond.notify_all()
 
+    def _stage_copy(self, job: Job) -> None:
+        """Copy a job handed over as a descriptor into its staged path (off the training thread)."""
+        assert job.staged is not None and job.fd is not None
+        if signature(os.fstat(job.fd))[2:] != job.signature[2:]:
+            return  # rewritten in place already: _process skips it
+        try:
+            copy_fd(job.fd, job.staged)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            self.disk_full(job.source, os.path.dirname(job.staged))
+            self._cleanup_files(job)
+            job.staged = None  # upload from the original (or the descriptor) at flush
+            return
+        if signature(os.fstat(job.fd))[2:] != job.signature[2:]:
+            with contextlib.suppress(OSError):
+                os.remove(job.staged)  # the copy may mix two contents: take none
+            return
+        job.copied = True
+        job.close_fd()
+        write_note(job)
+
     def _process(self, job: Job) -> None:
         ledger = self.ledger
-        path = job.staged if job.staged and os.path.isfile(job.staged) else None
-        if path is None:
-            if job.staged:
-                raise FileNotFoundError(f"the staged copy {job.staged} is gone")
-            if not os.path.isfile(job.source):
-                ledger.set_status(job.source, LOST)
-                rank_zero_warn(
-                    f"{self.owner}: {job.source} could not be staged when it was saved and was deleted "
-                    f"(by ModelCheckpoint's top-k rotation?) before it could be uploaded from the original; "
-                    f"it is not in artifact {job.collection!r}."
-                )
+        if job.staged and job.fd is not None and not os.path.isfile(job.staged):
+            self._stage_copy(job)
+            if job.staged is None:
+                with self._cond:
+                    self.deferred.append(job)
                 return
-            path = job.source
+        path = job.staged if job.staged and os.path.isfile(job.staged) else None
+        fd_path = f"/proc/self/fd/{job.fd}" if job.fd is not None else None
+        if path is None:
+            if job.staged and job.fd is None:
+                raise FileNotFoundError(f"the staged copy {job.staged} is gone")
+            if job.staged and job.fd is not None:
+                # the copy was dropped: the file changed while it was copied
+                ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
+                self._cleanup(job)
+                return
+            if os.path.isfile(job.source) and signature(os.stat(job.source))[2:] == job.signature[2:]:
+                path = job.source
+            elif fd_path is not None and os.path.exists(fd_path):
+                path = fd_path  # deleted since, but the descriptor taken at hand-over still reads it
+            else:
+                ledger.set_status(job.source, LOST)
+                with self._cond:
+                    self.lost.append(job)
+                self._cleanup(job)
+                return
         digest = md5_b64(path, self._progress)
-        if job.staged and signature(os.stat(path))[2:] != job.signature[2:]:
+        staged_sig = signature(os.stat(path)) if path == job.staged else None
+        linked = staged_sig is not None and not job.copied and staged_sig[:2] == job.signature[:2]
+        if linked and staged_sig is not None and staged_sig[2:] != job.signature[2:]:
             # The file was rewritten in place under our hard link; its new content has its own hand-over.
+            # (A staged copy has an identity of its own: it is what was read, whole, and is uploaded.)
             ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
             self._cleanup(job)
             return
+        job.digest = digest
         state = ledger.collection(job.collection)
-        if digest in state.digests:
+        held = job.unclaimed and digest in self.held_anywhere  # another ModelCheckpoint's file, say
+        if digest in state.digests or (job.collection, digest) in self.durable or held:
             ledger.set_status(job.source, DUPLICATE, digest=digest, seq=job.seq)
             self._cleanup(job)
             return
@@ -374,24 +575,45 @@ class Uploader:
         if state.is_better(job.score):
             aliases.append("best")
         aliases.extend(a for a in job.aliases if a not in aliases)
-        staged_by_wandb = self._log(job, path, aliases)
+        staged_by_wandb, artifact = self._log(job, path, aliases)
         with ledger.lock:
             state.digests[digest] = job.seq
             state.latest_seq = max(state.latest_seq, job.seq)
             if "best" in aliases:
                 state.best_score = job.score
-        ledger.set_status(job.source, UPLOADED, digest=digest, seq=job.seq)
         with self._cond:
             self.uploaded.append((job, digest, aliases, staged_by_wandb))
+        if self.offline:
+            job.status = SENT
+            ledger.set_status(job.source, SENT, digest=digest, seq=job.seq, run_id=self.run_id)
+            write_note(job)
+            with self._cond:
+                self.sent.append(job)
+            job.close_fd()
+            return
+        try:
+            artifact.wait()  # committed on the server: durable
+        except Exception as err:  # logged, but not known to be committed: keep the staged copy
+            rank_zero_warn(
+                f"{self.owner}: W&B did not confirm that {job.source} ({job.collection!r}) was committed "
+                f"({type(err).__name__}: {err}); its staged copy stays until a later fit of this run checks it."
+            )
+            job.status = SENT
+            ledger.set_status(job.source, SENT, digest=digest, seq=job.seq, run_id=self.run_id)
+            write_note(job)
+            return
+        with self._durable_lock:
+            self.durable.add((job.collection, digest))
+        ledger.set_status(job.source, UPLOADED, digest=digest, seq=job.seq, run_id=self.run_id)
         self._cleanup(job)
 
-    def _log(self, job: Job, path: str, aliases: list[str]) -> str | None:
+    def _log(self, job: Job, path: str, aliases: list[str]) -> tuple[str | None, Any]:
         import wandb
 
         artifact = wandb.Artifact(name=job.collection, type="model", metadata=job.metadata)
         entry = artifact.add_file(path, name=ENTRY_NAME)  # W&B's own staged copy, made on this thread
         try:
-            self.run.log_artifact(artifact, aliases=aliases)
+            logged = self.run.log_artifact(artifact, aliases=aliases)
         except BaseException:
             staged_by_wandb = getattr(entry, "local_path", None)
             if staged_by_wandb and os.path.abspath(staged_by_wandb) != os.path.abspath(path):
@@ -401,39 +623,72 @@ class Uploader:
                 except OSError:
                     pass
             raise
-        return getattr(entry, "local_path", None)
+        return getattr(entry, "local_path", None), logged if logged is not None else artifact
 
     @staticmethod
-    def _cleanup(job: Job) -> None:
-        """Remove our staged hard link / copy and its note (never the user's checkpoint)."""
+    def _cleanup_files(job: Job) -> None:
         if not job.staged:
             return
-        for path in (job.staged, job.staged + ".json"):
+        for path in (job.staged, job.staged + ".json", job.staged + ".partial"):
             with contextlib.suppress(OSError):
                 os.remove(path)
-        with contextlib.suppress(OSError):
-            Path(job.staged).parent.rmdir()  # only when empty
+        remove_empty_parents(Path(job.staged).parent)
+
+    @classmethod
+    def _cleanup(cls, job: Job) -> None:
+        """Remove our staged hard link / copy and its note (never the user's checkpoint)."""
+        job.close_fd()
+        cls._cleanup_files(job)
+
+
+def remove_empty_parents(folder: Path) -> None:
+    """Remove a staging folder ``<root>/<run id>/<collection>`` and its run folder while they are
+    empty, and ``<root>`` too when it is a default ``.upload-staging`` folder."""
+    for parent in (folder, folder.parent, folder.parent.parent):
+        if parent is folder.parent.parent and parent.name != STAGING_FOLDER:
+            return
+        try:
+            parent.rmdir()
+        except OSError:
+            return
 
 
 def write_note(job: Job) -> None:
-    """Write ``<staged>.json`` beside a staged copy so a later process can upload it if this one dies."""
+    """Write ``<staged>.json`` beside a staged copy (atomically) so that a later process can upload it
+    if this one dies; it carries the run id, the status and, once hashed, the digest."""
     if job.staged is None:
         return
+    note = job.staged + ".json"
+    tmp = f"{note}.{os.getpid()}.tmp"
     try:
-        with open(job.staged + ".json", "w") as fh:
+        with open(tmp, "w") as fh:
             json.dump(job.to_dict(), fh)
+        os.replace(tmp, note)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
-def read_notes(folder: Path) -> list[Job]:
-    """Jobs left in a staging folder by a process that ended before uploading them, oldest first."""
-    jobs = []
-    for note in sorted(folder.glob("*.json")):
+def read_staged(root: Path, run_id: str) -> tuple[list[Job], dict[str, list[Path]]]:
+    """What processes of run ``run_id`` left staged under ``root`` (``<root>/<run id>/<collection>/``),
+    oldest first, and the notes of other runs found there (run id -> notes), which are not ours to
+    upload. Notes whose staged file never came to be (a copy cut short) are removed."""
+    jobs: list[Job] = []
+    others: dict[str, list[Path]] = {}
+    if not root.is_dir():
+        return jobs, others
+    for note in sorted(root.glob("*/*/*.json")) + sorted(root.glob("*.json")):
         try:
             job = Job.from_dict(json.loads(note.read_text()))
         except (OSError, ValueError, TypeError):
             continue
+        if job.run_id != run_id:
+            others.setdefault(job.run_id or "(unknown)", []).append(note)
+            continue
         if job.staged and os.path.isfile(job.staged):
             jobs.append(job)
-    return sorted(jobs, key=lambda j: j.seq)
+        else:
+            for path in (note, Path(str(note)[: -len(".json")] + ".partial")):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+    return sorted(jobs, key=lambda j: j.seq), others

@@ -38,6 +38,7 @@ STEP_KEY = "trainer/global_step"
 __all__ = [
     "STEP_KEY",
     "active_run",
+    "at_finish",
     "define_metric",
     "find_fabric_wandb_logger",
     "find_wandb_logger",
@@ -49,6 +50,7 @@ __all__ = [
     "require_fabric_wandb_logger",
     "require_wandb_logger",
     "run_folder",
+    "run_is_offline",
     "run_of",
     "warning_cache",
 ]
@@ -310,3 +312,27 @@ def run_folder(run: Any, logger: Any = None) -> Path:
     if not found:
         return sync_dir.resolve()
     return max(found, key=lambda p: p.stat().st_mtime).resolve()
+
+
+def at_finish(run: Any, early: Any = None, late: Any = None) -> bool:
+    """Have ``early()`` called when ``run.finish()`` starts (the run still takes records) and ``late()``
+    after the run's last records were handed to W&B; ``False`` when this wandb has no such hooks."""
+    try:
+        from wandb.sdk.wandb_run import TeardownHook, TeardownStage
+
+        hooks = run._teardown_hooks
+    except (ImportError, AttributeError):
+        return False
+    if not isinstance(hooks, list):
+        return False
+    if early is not None:
+        hooks.append(TeardownHook(early, TeardownStage.EARLY))
+    if late is not None:
+        hooks.append(TeardownHook(late, TeardownStage.LATE))
+    return True
+
+
+def run_is_offline(run: Any) -> bool:
+    """True for a run that writes only to its local log (``mode="offline"``)."""
+    settings = getattr(run, "settings", None)
+    return bool(getattr(settings, "_offline", False)) or getattr(settings, "mode", "") in ("offline", "dryrun")

@@ -55,9 +55,11 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +69,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 from lw_callbacks import _uploader
-from lw_callbacks._uploader import Uploader
+from lw_callbacks._errors import ConfigurationError
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
 from lw_callbacks.checkpoints import (
     _LOGGED,
@@ -438,9 +440,10 @@ class FabricUploadCheckpoints:
     r"""Upload checkpoints saved with ``fabric.save`` as W&B ``model`` artifacts, without slowing training.
 
     After ``fabric.save(path, state)``, call :meth:`upload_checkpoint` on every rank: on global
-    rank 0 it hard-links the file into a staging folder and returns; a background thread hashes
-    and logs it, exactly as :class:`~lw_callbacks.UploadCheckpoints` does (it is that callback's
-    core: the same hand-over, ledger, retries and flush). Each file becomes a version of one
+    rank 0 it hard-links the file into a staging folder (or, on another filesystem, opens it for the
+    worker to copy) and returns; a background thread hashes and logs it, exactly as
+    :class:`~lw_callbacks.UploadCheckpoints` does (it is that callback's core: the same hand-over,
+    ledger, retries, flush, and staged files kept until W&B holds them durably). Each file becomes a version of one
     collection, ``collection_name`` (``model-<run id>-<monitor>``, or ``model-<run id>`` without
     ``monitor``), holding ``model.ckpt``, with metadata ``score``, ``monitor``, ``mode``,
     ``epoch``, ``global_step``, ``original_filename``, ``original_path`` and yours, and aliases
@@ -533,7 +536,9 @@ class FabricUploadCheckpoints:
         Raises:
             FileNotFoundError: on global rank 0, when ``path`` does not exist.
             ValueError: ``path`` is a folder (sharded checkpoint).
-            MisconfigurationException: a bad alias.
+            MisconfigurationException: a bad alias; on global rank 0, ``metadata`` that is not
+                JSON-serializable (:class:`~lw_callbacks.ConfigurationError`, raised before anything
+                is marked, so the corrected call for the same file uploads it).
         """
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         extra = list(_check_aliases(aliases))
@@ -558,27 +563,35 @@ class FabricUploadCheckpoints:
                 f"FabricUploadCheckpoints.upload_checkpoint(path={str(path)!r}): no such file on global rank 0; "
                 "pass the path given to `fabric.save(path, state)`, after that call."
             )
+        value = _as_float(score)
+        value = value if value is not None and math.isfinite(value) else None
+        meta: dict[str, Any] = {
+            "score": value,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "epoch": epoch,
+            "global_step": step,
+            "original_filename": os.path.basename(path),
+            "original_path": os.path.abspath(path),
+            "is_last": False,
+            **dict(metadata or {}),
+        }
+        try:  # checked before anything is marked, so a corrected call for the same file is not skipped
+            json.dumps(meta, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ConfigurationError(
+                f"FabricUploadCheckpoints.upload_checkpoint(metadata=...) must be JSON-serializable (str, numbers, "
+                f"bools, None, lists and dicts of them; no NaN): {err}. Convert values first, e.g. "
+                "`float(tensor)` or `str(path)`."
+            ) from None
         if core._uploader is None:
             core._ledger.collection(self.collection_name, self.monitor, self.mode)
-            core._uploader = Uploader(self._run, core._ledger, "FabricUploadCheckpoints")
+            core._uploader = core._new_uploader(self._run, logger, owner="FabricUploadCheckpoints")
             core._uploader.start()
         try:
             sig = _uploader.signature(os.stat(real))
             if core._ledger.is_known(real, sig):
                 return  # this content was handed over already
-            value = _as_float(score)
-            value = value if value is not None and math.isfinite(value) else None
-            meta: dict[str, Any] = {
-                "score": value,
-                "monitor": self.monitor,
-                "mode": self.mode,
-                "epoch": epoch,
-                "global_step": step,
-                "original_filename": os.path.basename(path),
-                "original_path": os.path.abspath(path),
-                "is_last": False,
-                **dict(metadata or {}),
-            }
             names = ([f"epoch-{epoch}"] if epoch is not None else []) + ([f"step-{step}"] if step is not None else [])
             all_aliases = list(dict.fromkeys([*names, *core.aliases, *extra]))
             score_for_best = value if self.monitor is not None else None
@@ -587,8 +600,18 @@ class FabricUploadCheckpoints:
             rank_zero_warn(f"FabricUploadCheckpoints: could not hand over {path} ({type(err).__name__}: {err}).")
 
     def training_done(self, fabric: Any) -> None:
-        """Flush pending uploads and share what was logged with every rank (a broadcast: call on every rank)."""
-        self.core._flush("training ended")
+        """Flush pending uploads and share what was logged with every rank (a broadcast: call on every rank).
+
+        Under several processes rank 0 flushes for at most half the process group's timeout (or
+        ``flush_timeout``, if shorter), so no rank waits in the broadcast longer than the group
+        allows; what is left goes on in the background and ``wandb.finish()`` waits for it.
+        """
+        timeout = self.core.flush_timeout
+        if getattr(fabric, "world_size", 1) > 1:
+            pg = getattr(getattr(fabric, "strategy", None), "_timeout", None)
+            seconds = pg.total_seconds() if isinstance(pg, timedelta) else 1800.0
+            timeout = max(1.0, min(timeout, seconds / 2))
+        self.core._flush("training ended", timeout)
         logged = _logged_by(self.core._last_uploader) if fabric.global_rank == 0 else None
         logged = fabric.broadcast(logged, src=0)
         if logged:

@@ -42,6 +42,9 @@ __all__ = [
     "iter_records",
     "read_resumed",
     "read_run",
+    "scan_artifact_digests",
+    "scan_log",
+    "segments_of",
     "summarize",
 ]
 
@@ -162,6 +165,9 @@ class RunRecords:
     artifact_log: list[ArtifactVersion] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    started_at: float | None = None
+    segments: list[Path] = field(default_factory=list)
+    cut_segments: list[Path] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -172,6 +178,10 @@ class RunRecords:
     def complete(self) -> bool:
         """True once the log holds the run's ``exit`` record."""
         return self.exit_code is not None
+
+    def digests(self, name: str | None = None) -> set[tuple[str, str]]:
+        """``(collection, file digest)`` of every file of every artifact version (of ``name``)."""
+        return {(a.name, e.digest) for a in self.artifacts(name) for e in a.entries}
 
     def metric(self, key: str) -> MetricDefinition | None:
         """The latest definition recorded for a metric name or glob, or ``None``."""
@@ -249,33 +259,46 @@ def iter_records(path: str | Path) -> Iterator[Any]:
     A truncated tail (a chunk or record the writer has not finished) ends the iteration quietly:
     it is "not yet", not corruption. A checksum mismatch inside the file raises ``ValueError``.
     """
+    for record, _end in _records_from(Path(path), 0):
+        yield record
+
+
+def _records_from(path: Path, start: int) -> Iterator[tuple[Any, int]]:
+    """``(record, offset after it)`` for each whole record from byte ``start`` (0, or an offset this
+    yielded before: the end of a record, where a later read can resume)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data = Path(path).read_bytes()
-    if len(data) < _HEADER_LEN:
-        return
-    magic, ident, version = struct.unpack("<4sHB", data[:_HEADER_LEN])
-    if magic != _MAGIC or ident != _IDENT or version != 0:
-        raise ValueError(f"{path} is not a W&B transaction log (header {data[:_HEADER_LEN]!r})")
-    pos = _HEADER_LEN
+    with open(path, "rb") as fh:
+        header = fh.read(_HEADER_LEN)
+        if len(header) < _HEADER_LEN:
+            return
+        magic, ident, version = struct.unpack("<4sHB", header)
+        if magic != _MAGIC or ident != _IDENT or version != 0:
+            raise ValueError(f"{path} is not a W&B transaction log (header {header!r})")
+        base = max(start, _HEADER_LEN)
+        fh.seek(base)
+        data = fh.read()
+    pos = base
+    end = base + len(data)
     pending: bytearray | None = None
-    while pos < len(data):
+    while pos < end:
         left = _BLOCK_LEN - pos % _BLOCK_LEN
         if left < _HEADER_LEN:
             pos += left
             continue
-        if pos + _HEADER_LEN > len(data):
+        if pos + _HEADER_LEN > end:
             return
-        crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER_LEN])
-        start = pos + _HEADER_LEN
-        if start + length > len(data):
+        rel = pos - base
+        crc, length, kind = struct.unpack("<IHB", data[rel : rel + _HEADER_LEN])
+        start_of_chunk = pos + _HEADER_LEN
+        if start_of_chunk + length > end:
             return
-        chunk = data[start : start + length]
+        chunk = data[rel + _HEADER_LEN : rel + _HEADER_LEN + length]
         if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
             if crc == 0 and length == 0 and kind == 0:  # zero-filled tail being written
                 return
             raise ValueError(f"{path}: checksum mismatch at byte {pos}")
-        pos = start + length
+        pos = start_of_chunk + length
         if kind == _FULL:
             payload: bytes | None = chunk
         elif kind == _FIRST:
@@ -290,7 +313,36 @@ def iter_records(path: str | Path) -> Iterator[Any]:
         if payload is not None:
             record = pb.Record()  # type: ignore[attr-defined]
             record.ParseFromString(payload)
-            yield record
+            yield record, pos
+
+
+def scan_artifact_digests(path: str | Path, offset: int = 0) -> tuple[list[tuple[str, str]], int]:
+    """``(collection name, file digest)`` of every manifest entry of the artifact records written to
+    the log at ``path`` after byte ``offset``, and the offset to pass next time.
+
+    Only the bytes appended since ``offset`` are decoded, so a writer can call this again and again
+    on a growing log to learn which artifacts have reached the disk. A record not yet whole is
+    left for the next call. A missing file gives nothing and ``offset`` back.
+    """
+    pairs, offset, _exited = scan_log(path, offset)
+    return pairs, offset
+
+
+def scan_log(path: str | Path, offset: int = 0) -> tuple[list[tuple[str, str]], int, bool]:
+    """:func:`scan_artifact_digests`, and whether the ``exit`` record was among the bytes read."""
+    found: list[tuple[str, str]] = []
+    exited = False
+    try:
+        for record, end in _records_from(Path(path), offset):
+            offset = end
+            kind = record.WhichOneof("record_type")
+            if kind == "artifact":
+                found.extend((record.artifact.name, e.digest) for e in _manifest_entries(record.artifact.manifest))
+            elif kind == "exit":
+                exited = True
+    except FileNotFoundError:
+        pass
+    return found, offset, exited
 
 
 def _item_path(item: Any) -> list[str]:
@@ -366,11 +418,14 @@ def _decode(path: Path, run: RunRecords | None = None) -> RunRecords:
         run = RunRecords(path=path)
     else:  # a later segment of the same run continues the earlier ones
         run.path, run.exit_code = path, None
+    run.segments.append(path.parent)
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
             run.run_id, run.project, run.entity = r.run_id, r.project, r.entity
+            if run.started_at is None and r.HasField("start_time"):
+                run.started_at = r.start_time.seconds + r.start_time.nanos / 1e9
             run.display_name = r.display_name or run.display_name
             _apply_updates(run.config, r.config)
             _apply_updates(run.summary, r.summary)
@@ -453,7 +508,10 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
         IncompleteRunError: ``require_exit`` and no ``exit`` record within ``timeout``.
     """
     log = _log_file(Path(path))
-    return _decode_waiting(log, timeout, require_exit)
+    run = _decode_waiting(log, timeout, require_exit)
+    if not run.complete:
+        run.cut_segments.append(run.run_dir)
+    return run
 
 
 def _decode_waiting(log: Path, timeout: float, require_exit: bool, into: RunRecords | None = None) -> RunRecords:
@@ -474,19 +532,12 @@ def _short_list(items: list[str], keep: int = 3) -> str:
     return shown if len(items) <= keep else f"{shown},... ({len(items)} files)"
 
 
-def read_resumed(root: str | Path, run_id: str | None = None, *, timeout: float = 10.0) -> RunRecords:
-    """One view of a run that was resumed offline, merged from its segments.
-
-    Offline, each ``wandb.init(id=..., resume="allow")`` of the same run writes a folder of its own
-    (``offline-run-<date>-<id>``); ``wandb sync`` of those folders uploads them into one run. This
-    reads every segment of ``run_id`` under ``root`` in start order and merges them as W&B does:
-    history rows appended, summary and config updated, artifact versions and aliases continued
-    across segments. ``path`` of the result is the newest segment's log.
+def segments_of(root: str | Path, run_id: str | None = None) -> list[Path]:
+    """The folders of every segment of run ``run_id`` under ``root``, in start order.
 
     Raises:
         FileNotFoundError: no segment of that run under ``root``.
         ValueError: ``run_id`` is ``None`` and ``root`` holds runs of several ids.
-        IncompleteRunError: a segment has no ``exit`` record within ``timeout``.
     """
     segments = find_runs(root)
     ids = {_run_id(p) for p in segments}  # not from the folder name: a second one started
@@ -498,11 +549,47 @@ def read_resumed(root: str | Path, run_id: str | None = None, *, timeout: float 
     segments = [p for p in segments if _run_id(p) == run_id]
     if not segments:
         raise FileNotFoundError(f"no segment of run {run_id!r} under {root}")
+    return segments
+
+
+def read_segments(segments: list[Path], *, timeout: float = 10.0, require_exit: bool = False) -> RunRecords:
+    """Merge the given segments of one run, in the order given (see :func:`read_resumed`)."""
     merged: RunRecords | None = None
-    for segment in segments:
-        merged = _decode_waiting(_log_file(segment), timeout, True, merged)
-    assert merged is not None
+    for index, segment in enumerate(segments):
+        newest = index == len(segments) - 1
+        # An earlier segment ended before the next one began: no exit record means it was cut.
+        merged = _decode_waiting(_log_file(Path(segment)), timeout if newest else 0, require_exit and newest, merged)
+        if not merged.complete:
+            merged.cut_segments.append(merged.run_dir)
+    if merged is None:
+        raise FileNotFoundError("no segment to read")
     return merged
+
+
+def read_resumed(
+    root: str | Path, run_id: str | None = None, *, timeout: float = 10.0, require_exit: bool = False
+) -> RunRecords:
+    """One view of a run that was resumed offline, merged from its segments.
+
+    Offline, each ``wandb.init(id=..., resume="allow")`` of the same run writes a folder of its own
+    (``offline-run-<date>-<id>``); ``wandb sync`` of those folders uploads them into one run. This
+    reads every segment of ``run_id`` under ``root`` in start order and merges them as W&B does:
+    history rows appended, summary and config updated, artifact versions continued across
+    segments (numbered in log order, deduplicated by digest, as the server numbers them) and aliases
+    moved. ``path`` of the result is the newest segment's log; ``segments`` lists every segment read.
+
+    A segment whose process was killed has no ``exit`` record and may end in a truncated record:
+    what was written is read and the cut tail is that segment's end; such segments are listed in
+    ``cut_segments``. Only the newest segment is waited for (up to ``timeout``; its writer may still
+    be finishing); when it has no ``exit`` record then, it is in ``cut_segments`` too (or still running).
+
+    Raises:
+        FileNotFoundError: no segment of that run under ``root``.
+        ValueError: ``run_id`` is ``None`` and ``root`` holds runs of several ids.
+        IncompleteRunError: ``require_exit`` and the newest segment has no ``exit`` record within
+            ``timeout``.
+    """
+    return read_segments(segments_of(root, run_id), timeout=timeout, require_exit=require_exit)
 
 
 def summarize(run: RunRecords, text: bool = False) -> Any:
@@ -545,11 +632,23 @@ def summarize(run: RunRecords, text: bool = False) -> Any:
             for a in run.artifact_log
         ],
         "files": len(run.files),
+        "segments": [str(p) for p in run.segments],
+        "cut_segments": [str(p) for p in run.cut_segments],
     }
     if not text:
         return info_dict
-    lines = [f"run {run.run_id} ({run.project}) at {run.run_dir}",
-             f"  state: {'finished, exit code ' + str(run.exit_code) if run.complete else 'still running'}"]
+    if run.complete:
+        state = f"finished, exit code {run.exit_code}"
+    elif run.cut_segments and run.cut_segments[-1] == run.run_dir:
+        state = ("no exit record: still running, or its process was killed (what was written is shown; "
+                 "a resume with the same run id continues it)")
+    else:
+        state = "still running"
+    lines = [f"run {run.run_id} ({run.project}) at {run.run_dir}", f"  state: {state}"]
+    if len(run.segments) > 1:
+        lines.append(f"  segments ({len(run.segments)}, merged in start order):")
+        for segment in run.segments:
+            lines.append(f"    {segment}" + ("  [cut: no exit record]" if segment in run.cut_segments else ""))
     lines.append(f"  history keys ({len(keys)}):")
     for key, info in sorted(keys.items()):
         lines.append(f"    {key:<40} {info['type']:<18} {info['rows']:>4} rows, "

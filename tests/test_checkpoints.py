@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import json
 import os
 import signal
 from dataclasses import dataclass, field
@@ -19,9 +20,9 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lw_callbacks import _uploader
-from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
+from lw_callbacks.checkpoints import UploadCheckpoints, _wait_for_cleanups, restore_checkpoint
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
-from lw_callbacks.records import ArtifactVersion, RunRecords, find_runs, read_run
+from lw_callbacks.records import ArtifactVersion, RunRecords, find_runs, read_resumed, read_run
 
 
 def md5(path: str | Path) -> str:
@@ -121,6 +122,7 @@ def main(isolated_dir: Path) -> Main:
     live = restore_checkpoint(f"{names[0]}:best", root=root / "live")  # inside the running offline run
     live_md5 = md5(live)
     wandb.finish()
+    _wait_for_cleanups()
     records = only_run(root / "a")
     restored = restore_checkpoint(f"{names[0]}:best", run_dir=records.run_dir, root=root / "restored")
 
@@ -139,6 +141,7 @@ def main(isolated_dir: Path) -> Main:
     trainer_b = make_trainer([upload_b, acc_b, loss_b, Start()], logger=make_logger(root / "b"), max_epochs=5)
     trainer_b.fit(DigitsClassifier(lr=0.02), datamodule=DigitsDataModule(batch_size=32), ckpt_path=str(restored))
     wandb.finish()
+    _wait_for_cleanups()
     resumed = only_run(root / "b")
     return Main(
         records, names, acc, loss, observer, best_acc_md5, live, live_md5, restored, resumed,
@@ -238,7 +241,10 @@ def test_restore_offline_returns_the_best_file_and_fit_resumes(main: Main) -> No
     assert md5(main.restored) == main.best_acc_md5
     assert main.restored.name == "model.ckpt"
     best = main.records.resolve_artifact(main.names[0], "best")
-    assert main.restored.parent.name == f"{main.names[0]}-v{best.version}"
+    entry = best.entry("model.ckpt")
+    tag = base64.b64decode(entry.digest).hex()[:8]
+    assert main.restored.parent.name == f"{main.names[0]}-v{best.version}-{tag}"
+    assert os.stat(main.restored).st_nlink == 1  # a copy of its own, not a link to W&B's staged file
     model = DigitsClassifier.load_from_checkpoint(main.restored)
     assert model.hparams.lr == 0.02
     # Trainer.fit(ckpt_path=restored) resumed at the best checkpoint's step, not from scratch.
@@ -327,24 +333,25 @@ def test_staging_disk_full_uploads_from_the_original_at_flush(wandb_env: Path, m
         raise OSError(errno.ENOSPC, "No space left on device (injected)", dst)
 
     monkeypatch.setattr(_uploader, "_link", full)
-    monkeypatch.setattr(_uploader, "_copy", full)
-    # No monitor, top-1: each epoch's file replaces the previous one, which is then gone at flush.
+    # No monitor, top-1: each epoch's file replaces the previous one; the descriptor taken when it was
+    # saved still reads it at flush, so none is lost.
     mc = ModelCheckpoint(dirpath="ckpts", save_top_k=1, filename="{epoch}")
     observer = Observer(mc)
     trainer = make_trainer([UploadCheckpoints(), mc, observer], max_epochs=3)
     with pytest.warns(UserWarning) as caught:
         trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
     messages = [str(w.message) for w in caught]
-    assert sum("disk full" in m for m in messages) == 3
-    assert sum("deleted" in m and "before it could be uploaded" in m for m in messages) == 2
-    kept = Path(mc.best_model_path)
+    full_warnings = [m for m in messages if "disk full" in m]
+    assert len(full_warnings) == 1, messages  # one warning, naming the file and the fix
+    assert "epoch=0.ckpt" in full_warnings[0] and "staging_dir" in full_warnings[0]
+    assert not any("not in W&B" in m for m in messages)
     wandb.finish()
+    _wait_for_cleanups()
     records = only_run(Path("runs"))
     (name,) = records.artifact_names(type="model")
-    (version,) = versions(records, name)
-    assert version.metadata["original_path"] == os.path.realpath(kept)
-    assert version.entry("model.ckpt").digest == md5(kept) == md5(version.entry("model.ckpt").local_path or "")
-    assert "latest" in version.aliases and "best" not in version.aliases  # no monitor: no best
+    uploaded = {v.entry("model.ckpt").digest for v in versions(records, name)}
+    assert uploaded == set(observer.files(mc))  # all three, though two were deleted by rotation
+    assert not (Path("ckpts") / _uploader.STAGING_FOLDER).exists()
 
 
 class FailAt(DigitsClassifier):
@@ -392,21 +399,35 @@ def test_leftover_staged_copies_are_uploaded_by_the_resumed_fit(wandb_env: Path)
     trainer = make_trainer([UploadCheckpoints(flush_timeout=20), mc, observer], logger=logger)
     with pytest.warns(UserWarning, match="were not uploaded"):
         trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
-    first_name = logger.experiment.id
+    run_id = logger.experiment.id
     wandb.finish()
-    staged = sorted((Path("ckpts") / _uploader.STAGING_FOLDER).glob("*.ckpt"))
+    staged = sorted((Path("ckpts") / _uploader.STAGING_FOLDER / run_id).glob("*/*.ckpt"))
     assert len(staged) == 2  # epoch 0 and 1; the last.ckpt copies share their steps
 
+    # A staged copy of another run in the same folder is reported, never uploaded into this one.
+    stranger = Path("ckpts") / _uploader.STAGING_FOLDER / "otherrun" / "model-otherrun"
+    stranger.mkdir(parents=True)
+    (stranger / "000000-x-epoch=9.ckpt").write_bytes(b"not ours")
+    note = {"seq": 0, "collection": "model-otherrun", "source": "x", "staged": str(stranger / "000000-x-epoch=9.ckpt"),
+            "size": 8, "signature": [0, 0, 8, 0], "score": None, "metadata": {}, "aliases": [], "run_id": "otherrun"}
+    (stranger / "000000-x-epoch=9.ckpt.json").write_text(json.dumps(note))
+
     mc_b = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, save_last=True, filename="{epoch}")
-    trainer_b = make_trainer([UploadCheckpoints(flush_timeout=20), mc_b], logger=make_logger("b"), max_epochs=3)
-    trainer_b.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32), ckpt_path=mc.last_model_path)
+    logger_b = make_logger("a", id=run_id, resume="allow")  # the same run, resumed: a new offline segment
+    trainer_b = make_trainer([UploadCheckpoints(flush_timeout=20), mc_b], logger=logger_b, max_epochs=3)
+    with pytest.warns(UserWarning, match="another run \\(otherrun\\)"):
+        trainer_b.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32), ckpt_path=mc.last_model_path)
     wandb.finish()
-    records = only_run(Path("b"))
-    old = versions(records, f"model-{first_name}")
-    assert {v.entry("model.ckpt").digest for v in old} == set(observer.files(mc))
-    assert not (Path("ckpts") / _uploader.STAGING_FOLDER).exists()
-    new = [v for n in records.artifact_names(type="model") if n != f"model-{first_name}" for v in versions(records, n)]
-    assert [v.metadata["epoch"] for v in new] == [2]  # only the resumed fit's own checkpoint
+    _wait_for_cleanups()
+    records = read_resumed(Path("a"), run_id)
+    assert len(records.segments) == 2
+    uploaded = [v.entry("model.ckpt").digest for v in versions(records, f"model-{run_id}")]
+    assert len(uploaded) == len(set(uploaded)) == 3
+    assert set(observer.files(mc)) <= set(uploaded)
+    epochs = sorted(v.metadata["epoch"] for v in versions(records, f"model-{run_id}"))
+    assert epochs == [0, 1, 2]
+    assert not (Path("ckpts") / _uploader.STAGING_FOLDER / run_id).exists()
+    assert (stranger / "000000-x-epoch=9.ckpt").exists()
 
 
 # --------------------------------------------------------------------------------------------- configuration

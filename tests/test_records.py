@@ -280,3 +280,42 @@ def test_resumed_segments_merge(tmp_path: Path) -> None:
     assert (v0.version, v1.version) == (0, 1) and v0.aliases == [] and sorted(v1.aliases) == ["best", "latest"]
     with pytest.raises(FileNotFoundError, match="nope"):
         read_resumed(root, "nope")
+
+
+def test_killed_segments_are_read_up_to_the_cut_and_named(logged_run: Path, tmp_path: Path) -> None:
+    from lw_callbacks.records import read_resumed, scan_artifact_digests
+
+    (log,) = logged_run.glob("run-*.wandb")
+    data = log.read_bytes()
+    run_id = log.stem[len("run-") :]
+    wandb_dir = tmp_path / "runs" / "wandb"
+    killed = wandb_dir / f"offline-run-20200101_000000-{run_id}"
+    later = wandb_dir / f"offline-run-20200101_000100-{run_id}"
+    killed.mkdir(parents=True)
+    later.mkdir()
+    (killed / log.name).write_bytes(data[: int(len(data) * 0.8)])  # SIGKILL: no exit record, a cut tail
+    (later / log.name).write_bytes(data)
+    merged = read_resumed(tmp_path / "runs", run_id, timeout=0)
+    assert merged.segments == [killed, later] and merged.cut_segments == [killed]
+    assert merged.complete
+    # each version once, numbered over both segments by digest
+    assert [(a.name, a.version) for a in merged.artifacts("model-x")] == [("model-x", 0), ("model-x", 1)]
+    # the incremental scan: the same pairs read at once or from where the previous read stopped
+    whole, end = scan_artifact_digests(log)
+    first, offset = scan_artifact_digests(killed / log.name)
+    rest, end_again = scan_artifact_digests(log, offset)
+    assert first + rest == whole and end_again == end and {n for n, _ in whole} >= {"model-x"}
+
+    out = subprocess.run([sys.executable, "-m", "lw_callbacks", "inspect", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "segments (2, merged in start order)" in out.stdout and "[cut: no exit record]" in out.stdout
+    alone = subprocess.run([sys.executable, "-m", "lw_callbacks", "inspect", str(killed)],
+                           capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 0 and "killed" in alone.stdout
+    empty = tmp_path / "empty" / f"offline-run-20200101_000000-{run_id}"
+    empty.mkdir(parents=True)
+    (empty / log.name).write_bytes(b"")
+    nothing = subprocess.run([sys.executable, "-m", "lw_callbacks", "inspect", str(empty)],
+                             capture_output=True, text=True, timeout=60)
+    assert nothing.returncode == 1 and "holds no records" in nothing.stderr
