@@ -96,7 +96,10 @@ class UploadCheckpoints(Callback):
     ModelCheckpoints have on disk and the staged files of this run are compared (by digest) with
     what the earlier segments of the run (same run id) recorded, and what is missing is uploaded:
     a run resumed after ``kill -9`` at any moment ends with every checkpoint that was on disk. Staged
-    files of another run are reported, never uploaded into this one.
+    files of another run are reported, never uploaded into this one. The staged files of versions
+    logged in the last seconds are removed right after ``wandb.finish()`` (on a short-lived thread that
+    waits, 30 s at most, for the log on disk to hold their records); a process that ends without
+    calling it leaves them, with their notes, for the next fit of the same run.
 
     What this callback touches: your checkpoint files are only read (never moved, changed or
     deleted); the staging folder and W&B's own staged copy (``add_file`` copies the file into
