@@ -369,6 +369,19 @@ class MetricSummaries(Callback):
         # (``trainer.logged_metrics``) computes every logged value: read them on those batches alone.
         if _logs_this_batch(trainer):
             self._scan_and_observe(trainer, logs=True)
+        else:
+            self._hold_stored(trainer)
+
+    def _hold_stored(self, trainer: pl.Trainer) -> None:
+        """Note the values Lightning holds as logged, without computing any (a batch it does not log):
+        a value it stored again after a validation is then not taken for a newly logged one."""
+        if not self._active:
+            return
+        stored = getattr(getattr(trainer, "_logger_connector", None), "_logged_metrics", None)
+        if isinstance(stored, dict):
+            self._held.update(stored)
+        else:  # another Lightning: read them as logged metrics, noting nothing as logged
+            self._scan_and_observe(trainer, logs=False)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
