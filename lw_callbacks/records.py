@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import os
 import re
 import struct
 import time
@@ -488,7 +489,13 @@ def _run_id(folder: Path) -> str:
 
 def find_runs(root: str | Path) -> list[Path]:
     """Every run folder (one holding a ``run-<id>.wandb``) under ``root``, oldest first."""
-    return sorted({p.parent for p in Path(root).rglob("run-*.wandb")}, key=lambda p: (_started(p), str(p)))
+    found = set()
+    # os.walk skips a folder removed while it walks (staged checkpoints are removed in the background
+    # once W&B holds them), where Path.rglob raises.
+    for folder, _dirs, files in os.walk(root):
+        if any(f.startswith("run-") and f.endswith(".wandb") for f in files):
+            found.add(Path(folder))
+    return sorted(found, key=lambda p: (_started(p), str(p)))
 
 
 def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = True) -> RunRecords:
