@@ -430,7 +430,7 @@ def check_best(out: Outcome, rec: RunRecords) -> None:
             assert best_step in steps_of(rec, "predictions/table"), "no samples at the best step"
 
 
-@pytest.mark.parametrize("variant", ["all", *ALONE])
+@pytest.mark.parametrize("variant", ["all", *(pytest.param(a, marks=pytest.mark.alone) for a in ALONE)])
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_conformance(row: Row, variant: str) -> None:
     check(run_row(row, variant))
