@@ -336,3 +336,39 @@ def run_is_offline(run: Any) -> bool:
     """True for a run that writes only to its local log (``mode="offline"``)."""
     settings = getattr(run, "settings", None)
     return bool(getattr(settings, "_offline", False)) or getattr(settings, "mode", "") in ("offline", "dryrun")
+
+
+def update_summary(run: Any, values: Mapping[str, Any], owner: str) -> bool:
+    """Write ``values`` into the run summary; a failure warns and returns ``False``."""
+    try:
+        run.summary.update(dict(values))
+    except Exception as err:  # never fail training (or its end) over a summary
+        rank_zero_warn(
+            f"{owner}: writing {sorted(values)} to the W&B run summary failed ({type(err).__name__}: {err})."
+        )
+        return False
+    return True
+
+
+def model_artifact(name: str, path: str, entry: str, metadata: Mapping[str, Any] | None, **add: Any) -> tuple[Any, Any]:
+    """A ``model`` artifact holding the file at ``path`` as ``entry``; returns it and its manifest entry.
+
+    ``add`` goes to ``Artifact.add_file`` (``policy="immutable"``: the manifest points at ``path``
+    itself instead of a staged copy W&B makes and hashes). Errors propagate: the caller retries.
+    """
+    import wandb
+
+    artifact = wandb.Artifact(name=name, type="model", metadata=dict(metadata) if metadata is not None else None)
+    return artifact, artifact.add_file(path, name=entry, **add)
+
+
+def log_artifact(run: Any, artifact: Any, aliases: list[str]) -> Any:
+    """``run.log_artifact(artifact, aliases=aliases)``; errors propagate (the uploader retries them)."""
+    return run.log_artifact(artifact, aliases=aliases)
+
+
+def public_api() -> Any:
+    """``wandb.Api()`` (it needs a key and a server)."""
+    import wandb
+
+    return wandb.Api()

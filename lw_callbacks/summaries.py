@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lw_callbacks._errors import ConfigurationError
-from lw_callbacks._wandb import STEP_KEY, define_metric, get_run, is_disabled, lightning_step
+from lw_callbacks._wandb import STEP_KEY, define_metric, get_run, is_disabled, lightning_step, update_summary
 
 __all__ = ["SUMMARY_KINDS", "MetricSummaries"]
 
@@ -436,13 +436,7 @@ class MetricSummaries(Callback):
                     payload[f"{key}.{label}_step"] = int(step)
                     if epoch is not None:  # a Fabric loop may give no epoch
                         payload[f"{key}.{label}_epoch"] = int(epoch)
-            try:
-                run.summary.update(payload)
-            except Exception as err:  # never fail the end of training over a summary
-                rank_zero_warn(
-                    f"MetricSummaries: writing {sorted(payload)} to the W&B run summary failed "
-                    f"({type(err).__name__}: {err})."
-                )
+            update_summary(run, payload, "MetricSummaries")
         if warn and self.warn_missing:
             elsewhere = _run_keys(run)  # logged around Lightning, e.g. by LearningRateMonitor
             missing = [k for k in self._entry_names() if k not in self._seen and not _matches(k, elsewhere)]

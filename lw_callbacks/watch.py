@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lw_callbacks._errors import ConfigurationError
-from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of, skip_pandas_import
+from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of, skip_pandas_import, update_summary
 from lw_callbacks._wandb import log as log_to_run
 
 if TYPE_CHECKING:
@@ -297,10 +297,7 @@ class WatchModel(Callback):
         if not graph.nodes:
             rank_zero_warn("WatchModel: no module ran in the first training batch, so no graph was logged.")
             return
-        try:
-            self._run.summary[GRAPH_KEY] = graph
-        except Exception as err:  # a logging failure must never end a training run
-            rank_zero_warn(f"WatchModel: logging the model graph failed ({type(err).__name__}: {err}).")
+        update_summary(self._run, {GRAPH_KEY: graph}, "WatchModel")
 
     def _disarm_graph(self) -> None:
         for handle in self._graph_handles:
