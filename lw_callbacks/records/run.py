@@ -1,61 +1,20 @@
-"""Read what a W&B run recorded, from the run's own transaction log (``run-<id>.wandb``).
-
-An offline run keeps everything it logged (history, summary, config, metric definitions,
-artifacts) only in that log; there is no summary or config JSON beside it. This module decodes the
-log so that you can check a run before ``wandb sync`` (for example on an air-gapped cluster), and
-so that :func:`lw_callbacks.restore_checkpoint` can give back an artifact of an offline run.
-
-Example::
-
-    from lw_callbacks.records import read_run
-
-    run = read_run("wandb/offline-run-20260101_120000-abc123")
-    run.summary["val_acc"]                     # {"max": 0.97}
-    run.series("val_acc")                      # [(step, value), ...] at trainer/global_step
-    run.resolve_artifact("model-abc123-val_acc", "best").metadata["score"]
-
-The same reader backs ``python -m lw_callbacks inspect RUN_DIR``.
-"""
+"""A run's data model, built from the records of its transaction log, and the readers behind
+:mod:`lw_callbacks.records`."""
 
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import os
 import re
-import struct
 import time
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "ArtifactEntry",
-    "ArtifactVersion",
-    "IncompleteRunError",
-    "LoggedTable",
-    "MetricDefinition",
-    "RunRecords",
-    "find_runs",
-    "iter_records",
-    "read_resumed",
-    "read_run",
-    "scan_artifact_digests",
-    "scan_log",
-    "segments_of",
-    "summarize",
-]
+from lw_callbacks.records._log import iter_records, manifest_rows
 
 STEP_KEY = "trainer/global_step"
-
-_MAGIC = b":W&B"
-_IDENT = 0xBEE1
-_HEADER_LEN = 7
-_BLOCK_LEN = 32 * 1024
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
 class IncompleteRunError(RuntimeError):
@@ -254,97 +213,6 @@ class RunRecords:
             found.append(LoggedTable(key, record.artifact.name, record.artifact.client_id, data, entries))
         return found
 
-def iter_records(path: str | Path) -> Iterator[Any]:
-    """Yield each whole ``Record`` protobuf in a ``.wandb`` log, in order.
-
-    A truncated tail (a chunk or record the writer has not finished) ends the iteration quietly:
-    it is "not yet", not corruption. A checksum mismatch inside the file raises ``ValueError``.
-    """
-    for record, _end in _records_from(Path(path), 0):
-        yield record
-
-
-def _records_from(path: Path, start: int) -> Iterator[tuple[Any, int]]:
-    """``(record, offset after it)`` for each whole record from byte ``start`` (0, or an offset this
-    yielded before: the end of a record, where a later read can resume)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    with open(path, "rb") as fh:
-        header = fh.read(_HEADER_LEN)
-        if len(header) < _HEADER_LEN:
-            return
-        magic, ident, version = struct.unpack("<4sHB", header)
-        if magic != _MAGIC or ident != _IDENT or version != 0:
-            raise ValueError(f"{path} is not a W&B transaction log (header {header!r})")
-        base = max(start, _HEADER_LEN)
-        fh.seek(base)
-        data = fh.read()
-    pos = base
-    end = base + len(data)
-    pending: bytearray | None = None
-    while pos < end:
-        left = _BLOCK_LEN - pos % _BLOCK_LEN
-        if left < _HEADER_LEN:
-            pos += left
-            continue
-        if pos + _HEADER_LEN > end:
-            return
-        rel = pos - base
-        crc, length, kind = struct.unpack("<IHB", data[rel : rel + _HEADER_LEN])
-        start_of_chunk = pos + _HEADER_LEN
-        if start_of_chunk + length > end:
-            return
-        chunk = data[rel + _HEADER_LEN : rel + _HEADER_LEN + length]
-        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
-            if crc == 0 and length == 0 and kind == 0:  # zero-filled tail being written
-                return
-            raise ValueError(f"{path}: checksum mismatch at byte {pos}")
-        pos = start_of_chunk + length
-        if kind == _FULL:
-            payload: bytes | None = chunk
-        elif kind == _FIRST:
-            pending, payload = bytearray(chunk), None
-        elif kind == _MIDDLE and pending is not None:
-            pending += chunk
-            payload = None
-        elif kind == _LAST and pending is not None:
-            payload, pending = bytes(pending + chunk), None
-        else:
-            raise ValueError(f"{path}: unexpected chunk type {kind} at byte {pos}")
-        if payload is not None:
-            record = pb.Record()  # type: ignore[attr-defined]
-            record.ParseFromString(payload)
-            yield record, pos
-
-
-def scan_artifact_digests(path: str | Path, offset: int = 0) -> tuple[list[tuple[str, str]], int]:
-    """``(collection name, file digest)`` of every manifest entry of the artifact records written to
-    the log at ``path`` after byte ``offset``, and the offset to pass next time.
-
-    Only the bytes appended since ``offset`` are decoded, so a writer can call this again and again
-    on a growing log to learn which artifacts have reached the disk. A record not yet whole is
-    left for the next call. A missing file gives nothing and ``offset`` back.
-    """
-    pairs, offset, _exited = scan_log(path, offset)
-    return pairs, offset
-
-
-def scan_log(path: str | Path, offset: int = 0) -> tuple[list[tuple[str, str]], int, bool]:
-    """:func:`scan_artifact_digests`, and whether the ``exit`` record was among the bytes read."""
-    found: list[tuple[str, str]] = []
-    exited = False
-    try:
-        for record, end in _records_from(Path(path), offset):
-            offset = end
-            kind = record.WhichOneof("record_type")
-            if kind == "artifact":
-                found.extend((record.artifact.name, e.digest) for e in _manifest_entries(record.artifact.manifest))
-            elif kind == "exit":
-                exited = True
-    except FileNotFoundError:
-        pass
-    return found, offset, exited
-
 
 def _item_path(item: Any) -> list[str]:
     return list(item.nested_key) if item.nested_key else [item.key]
@@ -375,17 +243,7 @@ def _apply_updates(target: dict[str, Any], record: Any) -> None:
 
 
 def _manifest_entries(manifest: Any) -> tuple[ArtifactEntry, ...]:
-    entries = [
-        ArtifactEntry(e.path, e.digest, int(e.size), e.local_path or None, e.ref or None) for e in manifest.contents
-    ]
-    if not entries and manifest.manifest_file_path:
-        with gzip.open(manifest.manifest_file_path, "rt") as fh:
-            for line in fh:
-                e = json.loads(line)
-                entries.append(
-                    ArtifactEntry(e["path"], e["digest"], int(e.get("size") or 0), e.get("local_path"), e.get("ref"))
-                )
-    return tuple(sorted(entries, key=lambda e: e.path))
+    return tuple(ArtifactEntry(*row) for row in manifest_rows(manifest))
 
 
 def _add_artifact(run: RunRecords, record: Any) -> None:

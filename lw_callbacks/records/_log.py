@@ -1,0 +1,133 @@
+"""The wire format of a W&B run's transaction log (``run-<id>.wandb``): chunks and records.
+
+A header (``:W&B``, u16 ``0xBEE1``, u8 version 0), then 32 KiB blocks of chunks, each with a 7-byte
+header ``<crc32(type byte + data) u32 LE, length u16 LE, type u8>`` (1 FULL, 2 FIRST, 3 MIDDLE,
+4 LAST); a block tail shorter than 7 bytes is padding. Each whole record is a
+``wandb.proto.wandb_internal_pb2.Record``. Reading can start at the offset after any whole record,
+so a growing log is decoded once, piece by piece.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_MAGIC = b":W&B"
+_IDENT = 0xBEE1
+_HEADER_LEN = 7
+_BLOCK_LEN = 32 * 1024
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def iter_records(path: str | Path) -> Iterator[Any]:
+    """Yield each whole ``Record`` protobuf in a ``.wandb`` log, in order.
+
+    A truncated tail (a chunk or record the writer has not finished) ends the iteration quietly:
+    it is "not yet", not corruption. A checksum mismatch inside the file raises ``ValueError``.
+    """
+    for record, _end in records_from(Path(path), 0):
+        yield record
+
+
+def records_from(path: Path, start: int) -> Iterator[tuple[Any, int]]:
+    """``(record, offset after it)`` for each whole record from byte ``start`` (0, or an offset this
+    yielded before: the end of a record, where a later read can resume)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    with open(path, "rb") as fh:
+        header = fh.read(_HEADER_LEN)
+        if len(header) < _HEADER_LEN:
+            return
+        magic, ident, version = struct.unpack("<4sHB", header)
+        if magic != _MAGIC or ident != _IDENT or version != 0:
+            raise ValueError(f"{path} is not a W&B transaction log (header {header!r})")
+        base = max(start, _HEADER_LEN)
+        fh.seek(base)
+        data = fh.read()
+    pos = base
+    end = base + len(data)
+    pending: bytearray | None = None
+    while pos < end:
+        left = _BLOCK_LEN - pos % _BLOCK_LEN
+        if left < _HEADER_LEN:
+            pos += left
+            continue
+        if pos + _HEADER_LEN > end:
+            return
+        rel = pos - base
+        crc, length, kind = struct.unpack("<IHB", data[rel : rel + _HEADER_LEN])
+        start_of_chunk = pos + _HEADER_LEN
+        if start_of_chunk + length > end:
+            return
+        chunk = data[rel + _HEADER_LEN : rel + _HEADER_LEN + length]
+        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
+            if crc == 0 and length == 0 and kind == 0:  # zero-filled tail being written
+                return
+            raise ValueError(f"{path}: checksum mismatch at byte {pos}")
+        pos = start_of_chunk + length
+        if kind == _FULL:
+            payload: bytes | None = chunk
+        elif kind == _FIRST:
+            pending, payload = bytearray(chunk), None
+        elif kind == _MIDDLE and pending is not None:
+            pending += chunk
+            payload = None
+        elif kind == _LAST and pending is not None:
+            payload, pending = bytes(pending + chunk), None
+        else:
+            raise ValueError(f"{path}: unexpected chunk type {kind} at byte {pos}")
+        if payload is not None:
+            record = pb.Record()  # type: ignore[attr-defined]
+            record.ParseFromString(payload)
+            yield record, pos
+
+
+ManifestRow = tuple[str, str, int, str | None, str | None]
+
+
+def manifest_rows(manifest: Any) -> list[ManifestRow]:
+    """``(path, digest, size, local_path, ref)`` of each file of an artifact record's manifest, by path:
+    from the record itself, or from the gzipped manifest file it names when it holds none inline."""
+    rows: list[ManifestRow] = [
+        (e.path, e.digest, int(e.size), e.local_path or None, e.ref or None) for e in manifest.contents
+    ]
+    if not rows and manifest.manifest_file_path:
+        with gzip.open(manifest.manifest_file_path, "rt") as fh:
+            for line in fh:
+                e = json.loads(line)
+                rows.append((e["path"], e["digest"], int(e.get("size") or 0), e.get("local_path"), e.get("ref")))
+    return sorted(rows, key=lambda row: row[0])
+
+
+def scan_artifact_digests(path: str | Path, offset: int = 0) -> tuple[list[tuple[str, str]], int]:
+    """``(collection name, file digest)`` of every manifest entry of the artifact records written to
+    the log at ``path`` after byte ``offset``, and the offset to pass next time.
+
+    Only the bytes appended since ``offset`` are decoded, so a writer can call this again and again
+    on a growing log to learn which artifacts have reached the disk. A record not yet whole is
+    left for the next call. A missing file gives nothing and ``offset`` back.
+    """
+    pairs, offset, _exited = scan_log(path, offset)
+    return pairs, offset
+
+
+def scan_log(path: str | Path, offset: int = 0) -> tuple[list[tuple[str, str]], int, bool]:
+    """:func:`scan_artifact_digests`, and whether the ``exit`` record was among the bytes read."""
+    found: list[tuple[str, str]] = []
+    exited = False
+    try:
+        for record, end in records_from(Path(path), offset):
+            offset = end
+            kind = record.WhichOneof("record_type")
+            if kind == "artifact":
+                found.extend((record.artifact.name, row[1]) for row in manifest_rows(record.artifact.manifest))
+            elif kind == "exit":
+                exited = True
+    except FileNotFoundError:
+        pass
+    return found, offset, exited
