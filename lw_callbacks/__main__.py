@@ -16,10 +16,10 @@ from pathlib import Path
 
 from lw_callbacks.records import (
     IncompleteRunError,
-    _run_id,
     find_runs,
     read_run,
     read_segments,
+    run_id_of,
     summarize,
 )
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = find_runs(path) if path.is_dir() else []
     groups: dict[str, list[Path]] = {}
     for run_dir in runs:
-        groups.setdefault(_run_id(run_dir), []).append(run_dir)
+        groups.setdefault(run_id_of(run_dir), []).append(run_dir)
     status = 0
     targets: list[list[Path]] = list(groups.values()) if len(runs) > 1 else [[path]]
     for segments in targets:

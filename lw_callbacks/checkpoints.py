@@ -1183,9 +1183,9 @@ def _restore_offline(name: str, tag: str, run_dir: Any, out_root: Path, timeout:
 def _read_with_earlier_segments(path: Path, timeout: float) -> Any:
     """The records of the run in ``path`` merged with every other segment of the same run id beside it,
     in start order: versions numbered as ``wandb sync`` of those folders will number them."""
-    from lw_callbacks.records import _log_file, read_run, read_segments, segments_of
+    from lw_callbacks.records import log_file_of, read_run, read_segments, segments_of
 
-    log = _log_file(path)
+    log = log_file_of(path)
     run_id = log.stem[len("run-") :]
     try:
         segments = segments_of(log.parent.parent, run_id)

@@ -22,7 +22,7 @@ from lw_callbacks import ConfigurationError
 from lw_callbacks.demo import load_digits_tensors
 from lw_callbacks.demo_tasks import SHAPE_NAMES, Shapes, ShapesDetector, ShapesSegmenter, detection_collate
 from lw_callbacks.predictions import LogPredictionSamples
-from lw_callbacks.records import RunRecords, _log_file, iter_records
+from lw_callbacks.records import RunRecords, iter_records, log_file_of
 
 STEP = "trainer/global_step"
 
@@ -34,7 +34,7 @@ def run_file(rec: RunRecords, path: str) -> Path:
 def panel_class_labels(rec: RunRecords) -> dict[str, dict[str, str]]:
     """What W&B recorded as the panel's class labels per mask layer (run config ``_wandb``)."""
     labels: dict[str, dict[str, str]] = {}
-    for r in iter_records(_log_file(rec.run_dir)):
+    for r in iter_records(log_file_of(rec.run_dir)):
         if r.WhichOneof("record_type") == "config":
             for item in r.config.update:
                 if item.key == "_wandb":

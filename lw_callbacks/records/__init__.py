@@ -20,7 +20,7 @@ The same reader backs ``python -m lw_callbacks inspect RUN_DIR``.
 from __future__ import annotations
 
 from lw_callbacks.records._log import iter_records, scan_artifact_digests, scan_log
-from lw_callbacks.records.run import (  # noqa: F401  (the names not in __all__: for the package's other modules)
+from lw_callbacks.records.run import (  # noqa: F401  (names not in __all__: for the package's other modules)
     STEP_KEY,
     ArtifactEntry,
     ArtifactVersion,
@@ -28,12 +28,12 @@ from lw_callbacks.records.run import (  # noqa: F401  (the names not in __all__:
     LoggedTable,
     MetricDefinition,
     RunRecords,
-    _log_file,
-    _run_id,
     find_runs,
+    log_file_of,
     read_resumed,
     read_run,
     read_segments,
+    run_id_of,
     segments_of,
     summarize,
 )

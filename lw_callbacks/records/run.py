@@ -320,7 +320,9 @@ def _decode(path: Path, run: RunRecords | None = None) -> RunRecords:
     return run
 
 
-def _log_file(path: Path) -> Path:
+def log_file_of(path: Path) -> Path:
+    """The ``run-<id>.wandb`` log at ``path``: the file itself, the log in a run's folder, or the log of
+    the one run under a folder (``FileNotFoundError`` for none; ``ValueError`` listing several)."""
     if path.is_file():
         return path
     if not path.is_dir():
@@ -341,7 +343,8 @@ def _started(folder: Path) -> str:
     return found.group(0) if found else ""
 
 
-def _run_id(folder: Path) -> str:
+def run_id_of(folder: Path) -> str:
+    """The run id of the run folder ``folder``, from its log's name (``run-<id>.wandb``)."""
     return next(folder.glob("run-*.wandb")).stem[len("run-") :]
 
 
@@ -372,7 +375,7 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
             W&B log.
         IncompleteRunError: ``require_exit`` and no ``exit`` record within ``timeout``.
     """
-    log = _log_file(Path(path))
+    log = log_file_of(Path(path))
     run = _decode_waiting(log, timeout, require_exit)
     if not run.complete:
         run.cut_segments.append(run.run_dir)
@@ -405,13 +408,13 @@ def segments_of(root: str | Path, run_id: str | None = None) -> list[Path]:
         ValueError: ``run_id`` is ``None`` and ``root`` holds runs of several ids.
     """
     segments = find_runs(root)
-    ids = {_run_id(p) for p in segments}  # not from the folder name: a second one started
+    ids = {run_id_of(p) for p in segments}  # not from the folder name: a second one started
     # in the same second as another of the same id is named offline-run-<date>-<id>-1
     if run_id is None:
         if len(ids) > 1:
             raise ValueError(f"{root} holds runs {sorted(ids)}; pass run_id")
         run_id = next(iter(ids), None)
-    segments = [p for p in segments if _run_id(p) == run_id]
+    segments = [p for p in segments if run_id_of(p) == run_id]
     if not segments:
         raise FileNotFoundError(f"no segment of run {run_id!r} under {root}")
     return segments
@@ -423,7 +426,7 @@ def read_segments(segments: list[Path], *, timeout: float = 10.0, require_exit: 
     for index, segment in enumerate(segments):
         newest = index == len(segments) - 1
         # An earlier segment ended before the next one began: no exit record means it was cut.
-        merged = _decode_waiting(_log_file(Path(segment)), timeout if newest else 0, require_exit and newest, merged)
+        merged = _decode_waiting(log_file_of(Path(segment)), timeout if newest else 0, require_exit and newest, merged)
         if not merged.complete:
             merged.cut_segments.append(merged.run_dir)
     if merged is None:
