@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ import pytest
 from harness import WANDB_VERSION, isolated_wandb
 
 from lw_callbacks.records import IncompleteRunError, find_runs, iter_records, read_run
+from lw_callbacks.records._log import records_from
+from lw_callbacks.records.run import RunReader
 
 wandb_version = version("wandb")
 
@@ -67,12 +71,14 @@ def _wandb_datastore() -> Any:
     return getattr(datastore, "DataStore", None)
 
 
-@pytest.mark.skipif(_wandb_datastore() is None, reason=f"wandb {wandb_version} has no wandb.sdk.internal.datastore")
-def test_agrees_with_wandb_datastore(logged_run: Path) -> None:
+def _wandb_records(log: Path) -> list[bytes] | None:
+    """Each record of ``log`` (serialized) as wandb's own Python reader decodes it; ``None`` without one."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (log,) = logged_run.glob("run-*.wandb")
-    store = _wandb_datastore()()
+    datastore = _wandb_datastore()
+    if datastore is None:
+        return None
+    store = datastore()
     store.open_for_scan(str(log))
     theirs: list[bytes] = []
     try:
@@ -84,8 +90,14 @@ def test_agrees_with_wandb_datastore(logged_run: Path) -> None:
         assert not log.read_bytes()[store._index - 7 :].strip(b"\0")
     finally:
         store.close()
+    return theirs
+
+
+@pytest.mark.skipif(_wandb_datastore() is None, reason=f"wandb {wandb_version} has no wandb.sdk.internal.datastore")
+def test_agrees_with_wandb_datastore(logged_run: Path) -> None:
+    (log,) = logged_run.glob("run-*.wandb")
     ours = [record.SerializeToString() for record in iter_records(log)]
-    assert len(ours) > 10 and ours == theirs
+    assert len(ours) > 10 and ours == _wandb_records(log)
 
 
 @pytest.mark.skipif(
@@ -194,6 +206,117 @@ def test_waits_for_the_tail(logged_run: Path, tmp_path: Path) -> None:
     run = read_run(partial, timeout=10)
     writer.join()
     assert run.complete and len(run.history) == 4
+
+
+@pytest.fixture(scope="module")
+def long_records_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real offline run whose log has records longer than a 32 KiB block (FIRST, MIDDLE and LAST
+    chunks) and block tails too short for a chunk header (padding)."""
+    import wandb
+
+    root = tmp_path_factory.mktemp("long_records")
+    with isolated_wandb(root):
+        run = wandb.init(project="lw-tests", dir=str(root), mode="offline")
+        for i in range(3):
+            run.log({"text": str(i) * (40_000 + 20_000 * i), "trainer/global_step": i})
+        run.finish()
+    (folder,) = find_runs(root)
+    ends = [7] + [end for _record, end in records_from(next(folder.glob("run-*.wandb")), 0)]
+    assert max(b - a for a, b in itertools.pairwise(ends)) > 2 * 32 * 1024  # FIRST, MIDDLE..., LAST
+    return folder
+
+
+class _Observed:
+    """Wraps the log decoder that :class:`RunReader` uses; only notes the byte range of each record it
+    yields (from the end of the previous one), and how often it was called."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from lw_callbacks.records import run as run_module
+
+        self.calls = 0
+        self.ranges: list[tuple[int, int]] = []
+        self.records: list[bytes] = []
+        decode = run_module.records_from
+
+        def observed(path: Path, start: int) -> Iterator[tuple[Any, int]]:
+            self.calls += 1
+            begin = max(start, 7)  # the log's header: 7 bytes
+            for record, end in decode(path, start):
+                self.ranges.append((begin, end))
+                self.records.append(record.SerializeToString())
+                begin = end
+                yield record, end
+
+        monkeypatch.setattr(run_module, "records_from", observed)
+
+    def assert_each_byte_decoded_once(self, log: Path) -> None:
+        """The records yielded cover the log from its header to its last whole record, each range
+        once, and are the records the whole log holds (as wandb's own reader decodes them, where
+        this wandb still has one)."""
+        whole = [record.SerializeToString() for record in iter_records(log)]
+        *_, (_last, end) = records_from(log, 0)
+        starts = [a for a, _ in self.ranges]
+        ends = [b for _, b in self.ranges]
+        assert starts[0] == 7 and ends[-1] == end and starts[1:] == ends[:-1]
+        assert self.records == whole
+        theirs = _wandb_records(log)
+        assert theirs is None or theirs == whole
+
+
+@pytest.mark.parametrize(
+    ("which", "cut"),
+    [(which, cut) for which in ("logged_run", "long_records_run") for cut in (8, 0.3, 0.5, 0.9, -5)]
+    + [("long_records_run", 32 * 1024 + 3), ("long_records_run", 64 * 1024 - 3)],
+)
+def test_a_growing_log_is_decoded_once(
+    which: str, cut: float, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log written in two halves, cut anywhere (inside a chunk header, a chunk, a record of several
+    chunks, a block's padding): the second read decodes only what the first did not."""
+    (log,) = request.getfixturevalue(which).glob("run-*.wandb")
+    data = log.read_bytes()
+    size = int(len(data) * cut) if isinstance(cut, float) else (cut if cut > 0 else len(data) + cut)
+    assert 0 < size < len(data)
+    growing = tmp_path / log.name
+    growing.write_bytes(data[:size])
+    observed = _Observed(monkeypatch)
+    reader = RunReader(growing)
+    first = reader.read()
+    assert not first.complete and reader.offset <= size
+    rows = len(first.history)
+    with open(growing, "ab") as fh:
+        fh.write(data[size:])
+    assert reader.read() is first and first.complete and len(first.history) >= rows
+    assert reader.read() is first  # nothing new: nothing decoded
+    assert observed.calls == 3
+    observed.assert_each_byte_decoded_once(growing)
+    monkeypatch.undo()
+    assert first == read_run(growing)  # the same records as read at once
+
+
+def test_read_run_decodes_what_is_appended_while_it_waits(
+    long_records_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While ``read_run`` waits for the tail, each poll decodes only what was appended since the last."""
+    (log,) = long_records_run.glob("run-*.wandb")
+    data = log.read_bytes()
+    growing = tmp_path / log.name
+    pieces = [0, len(data) // 3 + 1, 2 * len(data) // 3 - 1, len(data)]
+    growing.write_bytes(data[: pieces[1]])
+    observed = _Observed(monkeypatch)
+
+    def write_the_rest() -> None:
+        for start, end in itertools.pairwise(pieces[1:]):
+            time.sleep(0.2)
+            with open(growing, "ab") as fh:
+                fh.write(data[start:end])
+
+    writer = threading.Thread(target=write_the_rest)
+    writer.start()
+    run = read_run(growing, timeout=30)
+    writer.join()
+    assert run.complete and [s for s, _ in run.series("text")] == [0, 1, 2]
+    observed.assert_each_byte_decoded_once(growing)
 
 
 def test_corruption_is_an_error(logged_run: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lw_callbacks.records._log import iter_records, manifest_rows
+from lw_callbacks.records._log import iter_records, manifest_rows, records_from
 
 STEP_KEY = "trainer/global_step"
 
@@ -272,52 +272,78 @@ def _add_artifact(run: RunRecords, record: Any) -> None:
             same.logged_aliases.append(alias)
 
 
-def _decode(path: Path, run: RunRecords | None = None) -> RunRecords:
-    if run is None:
-        run = RunRecords(path=path)
-    else:  # a later segment of the same run continues the earlier ones
-        run.path, run.exit_code = path, None
-    run.segments.append(path.parent)
-    for record in iter_records(path):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            r = record.run
-            run.run_id, run.project, run.entity = r.run_id, r.project, r.entity
-            if run.started_at is None and r.HasField("start_time"):
-                run.started_at = r.start_time.seconds + r.start_time.nanos / 1e9
-            run.display_name = r.display_name or run.display_name
-            _apply_updates(run.config, r.config)
-            _apply_updates(run.summary, r.summary)
-        elif kind == "config":
-            _apply_updates(run.config, record.config)
-        elif kind == "history":
-            row: dict[str, Any] = {}
-            for item in record.history.item:
-                _set_path(row, _item_path(item), json.loads(item.value_json))
-            run.history.append(row)
-        elif kind == "summary":
-            _apply_updates(run.summary, record.summary)
-        elif kind == "metric":
-            m = record.metric
-            summary = frozenset(f.name for f, on in m.summary.ListFields() if on)
-            run.metrics.append(
-                MetricDefinition(
-                    name=m.name or None,
-                    glob=m.glob_name or None,
-                    step_metric=m.step_metric,
-                    summary=summary,
-                    step_sync=m.options.step_sync,
-                    hidden=m.options.hidden,
-                )
+class RunReader:
+    """Builds a run's records from its log as the log grows: each :meth:`read` decodes only the bytes
+    appended since the previous one.
+
+    It keeps the records built so far and the offset after the last whole record; a record (or chunk)
+    not yet whole at the log's end is "not yet", read again from its start next time.
+
+    Args:
+        log: the ``run-<id>.wandb`` file.
+        into: the records of the run's earlier segments, which this segment continues (copied, left
+            untouched).
+    """
+
+    def __init__(self, log: Path, into: RunRecords | None = None) -> None:
+        if into is None:
+            run = RunRecords(path=log)
+        else:  # a later segment of the same run continues the earlier ones
+            run = copy.deepcopy(into)
+            run.path, run.exit_code = log, None
+        run.segments.append(log.parent)
+        self.log = log
+        self.run = run
+        self.offset = 0  # after the last whole record read (0: nothing read yet)
+
+    def read(self) -> RunRecords:
+        """The run's records with those appended to the log since the last call added (the same object
+        each time)."""
+        for record, end in records_from(self.log, self.offset):
+            _add_record(self.run, record)
+            self.offset = end
+        self.run.config.pop("_wandb", None)
+        return self.run
+
+
+def _add_record(run: RunRecords, record: Any) -> None:
+    kind = record.WhichOneof("record_type")
+    if kind == "run":
+        r = record.run
+        run.run_id, run.project, run.entity = r.run_id, r.project, r.entity
+        if run.started_at is None and r.HasField("start_time"):
+            run.started_at = r.start_time.seconds + r.start_time.nanos / 1e9
+        run.display_name = r.display_name or run.display_name
+        _apply_updates(run.config, r.config)
+        _apply_updates(run.summary, r.summary)
+    elif kind == "config":
+        _apply_updates(run.config, record.config)
+    elif kind == "history":
+        row: dict[str, Any] = {}
+        for item in record.history.item:
+            _set_path(row, _item_path(item), json.loads(item.value_json))
+        run.history.append(row)
+    elif kind == "summary":
+        _apply_updates(run.summary, record.summary)
+    elif kind == "metric":
+        m = record.metric
+        summary = frozenset(f.name for f, on in m.summary.ListFields() if on)
+        run.metrics.append(
+            MetricDefinition(
+                name=m.name or None,
+                glob=m.glob_name or None,
+                step_metric=m.step_metric,
+                summary=summary,
+                step_sync=m.options.step_sync,
+                hidden=m.options.hidden,
             )
-        elif kind == "artifact":
-            _add_artifact(run, record.artifact)
-        elif kind == "files":
-            run.files.extend(f.path for f in record.files.files if f.path not in run.files)
-        elif kind == "exit":
-            run.exit_code = record.exit.exit_code
-    run.config.pop("_wandb", None)
-    return run
+        )
+    elif kind == "artifact":
+        _add_artifact(run, record.artifact)
+    elif kind == "files":
+        run.files.extend(f.path for f in record.files.files if f.path not in run.files)
+    elif kind == "exit":
+        run.exit_code = record.exit.exit_code
 
 
 def log_file_of(path: Path) -> Path:
@@ -383,10 +409,12 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
 
 
 def _decode_waiting(log: Path, timeout: float, require_exit: bool, into: RunRecords | None = None) -> RunRecords:
-    """Decode ``log`` (continuing ``into``, left untouched), again until its exit record is there."""
+    """Decode ``log`` (continuing ``into``, left untouched), then what is appended to it, until its exit
+    record is there."""
     deadline = time.monotonic() + timeout
+    reader = RunReader(log, into)
     while True:
-        run = _decode(log, copy.deepcopy(into))
+        run = reader.read()
         if run.complete or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
