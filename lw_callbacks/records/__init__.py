@@ -5,14 +5,29 @@ artifacts) only in that log; there is no summary or config JSON beside it. This 
 log so that you can check a run before ``wandb sync`` (for example on an air-gapped cluster), and
 so that :func:`lw_callbacks.restore_checkpoint` can give back an artifact of an offline run.
 
-Example::
+Pass :func:`read_run` a run's folder (``wandb/offline-run-20260101_120000-abc123``), its log, or a
+folder holding one run. For example, a small offline run and what its log holds:
 
-    from lw_callbacks.records import read_run
-
-    run = read_run("wandb/offline-run-20260101_120000-abc123")
-    run.summary["val_acc"]                     # {"max": 0.97}
-    run.series("val_acc")                      # [(step, value), ...] at trainer/global_step
-    run.resolve_artifact("model-abc123-val_acc", "best").metadata["score"]
+    >>> from pathlib import Path
+    >>> import wandb
+    >>> from lw_callbacks.records import read_run
+    >>> run = wandb.init(project="demo", mode="offline")
+    >>> _ = run.define_metric("val_acc", summary="max", step_metric="trainer/global_step", step_sync=True)
+    >>> for step, acc in [(0, 0.5), (10, 0.9), (20, 0.7)]:
+    ...     run.log({"val_acc": acc, "trainer/global_step": step})
+    >>> _ = Path("model.ckpt").write_bytes(b"weights")
+    >>> artifact = wandb.Artifact("model-demo", type="model", metadata={"score": 0.9})
+    >>> _ = artifact.add_file("model.ckpt")
+    >>> _ = run.log_artifact(artifact, aliases=["latest", "best"])
+    >>> folder = Path(run.dir).parent
+    >>> run.finish()
+    >>> records = read_run(folder)
+    >>> records.summary["val_acc"]
+    {'max': 0.9}
+    >>> records.series("val_acc")  # (step, value) at trainer/global_step
+    [(0, 0.5), (10, 0.9), (20, 0.7)]
+    >>> records.resolve_artifact("model-demo", "best").metadata["score"]
+    0.9
 
 The same reader backs ``python -m lw_callbacks inspect RUN_DIR``.
 """
