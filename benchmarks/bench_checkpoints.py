@@ -1,5 +1,6 @@
 """UploadCheckpoints: training-thread time of one 256 MB checkpoint hand-over vs WandbLogger(log_model="all"),
-and fit time with a checkpoint every epoch, with vs without uploading.
+the end-of-fit flush of a 1 GB checkpoint vs log_model="all"'s training-thread time for the same file, and fit
+time with a checkpoint every epoch, with vs without uploading.
 
 Hand-over case: both paths run in one process on the same run, round after round, on a freshly written
 256 MB file each time (writing it is not timed). A is ``WandbLogger.after_save_checkpoint`` with
@@ -7,6 +8,11 @@ Hand-over case: both paths run in one process on the same run, round after round
 ``log_artifact``). B is what UploadCheckpoints runs on the training thread after the same save (stat,
 hard link, a small note file, queue). Before each B round the background worker is let finish the
 previous file, as it would between checkpoints minutes apart.
+
+Flush case (1 GB, full run only: ``python benchmarks/bench_checkpoints.py --flush-1gb [--rounds N]``): A as
+above; B is a checkpoint saved just before fit ends, so its whole upload is waited for: the hand-over plus
+the uploader's flush (hash, W&B's staged copy, ``log_artifact``), all of which the training thread waits for
+at the end of fit.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from harness import compare, fit_seconds
 SIZE = 256 * 2**20
 
 
-def _handover_case(rounds: int) -> None:
+def _handover_case(rounds: int, size: int = SIZE, flush: bool = False) -> None:
     import torch
     import wandb
     from lightning.pytorch import Trainer
@@ -35,7 +41,7 @@ def _handover_case(rounds: int) -> None:
     from lw_callbacks.demo import DigitsClassifier
 
     root = Path(tempfile.mkdtemp(prefix="lwbench-ckpt-"))
-    payload = os.urandom(SIZE)
+    payload = os.urandom(size)
     staging = Path(os.environ["WANDB_DATA_DIR"]) / "artifacts" / "staging"
 
     # A: Lightning's own upload, on its own logger / run.
@@ -88,18 +94,30 @@ def _handover_case(rounds: int) -> None:
         path = save(mc_b, "b")
         start = time.perf_counter()
         upload._scan(trainer)
+        if flush:  # what the end of fit waits for (UploadCheckpoints._flush, less stopping the worker)
+            left = uploader.flush(upload.flush_timeout, False, 0)
+            assert not left, left
         elapsed = time.perf_counter() - start
         mc_b.best_k_models.pop(path)
         clean(path)  # deleted right after hand-over: the staged hard link keeps it whole for the worker
         return elapsed
 
-    result = compare(
-        "UploadCheckpoints hand-over / log_model='all' after_save_checkpoint (training thread, 256 MB)",
-        run_a, run_b, rounds=rounds, note="B/A of one save; medians in the A/B columns",
-    )
-    ms = sorted(b * 1e3 for b in result.b)
-    print(f"  hand-over (B) ms: min {ms[0]:.3f}, median {statistics.median(ms):.3f}, max {ms[-1]:.3f}; "
-          f"log_model='all' (A) ms median {statistics.median(result.a) * 1e3:.0f}", flush=True)
+    mb = size // 2**20
+    if flush:
+        result = compare(
+            f"UploadCheckpoints end-of-fit flush / log_model='all' after_save_checkpoint (training thread, {mb} MB)",
+            run_a, run_b, rounds=rounds, note="B: hand-over + flush of a checkpoint saved as fit ends",
+        )
+        for i, (a, b) in enumerate(zip(result.a, result.b, strict=True)):
+            print(f"  round {i + 1}: flush (B) {b:.2f} s, log_model='all' (A) {a:.2f} s, B/A {b / a:.2f}", flush=True)
+    else:
+        result = compare(
+            f"UploadCheckpoints hand-over / log_model='all' after_save_checkpoint (training thread, {mb} MB)",
+            run_a, run_b, rounds=rounds, note="B/A of one save; medians in the A/B columns",
+        )
+        ms = sorted(b * 1e3 for b in result.b)
+        print(f"  hand-over (B) ms: min {ms[0]:.3f}, median {statistics.median(ms):.3f}, max {ms[-1]:.3f}; "
+              f"log_model='all' (A) ms median {statistics.median(result.a) * 1e3:.0f}", flush=True)
     upload.teardown(trainer, DigitsClassifier(), "fit")
     wandb.finish()
     shutil.rmtree(root, ignore_errors=True)
@@ -112,6 +130,8 @@ def cases(rounds: int) -> None:
 
     if os.environ.get("LW_BENCH_SKIP_HANDOVER") != "1":
         _handover_case(max(rounds, 7))
+    if os.environ.get("LW_BENCH_SKIP_FLUSH_1GB") != "1":
+        _handover_case(max(rounds, 3), size=2**30, flush=True)
 
     def every_epoch() -> ModelCheckpoint:
         return ModelCheckpoint(dirpath=tempfile.mkdtemp(prefix="lwbench-ck-"), save_top_k=-1, every_n_epochs=1)
@@ -122,3 +142,19 @@ def cases(rounds: int) -> None:
         lambda: fit_seconds(lambda: [every_epoch(), UploadCheckpoints(progress_bar=False)]),
         rounds=rounds,
     )
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flush-1gb", action="store_true", help="only the 1 GB end-of-fit flush case")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if args.flush_1gb:
+        import harness
+
+        print(harness.HEADER, flush=True)
+        _handover_case(args.rounds, size=2**30, flush=True)
+    else:
+        cases(args.rounds)

@@ -9,6 +9,12 @@
   failures when asked to flush, and forgets a staged file (and its note) only once W&B durably holds
   its version: offline, once the artifact record is in the run's ``.wandb`` file on disk; online,
   once the artifact is committed.
+
+Each checkpoint is read once to hash it: W&B is handed that digest and only makes its own staged copy
+(``policy="mutable"``). Our staged file is not handed to W&B in place of that copy: a hard link shares
+the checkpoint's content, which ``ModelCheckpoint`` may rewrite in place under the same name; and an
+offline run's manifest must point at a file that lasts until ``wandb sync``, while ours is removed as soon
+as the record is on disk.
 """
 
 from __future__ import annotations
@@ -445,6 +451,8 @@ class Uploader:
         last, log the newest one again (same content: the same version, which takes ``latest`` back)."""
         import wandb
 
+        from lw_callbacks._wandb import add_hashed_file
+
         last: dict[str, tuple[Job, str, list[str], str | None]] = {}
         newest: dict[str, tuple[Job, str, list[str], str | None]] = {}
         for item in self.uploaded:
@@ -460,7 +468,7 @@ class Uploader:
                 if not copy or not os.path.isfile(copy):
                     raise FileNotFoundError(f"W&B's staged copy {copy} is gone")
                 artifact = wandb.Artifact(name=name, type="model", metadata=job.metadata)
-                artifact.add_file(copy, name=ENTRY_NAME, policy="immutable")
+                add_hashed_file(artifact, copy, ENTRY_NAME, digest, policy="immutable")
                 aliases = ["latest", *job.aliases]
                 self.run.log_artifact(artifact, aliases=aliases)
                 self.uploaded.append((job, digest, aliases, copy))
@@ -553,7 +561,8 @@ class Uploader:
                     self.lost.append(job)
                 self._cleanup(job)
                 return
-        digest = md5_b64(path, self._progress)
+        before = signature(os.stat(path))
+        digest = md5_b64(path, self._progress)  # the only read of the file that hashes it
         staged_sig = signature(os.stat(path)) if path == job.staged else None
         linked = staged_sig is not None and not job.copied and staged_sig[:2] == job.signature[:2]
         if linked and staged_sig is not None and staged_sig[2:] != job.signature[2:]:
@@ -575,7 +584,12 @@ class Uploader:
         if state.is_better(job.score):
             aliases.append("best")
         aliases.extend(a for a in job.aliases if a not in aliases)
-        staged_by_wandb, artifact = self._log(job, path, aliases)
+        logged = self._log(job, path, aliases, digest, before)
+        if logged is None:  # changed while W&B copied it: its new content has its own hand-over
+            ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
+            self._cleanup(job)
+            return
+        staged_by_wandb, artifact = logged
         with ledger.lock:
             state.digests[digest] = job.seq
             state.latest_seq = max(state.latest_seq, job.seq)
@@ -607,21 +621,25 @@ class Uploader:
         ledger.set_status(job.source, UPLOADED, digest=digest, seq=job.seq, run_id=self.run_id)
         self._cleanup(job)
 
-    def _log(self, job: Job, path: str, aliases: list[str]) -> tuple[str | None, Any]:
+    def _log(
+        self, job: Job, path: str, aliases: list[str], digest: str, before: list[int]
+    ) -> tuple[str | None, Any] | None:
+        """Log ``path`` (hashed to ``digest`` when its signature was ``before``) as a new version; ``None``
+        (nothing logged) when the file changed before W&B's staged copy of it was complete."""
         import wandb
 
+        from lw_callbacks._wandb import add_hashed_file
+
         artifact = wandb.Artifact(name=job.collection, type="model", metadata=job.metadata)
-        entry = artifact.add_file(path, name=ENTRY_NAME)  # W&B's own staged copy, made on this thread
+        # W&B's own staged copy, made on this thread, of the content we hashed; W&B does not hash it again
+        entry = add_hashed_file(artifact, path, ENTRY_NAME, digest)
         try:
+            if getattr(entry, "digest", digest) != digest or signature(os.stat(path))[2:] != before[2:]:
+                _remove_wandb_copy(entry, path)
+                return None
             logged = self.run.log_artifact(artifact, aliases=aliases)
         except BaseException:
-            staged_by_wandb = getattr(entry, "local_path", None)
-            if staged_by_wandb and os.path.abspath(staged_by_wandb) != os.path.abspath(path):
-                try:  # W&B's copy for an artifact that was never logged: nothing refers to it
-                    os.chmod(staged_by_wandb, 0o600)
-                    os.remove(staged_by_wandb)
-                except OSError:
-                    pass
+            _remove_wandb_copy(entry, path)
             raise
         return getattr(entry, "local_path", None), logged if logged is not None else artifact
 
@@ -639,6 +657,17 @@ class Uploader:
         """Remove our staged hard link / copy and its note (never the user's checkpoint)."""
         job.close_fd()
         cls._cleanup_files(job)
+
+
+def _remove_wandb_copy(entry: Any, path: str) -> None:
+    """Remove W&B's staged copy made for an artifact that is not logged: nothing refers to it."""
+    staged_by_wandb = getattr(entry, "local_path", None)
+    if staged_by_wandb and os.path.abspath(staged_by_wandb) != os.path.abspath(path):
+        try:
+            os.chmod(staged_by_wandb, 0o600)
+            os.remove(staged_by_wandb)
+        except OSError:
+            pass
 
 
 def remove_empty_parents(folder: Path) -> None:

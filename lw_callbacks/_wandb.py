@@ -13,6 +13,8 @@
 - A ``DummyLogger`` (what ``fast_dev_run`` puts in place of the Trainer's loggers) counts as
   disabled: callbacks run their code paths but log nothing and raise nothing.
 - :data:`warning_cache` is the package's one-time warning cache (``rank_zero_warn`` once per text).
+- :func:`add_hashed_file` adds a file whose md5 is already known to an artifact without W&B hashing
+  it again.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ STEP_KEY = "trainer/global_step"
 __all__ = [
     "STEP_KEY",
     "active_run",
+    "add_hashed_file",
     "at_finish",
     "define_metric",
     "find_fabric_wandb_logger",
@@ -372,3 +375,26 @@ def public_api() -> Any:
     import wandb
 
     return wandb.Api()
+
+
+def add_hashed_file(artifact: Any, path: str, name: str, digest: str, policy: str = "mutable") -> Any:
+    """Add ``path`` to ``artifact`` as entry ``name`` with its base64 md5 ``digest`` already known, so
+    that W&B does not read the file a second time to hash it (with ``policy="mutable"`` it still makes its
+    staged copy). Returns the manifest entry.
+
+    The known digest goes through ``Artifact._add_local_file(name, path, digest=...)``, which W&B's own
+    ``add_file`` calls after hashing (the same in wandb 0.21 and 0.31). Where that is missing or takes no
+    ``digest``, or the artifact hashes with another algorithm than md5, the public ``add_file`` is used,
+    which hashes the file itself: compare the entry's ``digest`` with the one you hold.
+    """
+    import inspect
+
+    add: Any = getattr(artifact, "_add_local_file", None)
+    algorithm = str(getattr(artifact, "digest_algorithm", None) or "MD5")
+    try:
+        takes_digest = add is not None and "digest" in inspect.signature(add).parameters
+    except (TypeError, ValueError):
+        takes_digest = False
+    if takes_digest and algorithm.upper().endswith("MD5"):
+        return add(name, path, digest=digest, policy=policy)
+    return artifact.add_file(path, name=name, policy=policy)

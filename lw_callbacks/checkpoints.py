@@ -102,7 +102,7 @@ class UploadCheckpoints(Callback):
     calling it leaves them, with their notes, for the next fit of the same run.
 
     What this callback touches: your checkpoint files are only read (never moved, changed or
-    deleted); the staging folder and W&B's own staged copy (``add_file`` copies the file into
+    deleted); the staging folder and W&B's own staged copy (W&B copies the file into
     ``$WANDB_DATA_DIR/artifacts/staging``, which ``wandb sync`` uploads) are not yours to change;
     :func:`restore_checkpoint` gives you a copy of your own.
 

@@ -235,3 +235,79 @@ def test_fabric_metadata_is_checked_before_anything_is_marked(wandb_env: Path) -
     records = read_run(find_runs("runs")[0])
     (version,) = records.artifacts(upload.collection_name)
     assert version.metadata["path"] == "x" and version.entries[0].digest == md5("model.ckpt")
+
+
+def test_each_checkpoint_is_hashed_once(wandb_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every md5 computed in this process (ours and W&B's) is observed, not changed: what it hashed and how much.
+    import threading
+
+    real_md5 = hashlib.md5
+    made: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    class Counted:
+        def __init__(self, data: bytes = b"", **kwargs: Any) -> None:
+            self._hash = real_md5(data, **kwargs)
+            self.read = len(data)
+
+        def update(self, data: Any) -> None:
+            self.read += len(data)
+            self._hash.update(data)
+
+        def digest(self) -> bytes:
+            value = self._hash.digest()
+            with lock:
+                made.append((base64.b64encode(value).decode(), self.read))
+            return value
+
+        def hexdigest(self) -> str:
+            return self.digest().hex()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._hash, name)
+
+    monkeypatch.setattr(hashlib, "md5", Counted)
+    mc = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, filename="{epoch}")
+    trainer = make_trainer([mc, UploadCheckpoints(progress_bar=False)], max_epochs=3)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    wandb.finish()
+    _wait_for_cleanups()
+    monkeypatch.undo()
+    records = read_run(find_runs("runs")[0])
+    (name,) = records.artifact_names(type="model")
+    entries = [e for v in records.artifacts(name, type="model") for e in v.entries]
+    assert len(entries) == 3 and len({e.digest for e in entries}) == 3
+    for entry in entries:
+        hashed = [read for digest, read in made if digest == entry.digest]
+        assert hashed == [entry.size], f"{entry.path} ({entry.size} bytes) was hashed {len(hashed)} times: {hashed}"
+        assert entry.local_path and Path(entry.local_path).is_file() and md5(entry.local_path) == entry.digest
+
+
+def test_a_checkpoint_rewritten_while_wandb_copies_it_is_not_logged_under_the_old_digest(
+    wandb_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lw_callbacks import _wandb as doorway
+
+    real = doorway.add_hashed_file
+    rewritten: list[str] = []
+
+    def rewrite_first(artifact: Any, path: str, name: str, digest: str, policy: str = "mutable") -> Any:
+        if not rewritten:  # injected: the checkpoint is rewritten in place after it was hashed
+            with open(path, "ab") as fh:  # our staged hard link: the checkpoint file itself
+                fh.write(b"rewritten in place")
+            rewritten.append(digest)
+        return real(artifact, path, name, digest, policy)
+
+    monkeypatch.setattr(doorway, "add_hashed_file", rewrite_first)
+    mc = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, filename="{epoch}")
+    trainer = make_trainer([mc, UploadCheckpoints(progress_bar=False)], max_epochs=2)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    wandb.finish()
+    _wait_for_cleanups()
+    records = read_run(find_runs("runs")[0])
+    (name,) = records.artifact_names(type="model")
+    entries = [e for v in records.artifacts(name, type="model") for e in v.entries]
+    assert rewritten and entries and rewritten[0] not in {e.digest for e in entries}
+    for entry in entries:
+        assert entry.local_path and md5(entry.local_path) == entry.digest
+    assert not list(Path("ckpts").rglob("*.upload-staging/*/*/*"))
