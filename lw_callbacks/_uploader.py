@@ -37,6 +37,8 @@ from typing import Any
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from lw_callbacks._wandb import add_hashed_file, log_artifact, model_artifact
+
 ENTRY_NAME = "model.ckpt"
 STAGING_FOLDER = ".upload-staging"
 _CHUNK = 8 * 2**20
@@ -449,9 +451,6 @@ class Uploader:
     def _restore_latest(self) -> None:
         """W&B moves ``latest`` to whatever was logged last; after a retry logged an older checkpoint
         last, log the newest one again (same content: the same version, which takes ``latest`` back)."""
-        import wandb
-
-        from lw_callbacks._wandb import add_hashed_file
 
         last: dict[str, tuple[Job, str, list[str], str | None]] = {}
         newest: dict[str, tuple[Job, str, list[str], str | None]] = {}
@@ -467,10 +466,10 @@ class Uploader:
             try:
                 if not copy or not os.path.isfile(copy):
                     raise FileNotFoundError(f"W&B's staged copy {copy} is gone")
-                artifact = wandb.Artifact(name=name, type="model", metadata=job.metadata)
+                artifact = model_artifact(name, job.metadata)
                 add_hashed_file(artifact, copy, ENTRY_NAME, digest, policy="immutable")
                 aliases = ["latest", *job.aliases]
-                self.run.log_artifact(artifact, aliases=aliases)
+                log_artifact(self.run, artifact, aliases)
                 self.uploaded.append((job, digest, aliases, copy))
             except Exception as err:
                 rank_zero_warn(
@@ -626,18 +625,15 @@ class Uploader:
     ) -> tuple[str | None, Any] | None:
         """Log ``path`` (hashed to ``digest`` when its signature was ``before``) as a new version; ``None``
         (nothing logged) when the file changed before W&B's staged copy of it was complete."""
-        import wandb
 
-        from lw_callbacks._wandb import add_hashed_file
-
-        artifact = wandb.Artifact(name=job.collection, type="model", metadata=job.metadata)
+        artifact = model_artifact(job.collection, job.metadata)
         # W&B's own staged copy, made on this thread, of the content we hashed; W&B does not hash it again
         entry = add_hashed_file(artifact, path, ENTRY_NAME, digest)
         try:
             if getattr(entry, "digest", digest) != digest or signature(os.stat(path))[2:] != before[2:]:
                 _remove_wandb_copy(entry, path)
                 return None
-            logged = self.run.log_artifact(artifact, aliases=aliases)
+            logged = log_artifact(self.run, artifact, aliases)
         except BaseException:
             _remove_wandb_copy(entry, path)
             raise

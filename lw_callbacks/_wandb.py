@@ -353,16 +353,11 @@ def update_summary(run: Any, values: Mapping[str, Any], owner: str) -> bool:
     return True
 
 
-def model_artifact(name: str, path: str, entry: str, metadata: Mapping[str, Any] | None, **add: Any) -> tuple[Any, Any]:
-    """A ``model`` artifact holding the file at ``path`` as ``entry``; returns it and its manifest entry.
-
-    ``add`` goes to ``Artifact.add_file`` (``policy="immutable"``: the manifest points at ``path``
-    itself instead of a staged copy W&B makes and hashes). Errors propagate: the caller retries.
-    """
+def model_artifact(name: str, metadata: Mapping[str, Any] | None) -> Any:
+    """A new ``model`` artifact (nothing is logged until :func:`log_artifact`)."""
     import wandb
 
-    artifact = wandb.Artifact(name=name, type="model", metadata=dict(metadata) if metadata is not None else None)
-    return artifact, artifact.add_file(path, name=entry, **add)
+    return wandb.Artifact(name=name, type="model", metadata=dict(metadata) if metadata is not None else None)
 
 
 def log_artifact(run: Any, artifact: Any, aliases: list[str]) -> Any:

@@ -286,9 +286,9 @@ def test_each_checkpoint_is_hashed_once(wandb_env: Path, monkeypatch: pytest.Mon
 def test_a_checkpoint_rewritten_while_wandb_copies_it_is_not_logged_under_the_old_digest(
     wandb_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lw_callbacks import _wandb as doorway
+    from lw_callbacks import _uploader
 
-    real = doorway.add_hashed_file
+    real = _uploader.add_hashed_file
     rewritten: list[str] = []
 
     def rewrite_first(artifact: Any, path: str, name: str, digest: str, policy: str = "mutable") -> Any:
@@ -298,7 +298,7 @@ def test_a_checkpoint_rewritten_while_wandb_copies_it_is_not_logged_under_the_ol
             rewritten.append(digest)
         return real(artifact, path, name, digest, policy)
 
-    monkeypatch.setattr(doorway, "add_hashed_file", rewrite_first)
+    monkeypatch.setattr(_uploader, "add_hashed_file", rewrite_first)
     mc = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, filename="{epoch}")
     trainer = make_trainer([mc, UploadCheckpoints(progress_bar=False)], max_epochs=2)
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
