@@ -79,10 +79,12 @@ from lw_callbacks.checkpoints import (
     _logged_by,
     restore_checkpoint,
 )
+from lw_callbacks.core.histograms import HistogramCore
+from lw_callbacks.core.histograms import check_arguments as histogram_arguments
+from lw_callbacks.core.run_info import SharedRun, check_flag, describe_run
+from lw_callbacks.core.summaries import SummaryCore, SummaryValue
+from lw_callbacks.core.summaries import check_arguments as summary_arguments
 from lw_callbacks.predictions import STAGES, LogPredictionSamples, _take
-from lw_callbacks.run_dir import ShareRunDir
-from lw_callbacks.summaries import MetricSummaries, _SummaryValue
-from lw_callbacks.watch import WatchModel
 
 __all__ = [
     "FabricMetricSummaries",
@@ -281,46 +283,40 @@ class FabricMetricSummaries:
 
     def __init__(
         self,
-        summaries: Mapping[str, _SummaryValue],
+        summaries: Mapping[str, SummaryValue],
         hidden: bool | Sequence[str] = False,
         record_best_step: bool = True,
         warn_missing: bool = True,
     ) -> None:
-        self.core = MetricSummaries(
-            summaries, from_callbacks=False, hidden=hidden, record_best_step=record_best_step,
-            warn_missing=warn_missing,
+        parsed, hidden_keys = summary_arguments(summaries, False, hidden, False, record_best_step, warn_missing)
+        self.core = SummaryCore(
+            parsed, hidden=hidden_keys, record_best_step=bool(record_best_step), warn_missing=bool(warn_missing)
         )
         self._observed = False
 
     def define_summaries(self, fabric: Any) -> None:
         """Define every entry on the run (global rank 0; a no-op elsewhere). Call it once, before logging."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
-        core = self.core
-        core._resolve_specs(())
-        core._apply_run(run_of(logger, fabric.global_rank))
-        run = core._current_run if core._active else None
-        run_id = str(run.id) if run is not None else None
-        if run_id != core._run_id:
-            core._best, core._seen = {}, set()
-        core._run_id = run_id
+        self.core.resolve()
+        self.core.apply(run_of(logger, fabric.global_rank))
+        self.core.start(forget_held=False)
 
     def observe_metrics(
         self, fabric: Any, metrics: Mapping[str, Any], step: int, epoch: int | None = None
     ) -> None:
         """Note the values logged with ``fabric.log_dict(metrics, step=step)`` (optional)."""
         core = self.core
-        if not core._active:
+        if not core.active:
             return
         self._observed = True
-        if core._needs_scan:
-            core._expand(metrics)
-        for key in metrics:  # every call is a new value, even when it is the same object
-            core._held.pop(key, None)
-        core._observe(metrics, True, int(step), epoch)
+        if core.needs_scan:
+            core.expand(metrics)
+        # every call is a new value, even when it is the same object
+        core.observe(metrics, True, int(step), epoch, fresh=True)
 
     def training_done(self, fabric: Any) -> None:
         """Write the best steps recorded by :meth:`observe_metrics` to the run summary."""
-        self.core._finish_fit(warn=self._observed)
+        self.core.finish(warn=self._observed)
 
     def state_dict(self) -> dict[str, Any]:
         """Best values seen so far, for ``fabric.save(path, {..., "summaries": callback})``-style resumes."""
@@ -376,9 +372,8 @@ class FabricWatchModel:
         exclude: str | Sequence[str] | None = None,
         bins: int = 64,
     ) -> None:
-        self.core = WatchModel(
-            log=log, log_freq=log_freq, log_graph=log_graph, include=include, exclude=exclude, bins=bins
-        )
+        include_patterns, exclude_patterns = histogram_arguments(log, log_freq, log_graph, include, exclude, bins)
+        self.core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins)
         self._handle: Any = None
         self._steps = 0
 
@@ -399,26 +394,18 @@ class FabricWatchModel:
         self.unwatch(fabric)
         core = self.core
         module = _unwrap(model)
-        watched = core._select(module)
+        watched = core.select(module)
         if fabric.global_rank != 0:
             return
-        core._run = run_of(logger, 0)
-        if core._run is None:
+        if not core.start(run_of(logger, 0), watched):
             return
-        core._watched = watched
-        core._last_step = None
         self._steps = 0
-        if core.log_graph:
-            core._graph_pending = True
-            core._arm_graph(module)
+        core.arm_graph(module)  # with log_graph: recorded during the first forward
         self._handle = inner.register_step_pre_hook(self._before_step)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        core = self.core
-        if core._graph_pending:
-            core._graph_pending = False
-            core._finish_graph()
-        core._log_histograms(self._steps)
+        self.core.finish_graph()
+        self.core.log_histograms(self._steps)
         self._steps += 1
 
     def unwatch(self, fabric: Any = None) -> None:
@@ -426,7 +413,7 @@ class FabricWatchModel:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        self.core._release()
+        self.core.release()
 
     def training_done(self, fabric: Any = None) -> None:
         """Same as :meth:`unwatch`."""
@@ -667,14 +654,15 @@ class FabricShareRunDir:
     """
 
     def __init__(self, set_env: bool = True) -> None:
-        self.core = ShareRunDir(set_env=set_env)
+        self._set_env = check_flag("set_env", set_env)
+        self.core = SharedRun()
 
     def share_run_dir(self, fabric: Any) -> Path | None:
         """Broadcast rank 0's run folder to every rank; returns it (``None`` when W&B is disabled)."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
-        info = ShareRunDir._describe(run_of(logger, 0), logger) if fabric.global_rank == 0 else None
+        info = describe_run(run_of(logger, 0), logger) if fabric.global_rank == 0 else None
         info = fabric.broadcast(info, src=0)  # every rank enters it
-        self.core._adopt(info, fabric.global_rank)
+        self.core.adopt(info, fabric.global_rank, self._set_env)
         return self.core.run_dir
 
     @property
