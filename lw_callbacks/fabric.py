@@ -276,9 +276,19 @@ class FabricMetricSummaries:
 
     Example::
 
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[FabricMetricSummaries({"val_acc": "max"})])
-        fabric.launch()
-        fabric.call("define_summaries", fabric)
+        >>> import lightning as L
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricMetricSummaries
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[WandbLogger(project="digits")],
+        ...                   callbacks=[FabricMetricSummaries({"val_acc": "max"})])
+        >>> fabric.launch()
+        >>> fabric.call("define_summaries", fabric)
+        >>> for step, val_acc in enumerate([0.5, 0.8, 0.7]):
+        ...     fabric.log_dict({"val_acc": val_acc}, step=step)
+        ...     fabric.call("observe_metrics", fabric, {"val_acc": val_acc}, step=step)
+        >>> fabric.call("training_done", fabric)
+        >>> fabric.logger.experiment.summary["val_acc.best_step"]
+        1
     """
 
     def __init__(
@@ -356,11 +366,25 @@ class FabricWatchModel:
 
     Example::
 
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[FabricWatchModel(log="all", log_freq=50)])
-        model, optimizer = fabric.setup(model, optimizer)
-        fabric.call("watch", fabric, model, optimizer)
-        ...
-        fabric.call("unwatch", fabric)
+        >>> import lightning as L
+        >>> import torch
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricWatchModel
+        >>> watch = FabricWatchModel(log="all", log_freq=50)
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[WandbLogger(project="digits")],
+        ...                   callbacks=[watch])
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 1))
+        >>> model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        >>> fabric.call("watch", fabric, model, optimizer)
+        >>> watch.watched_names
+        ['0.weight', '0.bias']
+        >>> for step in range(3):  # histograms at step 0
+        ...     fabric.backward(model(torch.randn(4, 8)).pow(2).mean())
+        ...     optimizer.step()
+        ...     optimizer.zero_grad()
+        >>> fabric.call("unwatch", fabric)
+        >>> watch.watched_names
+        []
     """
 
     def __init__(
@@ -645,12 +669,18 @@ class FabricShareRunDir:
 
     Example::
 
-        share = FabricShareRunDir()
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[share], strategy="ddp", devices=2)
-        fabric.launch()
-        fabric.call("share_run_dir", fabric)
-        ckpt_dir = share.run_dir / "checkpoints"  # the same path on every rank
-        model = Net(**{**defaults, **share.config})  # a sweep's values, on every rank
+        >>> import lightning as L
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricShareRunDir
+        >>> share = FabricShareRunDir()
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, callbacks=[share],  # e.g. strategy="ddp", devices=2
+        ...                   loggers=[WandbLogger(project="digits", config={"hidden": 64})])
+        >>> fabric.launch()
+        >>> fabric.call("share_run_dir", fabric)
+        >>> share.run_dir.name  # the same path on every rank
+        'offline-run-...'
+        >>> share.config  # a sweep's values, on every rank: build the model from them
+        {'hidden': 64}
     """
 
     def __init__(self, set_env: bool = True) -> None:

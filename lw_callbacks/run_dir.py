@@ -84,6 +84,28 @@ class ShareRunDir(Callback):
 
     Example::
 
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks import ShareRunDir
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> share = ShareRunDir(checkpoints_in_run_dir=True)
+        >>> trainer = Trainer(
+        ...     logger=WandbLogger(project="digits", config={"batch_size": 32}),
+        ...     callbacks=[share, ModelCheckpoint(monitor="val_acc", mode="max")],
+        ...     max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+        ... )
+        >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+        >>> share.run_dir.name  # the same path on every rank
+        'offline-run-...'
+        >>> trainer.checkpoint_callback.dirpath == str(share.run_dir / "checkpoints")
+        True
+        >>> share.config  # the same dict on every rank
+        {'batch_size': 32}
+
+    Under a sweep with DDP, the layers built from ``hparams`` after ``ShareRunDir``'s ``setup``::
+
         class Net(LightningModule):
             def __init__(self, hidden: int = 64, lr: float = 1e-2) -> None:
                 super().__init__()

@@ -74,19 +74,25 @@ class MetricSummaries(Callback):
 
     Example::
 
-        from lightning.pytorch import Trainer
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import WandbLogger
-        from lw_callbacks import MetricSummaries
-
-        trainer = Trainer(
-            logger=WandbLogger(project="mnist"),
-            callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"),  # -> val_acc: max
-                       MetricSummaries({"val_loss": "min", "train/*": ["mean", "last"]})],
-        )
-        trainer.fit(model, datamodule=dm)
-        # run summary: val_acc {"max": ...}, val_acc.best_step, val_acc.best_epoch,
-        #              val_loss {"min": ...}, val_loss.best_step, train/... {"mean": ..., "last": ...}
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks import MetricSummaries
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> summaries = MetricSummaries({"val_loss": "min", "train_*": ["mean", "last"]})
+        >>> summaries.summaries
+        {'val_loss': ('min',), 'train_*': ('mean', 'last')}
+        >>> trainer = Trainer(
+        ...     logger=WandbLogger(project="digits"),
+        ...     callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"),  # -> val_acc: max
+        ...                summaries],
+        ...     max_epochs=2, limit_train_batches=2, limit_val_batches=1,
+        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+        ... )
+        >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+        >>> summary = trainer.logger.experiment.summary  # val_acc {"max": ...}, val_loss {"min": ...}, ...
+        >>> sorted(key for key in summary.keys() if ".best_" in key)
+        ['val_acc.best_epoch', 'val_acc.best_step', 'val_loss.best_epoch', 'val_loss.best_step']
     """
 
     def __init__(

@@ -62,15 +62,22 @@ class WatchModel(Callback):
 
     Example::
 
-        from lightning.pytorch import Trainer
-        from lightning.pytorch.loggers import WandbLogger
-        from lw_callbacks import WatchModel
-
-        trainer = Trainer(
-            logger=WandbLogger(project="mnist"),
-            callbacks=[WatchModel(log="all", log_freq=100, exclude=["*.bias"])],
-        )
-        trainer.fit(model, datamodule=dm)
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks import WatchModel
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> watch = WatchModel(log="all", log_freq=2, exclude=["*.bias"])
+        >>> watch.log_gradients, watch.log_parameters
+        (True, True)
+        >>> trainer = Trainer(
+        ...     logger=WandbLogger(project="digits"),
+        ...     callbacks=[watch],
+        ...     max_steps=4, limit_val_batches=0, enable_checkpointing=False,
+        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+        ... )
+        >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())  # logs at steps 0 and 2
+        >>> watch.watched_names  # everything is released when fit ends
+        []
 
     From LightningCLI YAML::
 
