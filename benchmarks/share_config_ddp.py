@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from lw_callbacks import ShareRunDir
 from lw_callbacks._wandb import run_of
+from lw_callbacks.core.run_info import describe_run
 
 
 class Tiny(LightningModule):
@@ -45,7 +46,7 @@ class TimeIt(Callback):
         strategy = trainer.strategy
         old = None
         if trainer.global_rank == 0:
-            info = ShareRunDir._describe(run_of(trainer.logger, 0), trainer.logger)
+            info = describe_run(run_of(trainer.logger, 0), trainer.logger)
             old = {k: v for k, v in (info or {}).items() if k not in ("config", "sweep_keys")}
         a, b = [], []
         for i in range(self.rounds):

@@ -79,10 +79,12 @@ from lw_callbacks.checkpoints import (
     _logged_by,
     restore_checkpoint,
 )
+from lw_callbacks.core.histograms import HistogramCore
+from lw_callbacks.core.histograms import check_arguments as histogram_arguments
+from lw_callbacks.core.run_info import SharedRun, check_flag, describe_run
+from lw_callbacks.core.summaries import SummaryCore, SummaryValue
+from lw_callbacks.core.summaries import check_arguments as summary_arguments
 from lw_callbacks.predictions import STAGES, LogPredictionSamples, _take
-from lw_callbacks.run_dir import ShareRunDir
-from lw_callbacks.summaries import MetricSummaries, _SummaryValue
-from lw_callbacks.watch import WatchModel
 
 __all__ = [
     "FabricMetricSummaries",
@@ -274,53 +276,57 @@ class FabricMetricSummaries:
 
     Example::
 
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[FabricMetricSummaries({"val_acc": "max"})])
-        fabric.launch()
-        fabric.call("define_summaries", fabric)
+        >>> import lightning as L
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricMetricSummaries
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[WandbLogger(project="digits")],
+        ...                   callbacks=[FabricMetricSummaries({"val_acc": "max"})])
+        >>> fabric.launch()
+        >>> fabric.call("define_summaries", fabric)
+        >>> for step, val_acc in enumerate([0.5, 0.8, 0.7]):
+        ...     fabric.log_dict({"val_acc": val_acc}, step=step)
+        ...     fabric.call("observe_metrics", fabric, {"val_acc": val_acc}, step=step)
+        >>> fabric.call("training_done", fabric)
+        >>> fabric.logger.experiment.summary["val_acc.best_step"]
+        1
     """
 
     def __init__(
         self,
-        summaries: Mapping[str, _SummaryValue],
+        summaries: Mapping[str, SummaryValue],
         hidden: bool | Sequence[str] = False,
         record_best_step: bool = True,
         warn_missing: bool = True,
     ) -> None:
-        self.core = MetricSummaries(
-            summaries, from_callbacks=False, hidden=hidden, record_best_step=record_best_step,
-            warn_missing=warn_missing,
+        parsed, hidden_keys = summary_arguments(summaries, False, hidden, False, record_best_step, warn_missing)
+        self.core = SummaryCore(
+            parsed, hidden=hidden_keys, record_best_step=bool(record_best_step), warn_missing=bool(warn_missing)
         )
         self._observed = False
 
     def define_summaries(self, fabric: Any) -> None:
         """Define every entry on the run (global rank 0; a no-op elsewhere). Call it once, before logging."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
-        core = self.core
-        core._resolve_specs(())
-        core._apply_run(run_of(logger, fabric.global_rank))
-        run = core._current_run if core._active else None
-        run_id = str(run.id) if run is not None else None
-        if run_id != core._run_id:
-            core._best, core._seen = {}, set()
-        core._run_id = run_id
+        self.core.resolve()
+        self.core.apply(run_of(logger, fabric.global_rank))
+        self.core.start(forget_held=False)
 
     def observe_metrics(
         self, fabric: Any, metrics: Mapping[str, Any], step: int, epoch: int | None = None
     ) -> None:
         """Note the values logged with ``fabric.log_dict(metrics, step=step)`` (optional)."""
         core = self.core
-        if not core._active:
+        if not core.active:
             return
         self._observed = True
-        if core._needs_scan:
-            core._expand(metrics)
-        for key in metrics:  # every call is a new value, even when it is the same object
-            core._held.pop(key, None)
-        core._observe(metrics, True, int(step), epoch)
+        if core.needs_scan:
+            core.expand(metrics)
+        # every call is a new value, even when it is the same object
+        core.observe(metrics, True, int(step), epoch, fresh=True)
 
     def training_done(self, fabric: Any) -> None:
         """Write the best steps recorded by :meth:`observe_metrics` to the run summary."""
-        self.core._finish_fit(warn=self._observed)
+        self.core.finish(warn=self._observed)
 
     def state_dict(self) -> dict[str, Any]:
         """Best values seen so far, for ``fabric.save(path, {..., "summaries": callback})``-style resumes."""
@@ -360,11 +366,25 @@ class FabricWatchModel:
 
     Example::
 
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[FabricWatchModel(log="all", log_freq=50)])
-        model, optimizer = fabric.setup(model, optimizer)
-        fabric.call("watch", fabric, model, optimizer)
-        ...
-        fabric.call("unwatch", fabric)
+        >>> import lightning as L
+        >>> import torch
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricWatchModel
+        >>> watch = FabricWatchModel(log="all", log_freq=50)
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[WandbLogger(project="digits")],
+        ...                   callbacks=[watch])
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 1))
+        >>> model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        >>> fabric.call("watch", fabric, model, optimizer)
+        >>> watch.watched_names
+        ['0.weight', '0.bias']
+        >>> for step in range(3):  # histograms at step 0
+        ...     fabric.backward(model(torch.randn(4, 8)).pow(2).mean())
+        ...     optimizer.step()
+        ...     optimizer.zero_grad()
+        >>> fabric.call("unwatch", fabric)
+        >>> watch.watched_names
+        []
     """
 
     def __init__(
@@ -376,9 +396,8 @@ class FabricWatchModel:
         exclude: str | Sequence[str] | None = None,
         bins: int = 64,
     ) -> None:
-        self.core = WatchModel(
-            log=log, log_freq=log_freq, log_graph=log_graph, include=include, exclude=exclude, bins=bins
-        )
+        include_patterns, exclude_patterns = histogram_arguments(log, log_freq, log_graph, include, exclude, bins)
+        self.core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins)
         self._handle: Any = None
         self._steps = 0
 
@@ -399,26 +418,18 @@ class FabricWatchModel:
         self.unwatch(fabric)
         core = self.core
         module = _unwrap(model)
-        watched = core._select(module)
+        watched = core.select(module)
         if fabric.global_rank != 0:
             return
-        core._run = run_of(logger, 0)
-        if core._run is None:
+        if not core.start(run_of(logger, 0), watched):
             return
-        core._watched = watched
-        core._last_step = None
         self._steps = 0
-        if core.log_graph:
-            core._graph_pending = True
-            core._arm_graph(module)
+        core.arm_graph(module)  # with log_graph: recorded during the first forward
         self._handle = inner.register_step_pre_hook(self._before_step)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        core = self.core
-        if core._graph_pending:
-            core._graph_pending = False
-            core._finish_graph()
-        core._log_histograms(self._steps)
+        self.core.finish_graph()
+        self.core.log_histograms(self._steps)
         self._steps += 1
 
     def unwatch(self, fabric: Any = None) -> None:
@@ -426,7 +437,7 @@ class FabricWatchModel:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        self.core._release()
+        self.core.release()
 
     def training_done(self, fabric: Any = None) -> None:
         """Same as :meth:`unwatch`."""
@@ -658,23 +669,30 @@ class FabricShareRunDir:
 
     Example::
 
-        share = FabricShareRunDir()
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[share], strategy="ddp", devices=2)
-        fabric.launch()
-        fabric.call("share_run_dir", fabric)
-        ckpt_dir = share.run_dir / "checkpoints"  # the same path on every rank
-        model = Net(**{**defaults, **share.config})  # a sweep's values, on every rank
+        >>> import lightning as L
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricShareRunDir
+        >>> share = FabricShareRunDir()
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, callbacks=[share],  # e.g. strategy="ddp", devices=2
+        ...                   loggers=[WandbLogger(project="digits", config={"hidden": 64})])
+        >>> fabric.launch()
+        >>> fabric.call("share_run_dir", fabric)
+        >>> share.run_dir.name  # the same path on every rank
+        'offline-run-...'
+        >>> share.config  # a sweep's values, on every rank: build the model from them
+        {'hidden': 64}
     """
 
     def __init__(self, set_env: bool = True) -> None:
-        self.core = ShareRunDir(set_env=set_env)
+        self._set_env = check_flag("set_env", set_env)
+        self.core = SharedRun()
 
     def share_run_dir(self, fabric: Any) -> Path | None:
         """Broadcast rank 0's run folder to every rank; returns it (``None`` when W&B is disabled)."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
-        info = ShareRunDir._describe(run_of(logger, 0), logger) if fabric.global_rank == 0 else None
+        info = describe_run(run_of(logger, 0), logger) if fabric.global_rank == 0 else None
         info = fabric.broadcast(info, src=0)  # every rank enters it
-        self.core._adopt(info, fabric.global_rank)
+        self.core.adopt(info, fabric.global_rank, self._set_env)
         return self.core.run_dir
 
     @property

@@ -6,8 +6,6 @@ import base64
 import copy
 import os
 import pickle
-import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +14,18 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
 from lw_callbacks._errors import ConfigurationError
-from lw_callbacks._wandb import require_wandb_logger, run_folder, run_of, warning_cache
+from lw_callbacks._wandb import require_wandb_logger, run_of, warning_cache
+from lw_callbacks.core.run_info import (
+    SharedRun,
+    check_flag,
+    describe_run,
+    pack_config,
+    run_config,
+    sweep_values,
+    unpack_config,
+)
 
 __all__ = ["ShareRunDir", "pack_config", "run_config", "shared_run_config", "sweep_values", "unpack_config"]
-
-
-def _require_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(
-            f"ShareRunDir: `{name}` must be True or False, got {value!r} ({type(value).__name__})."
-        )
-    return value
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -34,83 +33,6 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:  # e.g. tensors: compare as different
         return False
-
-
-def _plain(value: Any) -> Any:
-    """A W&B config value as plain Python: nested mappings become ``dict``."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def pack_config(config: Any) -> dict[str, bytes]:
-    """Each key of a run's config (W&B's own ``_``-keys left out) pickled on its own, for a broadcast.
-
-    A value that cannot be pickled is left out with one warning naming its key (on global rank 0,
-    where this runs), so one bad value neither breaks nor hangs the collective.
-    """
-    packed: dict[str, bytes] = {}
-    if config is None:
-        return packed
-    items = config.items() if hasattr(config, "items") else ()
-    for key, value in items:
-        if str(key).startswith("_"):
-            continue
-        try:
-            packed[str(key)] = pickle.dumps(_plain(value))
-        except Exception as err:
-            warning_cache.warn(
-                f"ShareRunDir: the run's config value {key!r} cannot be sent to the other ranks "
-                f"({type(err).__name__}: {err}); `share.config` leaves it out on every rank."
-            )
-    return packed
-
-
-def unpack_config(packed: Mapping[str, bytes], global_rank: int = 0) -> dict[str, Any]:
-    """The plain config dict of :func:`pack_config`'s output; a value that fails to load is left out
-    with a warning naming its key (e.g. an object whose class this process cannot import)."""
-    config: dict[str, Any] = {}
-    for key, blob in packed.items():
-        try:
-            config[key] = pickle.loads(blob)
-        except Exception as err:
-            warnings.warn(
-                f"[rank {global_rank}] ShareRunDir: the run's config value {key!r} could not be loaded on this "
-                f"rank ({type(err).__name__}: {err}); `share.config` leaves it out here.",
-                stacklevel=2,
-            )
-    return config
-
-
-def sweep_values(run: Any = None) -> dict[str, Any]:
-    """The values a W&B sweep agent gave this run, read with wandb's own reader from the file the agent
-    wrote (``WANDB_SWEEP_PARAM_PATH``, the file ``wandb.init`` reads); ``{}`` outside a sweep.
-
-    Needed where the process's run is *attached* rather than started (rank 0 under ``ddp_spawn``):
-    wandb 0.31 gives an attached run an empty config, without the sweep's values.
-    """
-    settings = getattr(run, "settings", None)
-    path = getattr(settings, "sweep_param_path", None) or os.environ.get("WANDB_SWEEP_PARAM_PATH")
-    if not path or not os.path.isfile(path):
-        return {}
-    from wandb.sdk.lib import config_util
-
-    try:
-        values = config_util.dict_from_config_file(path) or {}
-    except Exception as err:
-        warning_cache.warn(f"ShareRunDir: could not read the sweep's parameters from {path} ({err}).")
-        return {}
-    return {str(k): v for k, v in values.items() if not str(k).startswith("_")}
-
-
-def run_config(run: Any, sweep: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The run's config as a plain dict: its own items, with a sweep's values over them (as wandb
-    locks them), W&B's own ``_``-keys left out. ``sweep``: :func:`sweep_values` if already read."""
-    config = {str(k): v for k, v in run.config.items() if not str(k).startswith("_")}
-    config.update(sweep_values(run) if sweep is None else sweep)
-    return config
 
 
 class ShareRunDir(Callback):
@@ -162,6 +84,28 @@ class ShareRunDir(Callback):
 
     Example::
 
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks import ShareRunDir
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> share = ShareRunDir(checkpoints_in_run_dir=True)
+        >>> trainer = Trainer(
+        ...     logger=WandbLogger(project="digits", config={"batch_size": 32}),
+        ...     callbacks=[share, ModelCheckpoint(monitor="val_acc", mode="max")],
+        ...     max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+        ... )
+        >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+        >>> share.run_dir.name  # the same path on every rank
+        'offline-run-...'
+        >>> trainer.checkpoint_callback.dirpath == str(share.run_dir / "checkpoints")
+        True
+        >>> share.config  # the same dict on every rank
+        {'batch_size': 32}
+
+    Under a sweep with DDP, the layers built from ``hparams`` after ``ShareRunDir``'s ``setup``::
+
         class Net(LightningModule):
             def __init__(self, hidden: int = 64, lr: float = 1e-2) -> None:
                 super().__init__()
@@ -192,56 +136,57 @@ class ShareRunDir(Callback):
         self, checkpoints_in_run_dir: bool = False, set_env: bool = True, apply_config_to_hparams: bool = False
     ) -> None:
         super().__init__()
-        self.checkpoints_in_run_dir = _require_bool("checkpoints_in_run_dir", checkpoints_in_run_dir)
-        self.set_env = _require_bool("set_env", set_env)
-        self.apply_config_to_hparams = _require_bool("apply_config_to_hparams", apply_config_to_hparams)
-        self.run_dir: Path | None = None
-        self.files_dir: Path | None = None
-        self.wandb_dir: Path | None = None
-        self.run_id: str | None = None
-        self.run_name: str | None = None
-        self.config: dict[str, Any] = {}
-        self._sweep_keys: list[str] = []
+        self.checkpoints_in_run_dir = check_flag("checkpoints_in_run_dir", checkpoints_in_run_dir)
+        self.set_env = check_flag("set_env", set_env)
+        self.apply_config_to_hparams = check_flag("apply_config_to_hparams", apply_config_to_hparams)
+        self._shared = SharedRun()
         self._redirected: set[int] = set()
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's own folder."""
+        return self._shared.run_dir
+
+    @property
+    def files_dir(self) -> Path | None:
+        """``run_dir / "files"``: files there are uploaded with the run."""
+        return self._shared.files_dir
+
+    @property
+    def wandb_dir(self) -> Path | None:
+        """The root W&B writes under; the value ``WANDB_DIR`` gets."""
+        return self._shared.wandb_dir
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id."""
+        return self._shared.run_id
+
+    @property
+    def run_name(self) -> str | None:
+        """The run's display name."""
+        return self._shared.run_name
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config, the same plain ``dict`` on every rank (a sweep's values included)."""
+        return self._shared.config
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         logger = require_wandb_logger(trainer, type(self).__name__)
         info: dict[str, Any] | None = None
         if trainer.global_rank == 0:
-            info = self._describe(run_of(logger, 0), logger)
+            info = describe_run(run_of(logger, 0), logger)
         # Every rank enters the broadcast (never a rank-0-only collective); None means "disabled".
         # The run's config travels in the same broadcast, each value pickled on its own.
         info = trainer.strategy.broadcast(info, src=0)
-        if not self._adopt(info, trainer.global_rank):
+        if not self._shared.adopt(info, trainer.global_rank, self.set_env):
             return
         if self.checkpoints_in_run_dir:
             self._redirect_checkpoints(trainer)
         if self.apply_config_to_hparams:
             self._apply_to_hparams(pl_module)
-
-    def _adopt(self, info: dict[str, Any] | None, global_rank: int) -> bool:
-        """Take rank 0's description (from the broadcast) on this rank; ``False`` when W&B is disabled."""
-        if info is None:
-            self.config, self._sweep_keys = {}, []
-            return False
-        self.run_dir = Path(info["run_dir"])
-        self.files_dir = Path(info["files_dir"])
-        self.wandb_dir = Path(info["wandb_dir"])
-        self.run_id = info["run_id"]
-        self.run_name = info["run_name"]
-        self.config = unpack_config(info.get("config", {}), global_rank)
-        self._sweep_keys = list(info.get("sweep_keys", []))
-        if self.set_env:
-            os.environ["WANDB_DIR"] = str(self.wandb_dir)
-        if not self.run_dir.exists():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            warnings.warn(
-                f"[rank {global_rank}] ShareRunDir: rank 0's run folder {self.run_dir} does not exist on this "
-                "node (no shared filesystem?); created it here empty. Files written there stay on this node.",
-                stacklevel=3,
-            )
-        return True
 
     def _apply_to_hparams(self, pl_module: pl.LightningModule) -> None:
         """Set the matching keys of ``pl_module.hparams`` to the run's config, on every rank alike."""
@@ -264,7 +209,7 @@ class ShareRunDir(Callback):
                 "at setup: layers built in `__init__` keep the old values. Build them in `configure_model()` and "
                 "the optimizer in `configure_optimizers()` from `self.hparams`."
             )
-        missing = [key for key in self._sweep_keys if key not in hparams]
+        missing = [key for key in self._shared.sweep_keys if key not in hparams]
         if missing:
             known = sorted(hparams) or "none: call `self.save_hyperparameters()` in `__init__`"
             warning_cache.warn(
@@ -273,22 +218,6 @@ class ShareRunDir(Callback):
                 f"{'it' if len(missing) == 1 else 'them'}. Its hparams: {known}. Name the sweep's parameters "
                 "after the module's `__init__` arguments, or read them from `share.config`."
             )
-
-    @staticmethod
-    def _describe(run: Any, logger: Any) -> dict[str, Any] | None:
-        if run is None:
-            return None
-        folder = run_folder(run, logger)  # <root>/wandb/<offline-run-...>, also for an attached run
-        sweep = sweep_values(run)
-        return {
-            "run_dir": str(folder),
-            "files_dir": str(folder / "files"),
-            "wandb_dir": str(folder.parent.parent),
-            "run_id": run.id,
-            "run_name": run.name or None,
-            "config": pack_config(run_config(run, sweep)),
-            "sweep_keys": sorted(sweep),
-        }
 
     def _redirect_checkpoints(self, trainer: pl.Trainer) -> None:
         assert self.run_dir is not None

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import fnmatch
-import functools
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
-from torch import Tensor, nn
 from typing_extensions import override
 
-from lw_callbacks._errors import ConfigurationError
-from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of, skip_pandas_import, update_summary
-from lw_callbacks._wandb import log as log_to_run
+from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of, skip_pandas_import
+from lw_callbacks.core.histograms import GRAPH_KEY as GRAPH_KEY  # the summary key of the graph
+from lw_callbacks.core.histograms import HistogramCore, check_arguments
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from torch.optim import Optimizer
-    from torch.utils.hooks import RemovableHandle
 
 __all__ = ["WatchModel"]
-
-_LOG_CHOICES = ("gradients", "parameters", "all")
-_MAX_BINS = 512  # wandb.Histogram.MAX_LENGTH
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-GRAPH_KEY = "graph_0"
 
 
 class WatchModel(Callback):
@@ -75,15 +62,22 @@ class WatchModel(Callback):
 
     Example::
 
-        from lightning.pytorch import Trainer
-        from lightning.pytorch.loggers import WandbLogger
-        from lw_callbacks import WatchModel
-
-        trainer = Trainer(
-            logger=WandbLogger(project="mnist"),
-            callbacks=[WatchModel(log="all", log_freq=100, exclude=["*.bias"])],
-        )
-        trainer.fit(model, datamodule=dm)
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks import WatchModel
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> watch = WatchModel(log="all", log_freq=2, exclude=["*.bias"])
+        >>> watch.log_gradients, watch.log_parameters
+        (True, True)
+        >>> trainer = Trainer(
+        ...     logger=WandbLogger(project="digits"),
+        ...     callbacks=[watch],
+        ...     max_steps=4, limit_val_batches=0, enable_checkpointing=False,
+        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+        ... )
+        >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())  # logs at steps 0 and 2
+        >>> watch.watched_names  # everything is released when fit ends
+        []
 
     From LightningCLI YAML::
 
@@ -103,54 +97,78 @@ class WatchModel(Callback):
         bins: int = 64,
     ) -> None:
         super().__init__()
-        if log not in _LOG_CHOICES:
-            raise ConfigurationError(
-                f"WatchModel(log={log!r}) is not supported: `log` must be one of "
-                f"{', '.join(repr(c) for c in _LOG_CHOICES)}. To log nothing, leave WatchModel out of the callbacks."
-            )
-        if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
-            raise ConfigurationError(
-                f"WatchModel(log_freq={log_freq!r}) is not supported: `log_freq` must be an int >= 1 "
-                "(the number of optimizer steps between two logs), e.g. log_freq=100."
-            )
-        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= _MAX_BINS:
-            raise ConfigurationError(
-                f"WatchModel(bins={bins!r}) is not supported: `bins` must be an int from 1 to {_MAX_BINS} "
-                "(W&B keeps at most 512 bins per histogram), e.g. bins=64."
-            )
-        # not ``self.log``: Lightning sets ``callback.log = pl_module.log`` on every callback at fit start
-        self.log_mode = log
-        self.log_freq = log_freq
-        if not isinstance(log_graph, bool):
-            raise ConfigurationError(
-                f"WatchModel(log_graph={log_graph!r}) is not supported: `log_graph` must be True or False."
-            )
-        self.log_graph = log_graph
-        self.include = _patterns("include", include)
-        self.exclude = _patterns("exclude", exclude)
-        self.bins = bins
-        self._run: Any | None = None
-        self._watched: list[tuple[str, nn.Parameter]] = []
-        self._last_step: int | None = None
-        self._graph_pending = False
-        self._graph: Any | None = None
-        self._graph_handles: list[RemovableHandle] = []
-        self._warnings = WarningCache()
+        include_patterns, exclude_patterns = check_arguments(log, log_freq, log_graph, include, exclude, bins)
+        self._core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins)
+
+    # not ``log``: Lightning sets ``callback.log = pl_module.log`` on every callback at fit start
+    @property
+    def log_mode(self) -> str:
+        """What is logged: ``"gradients"``, ``"parameters"`` or ``"all"`` (the ``log`` argument)."""
+        return self._core.log_mode
+
+    @log_mode.setter
+    def log_mode(self, value: str) -> None:
+        self._core.log_mode = value
+
+    @property
+    def log_freq(self) -> int:
+        """Optimizer steps between two logs."""
+        return self._core.log_freq
+
+    @log_freq.setter
+    def log_freq(self, value: int) -> None:
+        self._core.log_freq = value
+
+    @property
+    def log_graph(self) -> bool:
+        """Whether the module graph is logged from the first training batch of each fit."""
+        return self._core.log_graph
+
+    @log_graph.setter
+    def log_graph(self, value: bool) -> None:
+        self._core.log_graph = value
+
+    @property
+    def include(self) -> list[str] | None:
+        """Parameter-name patterns to watch (``None``: every trainable parameter)."""
+        return self._core.include
+
+    @include.setter
+    def include(self, value: list[str] | None) -> None:
+        self._core.include = value
+
+    @property
+    def exclude(self) -> list[str] | None:
+        """Parameter-name patterns not to watch."""
+        return self._core.exclude
+
+    @exclude.setter
+    def exclude(self, value: list[str] | None) -> None:
+        self._core.exclude = value
+
+    @property
+    def bins(self) -> int:
+        """Bins per histogram."""
+        return self._core.bins
+
+    @bins.setter
+    def bins(self, value: int) -> None:
+        self._core.bins = value
 
     @property
     def log_gradients(self) -> bool:
         """Whether gradient histograms are logged."""
-        return self.log_mode in ("gradients", "all")
+        return self._core.log_gradients
 
     @property
     def log_parameters(self) -> bool:
         """Whether parameter histograms are logged."""
-        return self.log_mode in ("parameters", "all")
+        return self._core.log_parameters
 
     @property
     def watched_names(self) -> list[str]:
         """Names of the parameters watched in the current fit (empty outside a fit and off rank 0)."""
-        return [name for name, _ in self._watched]
+        return self._core.watched_names
 
     # ----------------------------------------------------------------------------------------- hooks
 
@@ -161,327 +179,38 @@ class WatchModel(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._release()
-        watched = self._select(pl_module)
+        self._core.release()
+        watched = self._core.select(pl_module)
         if trainer.global_rank != 0:
             return
-        self._run = run_of(require_wandb_logger(trainer, type(self).__name__), trainer.global_rank)
-        if self._run is None:
-            return
-        self._watched = watched
-        self._last_step = None
-        self._graph_pending = self.log_graph
+        self._core.start(run_of(require_wandb_logger(trainer, type(self).__name__), trainer.global_rank), watched)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._graph_pending and not self._graph_handles:
-            self._arm_graph(pl_module)
+        self._core.arm_graph(pl_module)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._graph_pending:
-            self._graph_pending = False
-            self._finish_graph()
+        self._core.finish_graph()
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        self._log_histograms(trainer.global_step, lightning_step(trainer))
-
-    def _log_histograms(self, step: int, wandb_step: int | None = None) -> None:
-        """Log the watched tensors' histograms when optimizer step ``step`` is a logging step, at W&B
-        step ``wandb_step`` (the step Lightning logs this batch's metrics at; ``step`` when ``None``)."""
-        if self._run is None or step % self.log_freq != 0 or step == self._last_step or not self._watched:
-            return
-        self._last_step = step
-        tensors: list[tuple[str, Tensor]] = []
-        if self.log_gradients:
-            tensors += [(f"gradients/{n}", p.grad) for n, p in self._watched if p.grad is not None]
-        if self.log_parameters:
-            tensors += [(f"parameters/{n}", p) for n, p in self._watched]
-        try:
-            payload = _histograms(tensors, self.bins)  # both kinds in one pass
-        except Exception as err:  # a logging failure must never end a training run
-            rank_zero_warn(
-                f"WatchModel: computing histograms at step {step} failed ({type(err).__name__}: {err}); "
-                "training goes on without them."
-            )
-            return
-        if payload:
-            log_to_run(self._run, payload, step if wandb_step is None else wandb_step, type(self).__name__)
+        self._core.log_histograms(trainer.global_step, lightning_step(trainer))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._release()
+        self._core.release()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._release()
+        self._core.release()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._release()
-
-    # --------------------------------------------------------------------------------------- helpers
-
-    def _select(self, pl_module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        """The trainable parameters that pass ``include`` / ``exclude``; warns about unmatched patterns."""
-        trainable = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
-        names = [n for n, _ in trainable]
-        unmatched = tuple(
-            f"{kind}={pattern!r}"
-            for kind, patterns in (("include", self.include), ("exclude", self.exclude))
-            for pattern in patterns or ()
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
-        )
-        if unmatched:
-            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            self._warnings.warn(
-                f"WatchModel: these patterns match no trainable parameter of {type(pl_module).__name__}: "
-                f"{', '.join(unmatched)}. Parameter names look like: {shown or '(none)'}."
-            )
-        watched = [
-            (n, p)
-            for n, p in trainable
-            if (self.include is None or any(fnmatch.fnmatchcase(n, pat) for pat in self.include))
-            and not any(fnmatch.fnmatchcase(n, pat) for pat in self.exclude or ())
-        ]
-        if not watched:
-            why = "it has no trainable parameter" if not trainable else "`include` / `exclude` leave none"
-            self._warnings.warn(
-                f"WatchModel: nothing to watch in {type(pl_module).__name__}: {why}. No histogram is logged."
-            )
-        return watched
-
-    def _arm_graph(self, pl_module: nn.Module) -> None:
-        import wandb
-        from wandb.data_types import Node
-
-        graph = wandb.Graph(format="torch")
-        self._graph = graph
-
-        def node_hook(name: str) -> Any:
-            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-                if id(module) in graph.nodes_by_id:
-                    return
-                try:
-                    params = [(pname, list(p.size())) for pname, p in module.named_parameters()]
-                    graph.add_node(
-                        Node(
-                            id=id(module),
-                            name=name,
-                            class_name=str(module),
-                            output_shape=_nested_shape(output),
-                            parameters=params,
-                            num_parameters=[math.prod(size) for _, size in params],
-                        )
-                    )
-                except Exception as err:  # a logging failure must never end a training run
-                    rank_zero_warn(f"WatchModel: describing {name} for the graph failed ({type(err).__name__}: {err}).")
-
-            return hook
-
-        for name, module in _graph_modules(pl_module):
-            self._graph_handles.append(module.register_forward_hook(node_hook(name)))
-
-    def _finish_graph(self) -> None:
-        self._disarm_graph()
-        graph, self._graph = self._graph, None
-        if graph is None or self._run is None:
-            return
-        if not graph.nodes:
-            rank_zero_warn("WatchModel: no module ran in the first training batch, so no graph was logged.")
-            return
-        update_summary(self._run, {GRAPH_KEY: graph}, "WatchModel")
-
-    def _disarm_graph(self) -> None:
-        for handle in self._graph_handles:
-            handle.remove()
-        self._graph_handles = []
-
-    def _release(self) -> None:
-        """Remove every hook this callback installed and drop its references to the model."""
-        self._disarm_graph()
-        self._graph = None
-        self._graph_pending = False
-        self._watched = []
-        self._run = None
-
-
-def _patterns(argument: str, value: str | Sequence[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    try:
-        patterns = [value] if isinstance(value, str) else list(value)
-    except TypeError:
-        patterns = [value]  # type: ignore[list-item]
-    bad = [p for p in patterns if not isinstance(p, str) or not p]
-    if bad:
-        raise ConfigurationError(
-            f"WatchModel({argument}={value!r}) is not supported: `{argument}` must be a parameter-name pattern "
-            f"or a list of them (fnmatch style, e.g. {argument}=['layer_1.*', '*.bias']); got {bad!r}."
-        )
-    return patterns
-
-
-def _graph_modules(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    """The modules ``wandb.watch`` draws as graph nodes: children, looking inside plain containers."""
-    found: list[tuple[str, nn.Module]] = []
-    for name, child in module.named_children():
-        full = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, _CONTAINERS):
-            found.extend(_graph_modules(child, full))
-        else:
-            found.append((full, child))
-    return found
-
-
-def _nested_shape(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return list(value.shape)
-    if isinstance(value, (list, tuple)):
-        return [_nested_shape(v) for v in value]
-    if isinstance(value, dict):
-        return [_nested_shape(v) for v in value.values()]
-    return []
-
-
-def _histograms(named: Sequence[tuple[str, Tensor]], bins: int) -> dict[str, Any]:
-    """``wandb.Histogram`` of each tensor: ``bins`` equal bins between its finite min and max.
-
-    Works on the tensors' own device. The ranges come back to the CPU in one transfer; the counts of
-    all tensors are taken by one ``bincount`` per chunk of about a million values (``torch.histc``
-    per tensor has a fixed cost of several milliseconds on a busy multi-threaded CPU, and is not
-    deterministic on CUDA) and come back in one more. Values that are NaN or infinite are left
-    out; a tensor with no finite value (or no element) is skipped.
-    """
-    import wandb
-
-    keys: list[str] = []
-    flats: list[Tensor] = []
-    extra_zeros: list[int] = []
-    for key, tensor in named:
-        flat, zeros = _flat_values(tensor)
-        if flat.numel() == 0 and zeros == 0:
-            continue
-        keys.append(key)
-        flats.append(flat)
-        extra_zeros.append(zeros)
-    if not flats:
-        return {}
-    ranges = _to_cpu([torch.stack(torch.aminmax(f)) if f.numel() else f.new_zeros(2) for f in flats]).tolist()
-    for i, (lo, hi) in enumerate(ranges):
-        if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop NaN / inf, then measure again
-            flat = flats[i] = flats[i][torch.isfinite(flats[i])]
-            lo, hi = _to_cpu(list(torch.aminmax(flat))).tolist() if flat.numel() else (math.nan, math.nan)
-            if math.isnan(lo) and extra_zeros[i]:
-                lo = hi = 0.0
-        if extra_zeros[i]:  # a sparse tensor's implicit zeros must fall inside the range
-            lo, hi = min(lo, 0.0), max(hi, 0.0)
-        ranges[i] = [lo, hi]
-    spread = [i for i, (lo, hi) in enumerate(ranges) if lo < hi]
-    counts = _bincounts([flats[i] for i in spread], [ranges[i] for i in spread], bins) if spread else None
-    if counts is not None:
-        lows = np.array([ranges[i][0] for i in spread])
-        highs = np.array([ranges[i][1] for i in spread])
-        edges = lows[:, None] + (highs - lows)[:, None] * (np.arange(bins + 1) / bins)
-        edges[:, -1] = highs
-    row = {i: r for r, i in enumerate(spread)}
-    out: dict[str, Any] = {}
-    for i, (key, flat, zeros, (lo, hi)) in enumerate(zip(keys, flats, extra_zeros, ranges, strict=True)):
-        if math.isnan(lo):
-            continue
-        if i not in row:  # every value equal: one bin, as wandb.watch does
-            out[key] = wandb.Histogram(np_histogram=(np.array([flat.numel() + zeros]), np.array([lo, hi])))
-            continue
-        assert counts is not None
-        values = counts[row[i]]
-        if zeros:
-            values[min(int((0.0 - lo) / (hi - lo) * bins), bins - 1)] += zeros
-        out[key] = wandb.Histogram(np_histogram=(values, edges[row[i]]))
-    return out
-
-
-_CHUNK = 1 << 20  # values per bincount: bounds the temporary memory to ~12 MB
-
-
-def _bincounts(flats: Sequence[Tensor], ranges: Sequence[Sequence[float]], bins: int) -> np.ndarray:
-    """Counts of ``bins`` equal bins over ``[lo, hi]`` for each flat tensor, as ``torch.histc`` gives."""
-    n = len(flats)
-    device = flats[0].device
-    lows = torch.tensor([lo for lo, _ in ranges], dtype=torch.float32, device=device)
-    scales = torch.tensor([bins / (hi - lo) for lo, hi in ranges], dtype=torch.float32, device=device)
-    total = torch.zeros(n * bins, dtype=torch.int64, device=device)
-    pieces: list[Tensor] = []
-    owners: list[int] = []
-    lengths: list[int] = []
-    pending = 0
-
-    def flush() -> None:
-        nonlocal pending
-        if not pieces:
-            return
-        values = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        owner, offset = _owners(tuple(owners), tuple(lengths), device, bins)
-        index = (values - lows.index_select(0, owner)).mul_(scales.index_select(0, owner))
-        index = index.to(torch.int64).clamp_(0, bins - 1)
-        index += offset
-        total.add_(torch.bincount(index, minlength=n * bins))
-        pieces.clear()
-        owners.clear()
-        lengths.clear()
-        pending = 0
-
-    for i, flat in enumerate(flats):
-        if flat.device != device:
-            flat = flat.to(device)
-        for start in range(0, flat.numel(), _CHUNK):
-            piece = flat[start : start + _CHUNK]
-            if pending + piece.numel() > _CHUNK:
-                flush()
-            pieces.append(piece)
-            owners.append(i)
-            lengths.append(piece.numel())
-            pending += piece.numel()
-    flush()
-    return total.reshape(n, bins).cpu().numpy()
-
-
-@functools.lru_cache(maxsize=8)
-def _owners(
-    owners: tuple[int, ...], lengths: tuple[int, ...], device: torch.device, bins: int
-) -> tuple[Tensor, Tensor]:
-    """For each value of a concatenation: the index of its tensor, and that tensor's first bin.
-
-    The watched tensors keep their sizes from one log step to the next, so this is built once.
-    """
-    owner = torch.repeat_interleave(torch.tensor(owners, device=device), torch.tensor(lengths, device=device))
-    return owner, owner * bins
-
-
-def _flat_values(tensor: Tensor) -> tuple[Tensor, int]:
-    """A 1-D float view of ``tensor``'s values, and the count of a sparse tensor's implicit zeros."""
-    t = tensor.detach()
-    zeros = 0
-    if t.is_sparse:
-        t = t.coalesce()
-        values = t.values()
-        zeros = t.numel() - values.numel()
-        t = values
-    flat = t.reshape(-1)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    return flat, zeros
-
-
-def _to_cpu(tensors: list[Tensor]) -> Tensor:
-    """Stack same-shaped tensors and copy them to the CPU, in one transfer when they share a device."""
-    try:
-        return torch.stack([t.float() for t in tensors]).cpu()
-    except RuntimeError:  # tensors on several devices
-        return torch.stack([t.float().cpu() for t in tensors])
+        self._core.release()

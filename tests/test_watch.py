@@ -16,9 +16,10 @@ from harness import build_with_cli, make_logger, make_trainer, run_ranks
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
+from lw_callbacks.core.histograms import histograms
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import RunRecords, find_runs, iter_records, read_run
-from lw_callbacks.watch import WatchModel, _histograms
+from lw_callbacks.watch import WatchModel
 
 PARAMS = [f"layer_{i}.{kind}" for i in (1, 2, 3) for kind in ("weight", "bias")]
 
@@ -280,7 +281,7 @@ def test_logging_failure_warns_and_training_goes_on(monkeypatch: pytest.MonkeyPa
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr("lw_callbacks.watch._histograms", broken)
+    monkeypatch.setattr("lw_callbacks.core.histograms.histograms", broken)
     with pytest.warns(UserWarning, match="computing histograms at step 0 failed .*injected fault"):
         trainer = make_trainer([WatchModel(log="all", log_freq=3)], max_epochs=1)
         trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
@@ -293,7 +294,7 @@ def test_logging_failure_warns_and_training_goes_on(monkeypatch: pytest.MonkeyPa
 
 def test_histogram_drops_non_finite_values_and_handles_edge_cases() -> None:
     nan, inf = float("nan"), float("inf")
-    hists = _histograms(
+    hists = histograms(
         [
             ("mixed", torch.tensor([0.0, 1.0, 2.0, nan, inf, -inf])),
             ("none_finite", torch.tensor([nan, inf])),

@@ -1,0 +1,164 @@
+"""What every rank knows of rank 0's W&B run: describe the run on rank 0, adopt the description on each rank.
+
+:func:`describe_run` turns rank 0's run into a plain ``dict`` (folder, id, name, config, each config
+value pickled on its own) that a broadcast carries; :meth:`SharedRun.adopt` takes it on a rank. The
+broadcast itself belongs to the caller (the Trainer's strategy or ``fabric.broadcast``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._wandb import run_folder, warning_cache
+
+__all__ = ["SharedRun", "check_flag", "describe_run", "pack_config", "run_config", "sweep_values", "unpack_config"]
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a ``bool``.
+
+    Raises:
+        ConfigurationError: otherwise, naming ``ShareRunDir``'s argument ``name``.
+    """
+    if not isinstance(value, bool):
+        raise ConfigurationError(
+            f"ShareRunDir: `{name}` must be True or False, got {value!r} ({type(value).__name__})."
+        )
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """A W&B config value as plain Python: nested mappings become ``dict``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def pack_config(config: Any) -> dict[str, bytes]:
+    """Each key of a run's config (W&B's own ``_``-keys left out) pickled on its own, for a broadcast.
+
+    A value that cannot be pickled is left out with one warning naming its key (on global rank 0,
+    where this runs), so one bad value neither breaks nor hangs the collective.
+    """
+    packed: dict[str, bytes] = {}
+    if config is None:
+        return packed
+    items = config.items() if hasattr(config, "items") else ()
+    for key, value in items:
+        if str(key).startswith("_"):
+            continue
+        try:
+            packed[str(key)] = pickle.dumps(_plain(value))
+        except Exception as err:
+            warning_cache.warn(
+                f"ShareRunDir: the run's config value {key!r} cannot be sent to the other ranks "
+                f"({type(err).__name__}: {err}); `share.config` leaves it out on every rank."
+            )
+    return packed
+
+
+def unpack_config(packed: Mapping[str, bytes], global_rank: int = 0) -> dict[str, Any]:
+    """The plain config dict of :func:`pack_config`'s output; a value that fails to load is left out
+    with a warning naming its key (e.g. an object whose class this process cannot import)."""
+    config: dict[str, Any] = {}
+    for key, blob in packed.items():
+        try:
+            config[key] = pickle.loads(blob)
+        except Exception as err:
+            warnings.warn(
+                f"[rank {global_rank}] ShareRunDir: the run's config value {key!r} could not be loaded on this "
+                f"rank ({type(err).__name__}: {err}); `share.config` leaves it out here.",
+                stacklevel=2,
+            )
+    return config
+
+
+def sweep_values(run: Any = None) -> dict[str, Any]:
+    """The values a W&B sweep agent gave this run, read with wandb's own reader from the file the agent
+    wrote (``WANDB_SWEEP_PARAM_PATH``, the file ``wandb.init`` reads); ``{}`` outside a sweep.
+
+    Needed where the process's run is *attached* rather than started (rank 0 under ``ddp_spawn``):
+    wandb 0.31 gives an attached run an empty config, without the sweep's values.
+    """
+    settings = getattr(run, "settings", None)
+    path = getattr(settings, "sweep_param_path", None) or os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    if not path or not os.path.isfile(path):
+        return {}
+    from wandb.sdk.lib import config_util
+
+    try:
+        values = config_util.dict_from_config_file(path) or {}
+    except Exception as err:
+        warning_cache.warn(f"ShareRunDir: could not read the sweep's parameters from {path} ({err}).")
+        return {}
+    return {str(k): v for k, v in values.items() if not str(k).startswith("_")}
+
+
+def run_config(run: Any, sweep: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run's config as a plain dict: its own items, with a sweep's values over them (as wandb
+    locks them), W&B's own ``_``-keys left out. ``sweep``: :func:`sweep_values` if already read."""
+    config = {str(k): v for k, v in run.config.items() if not str(k).startswith("_")}
+    config.update(sweep_values(run) if sweep is None else sweep)
+    return config
+
+
+def describe_run(run: Any, logger: Any) -> dict[str, Any] | None:
+    """Rank 0's description of ``run`` for a broadcast; ``None`` when there is no run (W&B disabled)."""
+    if run is None:
+        return None
+    folder = run_folder(run, logger)  # <root>/wandb/<offline-run-...>, also for an attached run
+    sweep = sweep_values(run)
+    return {
+        "run_dir": str(folder),
+        "files_dir": str(folder / "files"),
+        "wandb_dir": str(folder.parent.parent),
+        "run_id": run.id,
+        "run_name": run.name or None,
+        "config": pack_config(run_config(run, sweep)),
+        "sweep_keys": sorted(sweep),
+    }
+
+
+class SharedRun:
+    """Rank 0's run as this rank knows it: ``None`` / ``{}`` / ``[]`` until :meth:`adopt` took a description."""
+
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None
+        self.files_dir: Path | None = None
+        self.wandb_dir: Path | None = None
+        self.run_id: str | None = None
+        self.run_name: str | None = None
+        self.config: dict[str, Any] = {}
+        self.sweep_keys: list[str] = []
+
+    def adopt(self, info: Mapping[str, Any] | None, global_rank: int, set_env: bool) -> bool:
+        """Take rank 0's description (:func:`describe_run`, after the broadcast) on this rank; with
+        ``set_env`` also ``os.environ["WANDB_DIR"]``. ``False`` when W&B is disabled (``info`` is ``None``)."""
+        if info is None:
+            self.config, self.sweep_keys = {}, []
+            return False
+        self.run_dir = Path(info["run_dir"])
+        self.files_dir = Path(info["files_dir"])
+        self.wandb_dir = Path(info["wandb_dir"])
+        self.run_id = info["run_id"]
+        self.run_name = info["run_name"]
+        self.config = unpack_config(info.get("config", {}), global_rank)
+        self.sweep_keys = list(info.get("sweep_keys", []))
+        if set_env:
+            os.environ["WANDB_DIR"] = str(self.wandb_dir)
+        if not self.run_dir.exists():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            warnings.warn(
+                f"[rank {global_rank}] ShareRunDir: rank 0's run folder {self.run_dir} does not exist on this "
+                "node (no shared filesystem?); created it here empty. Files written there stay on this node.",
+                stacklevel=4,
+            )
+        return True

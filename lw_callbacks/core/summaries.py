@@ -1,0 +1,444 @@
+"""Summary bookkeeping: which aggregates W&B keeps for which metric, and when each best value happened.
+
+:func:`check_arguments` validates the options; a :class:`SummaryCore` resolves them into named and
+glob definitions, defines them on a run, observes the values logged at a step (and epoch), and at
+the end writes each min / max entry's best step and epoch into the run summary through the doorway.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._wandb import STEP_KEY, define_metric, update_summary
+
+__all__ = [
+    "DATALOADER_SUFFIX",
+    "OWNER",
+    "SUMMARY_KINDS",
+    "Spec",
+    "SummaryCore",
+    "SummaryValue",
+    "check_arguments",
+]
+
+OWNER = "MetricSummaries"  # the name warnings and errors give, for the Trainer callback and the Fabric class
+
+SUMMARY_KINDS = ("min", "max", "mean", "first", "last", "none")
+"""Aggregates accepted in a ``MetricSummaries`` mapping (wandb's ``define_metric(summary=...)``)."""
+
+DATALOADER_SUFFIX = re.compile(r"^(?P<base>.+)/dataloader_idx_\d+$")
+SummaryValue = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One resolved definition: the aggregates of a key and whether its charts are hidden."""
+
+    summary: tuple[str, ...]  # empty: leave W&B's default (last value) alone
+    hidden: bool = False
+    source: str = "summaries"  # "summaries", "hidden", or the derived-from callback's name
+
+    def as_arg(self) -> str | None:
+        return ",".join(self.summary) if self.summary else None
+
+
+def check_arguments(
+    summaries: Any,
+    from_callbacks: Any,
+    hidden: Any,
+    dataloader_suffixes: Any,
+    record_best_step: Any,
+    warn_missing: Any,
+) -> tuple[dict[str, tuple[str, ...]], bool | tuple[str, ...]]:
+    """Validate ``MetricSummaries``' arguments; returns the parsed ``summaries`` and ``hidden``.
+
+    Raises:
+        ConfigurationError: for any argument ``MetricSummaries`` does not accept, naming it and the fix.
+    """
+    for flag, value in (
+        ("from_callbacks", from_callbacks),
+        ("dataloader_suffixes", dataloader_suffixes),
+        ("record_best_step", record_best_step),
+        ("warn_missing", warn_missing),
+    ):
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"MetricSummaries({flag}={value!r}): `{flag}` must be True or False.")
+    if summaries is None and not from_callbacks:
+        raise ConfigurationError(
+            "MetricSummaries: `summaries=None` with `from_callbacks=False` has nothing to define. Pass a "
+            'mapping such as `summaries={"val_acc": "max"}`, or keep `from_callbacks=True` to derive '
+            "summaries from the Trainer's ModelCheckpoint / EarlyStopping."
+        )
+    parsed = _parse_summaries(summaries)
+    if isinstance(hidden, bool):
+        return parsed, hidden
+    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+        raise ConfigurationError(
+            f"MetricSummaries: `hidden` must be True / False or a list of metric names or suffix globs, "
+            f"got {hidden!r}. Write `hidden=[{hidden!r}]` to hide one metric."
+            if isinstance(hidden, str)
+            else f"MetricSummaries: `hidden` must be True / False or a list of metric names or suffix globs, "
+            f"got {type(hidden).__name__}."
+        )
+    return parsed, tuple(_check_key(key, "hidden") for key in hidden)
+
+
+class SummaryCore:
+    """Definitions, observed values and best steps of one ``MetricSummaries`` (Trainer or Fabric).
+
+    Options are plain attributes (as validated by :func:`check_arguments`). The state saved in a
+    checkpoint (:meth:`state_dict`) is the run id, the best values and the entries seen logged.
+    """
+
+    def __init__(
+        self,
+        summaries: Mapping[str, tuple[str, ...]],
+        hidden: bool | tuple[str, ...] = False,
+        dataloader_suffixes: bool = False,
+        record_best_step: bool = True,
+        warn_missing: bool = True,
+    ) -> None:
+        self.summaries: dict[str, tuple[str, ...]] = dict(summaries)
+        self.hidden = hidden
+        self.dataloader_suffixes = dataloader_suffixes
+        self.record_best_step = record_best_step
+        self.warn_missing = warn_missing
+        # Resolved by `resolve`: exact names and globs (prefix -> spec), explicit and derived.
+        self._names: dict[str, Spec] = {}
+        self._globs: dict[str, Spec] = {}
+        self._derived: dict[str, Spec] = {}
+        self._needs_scan = False
+        # Definitions sent to the current run object (name or glob -> spec).
+        self._defined: dict[str, Spec] = {}
+        self._current_run: Any = None
+        self._active = False
+        # Observation on rank 0: the tensor last seen per logged key, keys seen logged, best values.
+        self._held: dict[str, Any] = {}
+        self._seen: set[str] = set()
+        self._best: dict[str, dict[str, list[Any]]] = {}  # key -> direction -> [value, step, epoch or None]
+        self._run_id: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether a run was applied (global rank 0, W&B enabled): only then is anything observed."""
+        return self._active
+
+    @property
+    def run(self) -> Any | None:
+        """The run the definitions were sent to, while active."""
+        return self._current_run if self._active else None
+
+    @property
+    def needs_scan(self) -> bool:
+        """Whether logged keys must be scanned for glob (or dataloader-suffix) matches to define by name."""
+        return self._needs_scan
+
+    @property
+    def run_id(self) -> str | None:
+        """Id of the run the best values belong to."""
+        return self._run_id
+
+    # ------------------------------------------------------------------ resolution
+
+    def resolve(self, derived: Mapping[str, tuple[Iterable[str], str]] | None = None) -> None:
+        """Exact names and globs from ``summaries`` and ``hidden``, plus ``derived`` ones: monitored
+        key -> (its modes, ``"min"`` / ``"max"``, and the name of the callback it comes from)."""
+        names: dict[str, Spec] = {}
+        globs: dict[str, Spec] = {}
+        hide_all = self.hidden is True
+        for key, summary in self.summaries.items():
+            spec = Spec(summary=summary, hidden=hide_all)
+            (globs if key.endswith("*") else names)[key.rstrip("*") if key.endswith("*") else key] = spec
+        if isinstance(self.hidden, tuple):
+            for key in self.hidden:
+                table, bare = (globs, key[:-1]) if key.endswith("*") else (names, key)
+                old = table.get(bare)
+                table[bare] = Spec(summary=old.summary if old else (), hidden=True,
+                                   source=old.source if old else "hidden")
+        self._derived = {}
+        for key, (modes, source) in (derived or {}).items():
+            if _explicit_spec(key, names, globs) is not None:
+                continue  # an explicit entry wins
+            spec = Spec(summary=tuple(m for m in ("min", "max") if m in set(modes)), hidden=hide_all, source=source)
+            self._derived[key] = spec
+            names[key] = spec
+        self._names, self._globs = names, globs
+        self._needs_scan = bool(globs) or self.dataloader_suffixes
+
+    def _spec_for(self, key: str) -> tuple[str, Spec] | None:
+        """The entry (name or glob) that applies to a logged key, and its spec: name beats glob,
+        the longest glob prefix beats a shorter one, and with ``dataloader_suffixes`` the base name
+        of ``<name>/dataloader_idx_N`` counts as a name."""
+        if key in self._names:
+            return key, self._names[key]
+        if self.dataloader_suffixes:
+            match = DATALOADER_SUFFIX.match(key)
+            if match and match["base"] in self._names:
+                return match["base"], self._names[match["base"]]
+        prefix = max((p for p in self._globs if key.startswith(p)), key=len, default=None)
+        if prefix is not None:
+            return prefix + "*", self._globs[prefix]
+        return None
+
+    # ------------------------------------------------------------------ definitions
+
+    def _define(self, run: Any, name: str, spec: Spec) -> None:
+        if self._defined.get(name) == spec:
+            return  # already defined on this run: no duplicate record
+        try:
+            # overwrite: a changed spec replaces the earlier one instead of merging with it
+            define_metric(run, name, summary=spec.as_arg(), hidden=spec.hidden, overwrite=name in self._defined)
+        except Exception as err:  # a logging failure must never end a training run
+            rank_zero_warn(
+                f"MetricSummaries: defining the W&B summary of {name!r} failed ({type(err).__name__}: {err}); "
+                "training goes on without it."
+            )
+            return
+        self._defined[name] = spec
+
+    def apply(self, run: Any) -> None:
+        """Define every name and glob on ``run`` (``None`` off rank 0 or when disabled: nothing to do)."""
+        self._active = run is not None
+        if run is None:
+            return
+        if run is not self._current_run:
+            self._defined = {}  # a new run object (new run, or a resumed one): define everything again
+            self._current_run = run
+        for name, spec in self._names.items():
+            self._define(run, name, spec)
+            if self.dataloader_suffixes and not DATALOADER_SUFFIX.match(name):
+                self._define(run, f"{name}/dataloader_idx_*", spec)
+        for prefix, spec in self._globs.items():
+            self._define(run, prefix + "*", spec)
+
+    def expand(self, keys: Iterable[str]) -> None:
+        """Define each newly seen key matched by a glob (or a dataloader suffix) by its own name."""
+        run = self._current_run
+        if run is None or not self._active:
+            return
+        for key in keys:
+            if key in self._defined or key in self._names or key == STEP_KEY:
+                continue
+            found = self._spec_for(key)
+            if found is not None:
+                self._define(run, key, found[1])
+
+    # ------------------------------------------------------------------ observation
+
+    def start(self, forget_held: bool = True) -> None:
+        """Begin observing on the applied run: keep the best values only if they belong to this run."""
+        run = self.run
+        run_id = str(run.id) if run is not None else None
+        if run_id != self._run_id:
+            self._best, self._seen = {}, set()
+        self._run_id = run_id
+        if forget_held:
+            self._held = {}
+
+    def hold(self, values: Mapping[str, Any]) -> None:
+        """Note values as held without observing them: the same object seen again is not newly logged."""
+        if self._active:
+            self._held.update(values)
+
+    def observe(
+        self, metrics: Mapping[str, Any], logs: bool, step: int, epoch: int | None, fresh: bool = False
+    ) -> None:
+        """Note which keys were logged and each min / max entry's best value, step and epoch.
+
+        A value that is the same object as the one last seen for its key is not newly logged, unless
+        ``fresh`` (every value counts as logged). ``logs=False`` only notes the values as held.
+        """
+        if not self._active:
+            return
+        if fresh:
+            for key in metrics:
+                self._held.pop(key, None)
+        if logs and metrics and "epoch" in self._names:
+            self._seen.add("epoch")  # Lightning adds `epoch` to every row it logs without an explicit step
+        for key, value in metrics.items():
+            if self._held.get(key) is value:
+                continue  # the same tensor as last time: not newly logged
+            self._held[key] = value
+            if not logs:
+                continue
+            found = self._spec_for(key)
+            if found is None:
+                continue
+            self._seen.add(found[0])
+            directions = [d for d in ("min", "max") if d in found[1].summary]
+            if not directions or not self.record_best_step:
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError, RuntimeError):
+                continue
+            if math.isnan(number):
+                continue
+            best = self._best.setdefault(key, {})
+            for direction in directions:
+                old = best.get(direction)
+                if old is None or (number > old[0] if direction == "max" else number < old[0]):
+                    best[direction] = [number, float(step), float(epoch) if epoch is not None else None]
+
+    def finish(self, warn: bool = True) -> None:
+        """Write each min / max entry's best step and epoch to the summary; warn about entries never logged."""
+        run = self._current_run
+        if not self._active or run is None:
+            return
+        if self.record_best_step and self._best:
+            payload: dict[str, int] = {}
+            for key, best in self._best.items():
+                single = len(best) == 1
+                for direction, (_, step, epoch) in best.items():
+                    label = "best" if single else direction
+                    payload[f"{key}.{label}_step"] = int(step)
+                    if epoch is not None:  # a Fabric loop may give no epoch
+                        payload[f"{key}.{label}_epoch"] = int(epoch)
+            update_summary(run, payload, OWNER)
+        if warn and self.warn_missing:
+            elsewhere = _run_keys(run)  # logged around Lightning, e.g. by LearningRateMonitor
+            missing = [k for k in self._entry_names() if k not in self._seen and not _matches(k, elsewhere)]
+            if missing:
+                rank_zero_warn(
+                    f"MetricSummaries: {missing} matched no metric logged during this fit, so W&B has no summary "
+                    f"for them. Check the names against the keys logged with `self.log(...)` "
+                    f"(logged here: {sorted(self._logged_keys())})."
+                )
+
+    def _entry_names(self) -> list[str]:
+        names = [k for k, spec in self._names.items() if spec.source != "hidden"]
+        return names + [p + "*" for p, spec in self._globs.items() if spec.source != "hidden"]
+
+    def _logged_keys(self) -> set[str]:
+        return {k for k in self._held if k != STEP_KEY}
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run id, best values and entries seen: ``{"run_id", "best", "seen"}``."""
+        return {
+            "run_id": self._run_id,
+            "best": {k: {d: list(v) for d, v in b.items()} for k, b in self._best.items()},
+            "seen": sorted(self._seen),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._run_id = state_dict.get("run_id")
+        self._best = {k: {d: list(v) for d, v in b.items()} for k, b in state_dict.get("best", {}).items()}
+        self._seen = set(state_dict.get("seen", ()))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles callbacks: leave the live run and tensors behind.
+        state = self.__dict__.copy()
+        state.update(_current_run=None, _active=False, _defined={}, _held={})
+        return state
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _explicit_spec(key: str, names: Mapping[str, Spec], globs: Mapping[str, Spec]) -> Spec | None:
+    if key in names:
+        return names[key]
+    best = max((prefix for prefix in globs if key.startswith(prefix)), key=len, default=None)
+    return globs[best] if best is not None else None
+
+
+def _check_key(key: Any, argument: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise ConfigurationError(
+            f"MetricSummaries: every key of `{argument}` must be a non-empty metric name or suffix glob such as "
+            f"'val_acc' or 'val/*', got {key!r} ({type(key).__name__}). Write the metric's name as a string."
+        )
+    if key == STEP_KEY:
+        raise ConfigurationError(
+            f"MetricSummaries: `{argument}` key {key!r} is the x-axis every metric is plotted against; it cannot "
+            "have a summary. Remove it."
+        )
+    if key.startswith("_"):
+        raise ConfigurationError(
+            f"MetricSummaries: `{argument}` key {key!r} starts with '_', which W&B keeps for its own keys "
+            "(`_step`, `_runtime`, ...). Use the name your LightningModule logs."
+        )
+    if "*" in key[:-1] or key == "*":
+        raise ConfigurationError(
+            f"MetricSummaries: `{argument}` key {key!r} is not a suffix glob. W&B accepts '*' only at the end, after "
+            "a prefix ('val/*', 'train_*'); a bare '*' would replace WandbLogger's own rule for every key. List the "
+            "metrics, or use a prefix."
+        )
+    return key
+
+
+def _parse_summary(key: str, value: Any) -> tuple[str, ...]:
+    accepted = ", ".join(repr(k) for k in SUMMARY_KINDS)
+    if isinstance(value, str):
+        items = [part.strip().lower() for part in value.split(",")]
+    elif isinstance(value, Sequence) and all(isinstance(part, str) for part in value):
+        items = [part.strip().lower() for part in value]
+    else:
+        raise ConfigurationError(
+            f"MetricSummaries: the summary of {key!r} must be one of {accepted}, a list of them or a comma-separated "
+            f"string such as 'min,max'; got {value!r}."
+        )
+    if not items or any(not part for part in items):
+        raise ConfigurationError(
+            f"MetricSummaries: the summary of {key!r} is empty ({value!r}). Give one or several of {accepted}."
+        )
+    for part in items:
+        if part not in SUMMARY_KINDS:
+            hint = ""
+            if part == "best":
+                hint = " ('best' is deprecated in W&B: use 'max' or 'min')"
+            elif part == "copy":
+                hint = " ('copy' is deprecated in W&B: use 'last')"
+            raise ConfigurationError(
+                f"MetricSummaries: unknown summary {part!r} for {key!r}{hint}. Accepted: {accepted}."
+            )
+    if "none" in items and len(set(items)) > 1:
+        raise ConfigurationError(
+            f"MetricSummaries: the summary of {key!r} combines 'none' with {sorted(set(items) - {'none'})}; W&B "
+            "then keeps no summary at all. Use 'none' alone (leave the key out of the run summary) or drop it."
+        )
+    return tuple(kind for kind in SUMMARY_KINDS if kind in items)  # canonical order, no duplicates
+
+
+def _parse_summaries(summaries: Any) -> dict[str, tuple[str, ...]]:
+    if summaries is None:
+        return {}
+    if not isinstance(summaries, Mapping):
+        raise ConfigurationError(
+            "MetricSummaries: `summaries` must be a mapping of metric name or suffix glob to summary, such as "
+            f'{{"val_acc": "max", "train/*": ["mean", "last"]}}; got {type(summaries).__name__}.'
+        )
+    if not summaries:
+        raise ConfigurationError(
+            "MetricSummaries: `summaries` is an empty mapping, so there is nothing to define. Give at least one "
+            'entry such as {"val_acc": "max"}, or pass `summaries=None` to use only the summaries derived from the '
+            "Trainer's ModelCheckpoint / EarlyStopping."
+        )
+    return {_check_key(key, "summaries"): _parse_summary(key, value) for key, value in summaries.items()}
+
+
+def _run_keys(run: Any) -> set[str]:
+    """Every key the run has a summary value for, whoever logged it; empty if the run cannot tell."""
+    try:
+        return {str(k) for k in run.summary.keys()}  # noqa: SIM118 - a wandb Summary, not a dict
+    except Exception:
+        return set()
+
+
+def _matches(entry: str, keys: set[str]) -> bool:
+    """Whether an entry (a name or a suffix glob) matches one of ``keys``."""
+    if entry.endswith("*"):
+        return any(k.startswith(entry[:-1]) for k in keys)
+    return entry in keys or any(
+        (m := DATALOADER_SUFFIX.match(k)) is not None and m["base"] == entry for k in keys
+    )
