@@ -391,7 +391,8 @@ def mask_iou(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 def palette(mask: np.ndarray) -> np.ndarray:
-    return _PALETTE[mask.astype(np.int64) % len(_PALETTE)]
+    ids = mask % len(_PALETTE) if mask.dtype == np.uint8 else mask.astype(np.int64) % len(_PALETTE)
+    return _PALETTE[ids]  # uint8 ids index as they are: no int64 copy of the mask
 
 
 # ---------------------------------------------------------------------- detection
