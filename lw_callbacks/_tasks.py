@@ -350,6 +350,34 @@ def mask_array(v: Tensor) -> np.ndarray:
     return class_ids(v).cpu().numpy().astype(np.uint8)  # ids < 256: checked at the first batch
 
 
+def mask_rows(v: Tensor, rows: Sequence[int]) -> np.ndarray:
+    """``mask_array(v[rows])`` in its own memory mapping (:func:`off_heap`), made without copying the
+    rows first: scores ``(N, C, H, W)`` are reduced one row at a time (``argmax`` on the CPU written to
+    a mapping too) and integer / boolean ids are converted as they are copied, so capturing a sample
+    puts nothing of a row's size on the ``malloc`` heap among the batches'."""
+    v = v.detach()
+    rows = list(rows)
+    h, w = _mask_hw(v)
+    out = off_heap_empty((len(rows), h, w), np.uint8)
+    dst = torch.from_numpy(out)
+    if v.ndim == 4 and v.shape[1] > 1:
+        scratch = torch.from_numpy(off_heap_empty((h, w), np.int64)) if v.device.type == "cpu" else None
+        for j, i in enumerate(rows):
+            if scratch is not None:
+                dst[j].copy_(torch.argmax(v[i], dim=0, out=scratch))
+            else:
+                dst[j].copy_(v[i].argmax(dim=0))
+        return out
+    ids = v[:, 0] if v.ndim == 4 else v
+    if ids.is_floating_point():  # whole numbers, probabilities or logits: told from these rows together
+        index = torch.as_tensor(rows, dtype=torch.long, device=ids.device)
+        out[...] = mask_array(ids.index_select(0, index))
+        return out
+    for j, i in enumerate(rows):
+        dst[j].copy_(ids[i])  # as ``.long()`` then ``astype(uint8)``: booleans 0 / 1, ids as given
+    return out
+
+
 def mask_iou(truth: np.ndarray, pred: np.ndarray) -> float:
     """Mean IoU over the classes present in the truth or the prediction."""
     classes = np.union1d(np.unique(truth), np.unique(pred))
@@ -363,7 +391,8 @@ def mask_iou(truth: np.ndarray, pred: np.ndarray) -> float:
 
 
 def palette(mask: np.ndarray) -> np.ndarray:
-    return _PALETTE[mask.astype(np.int64) % len(_PALETTE)]
+    ids = mask % len(_PALETTE) if mask.dtype == np.uint8 else mask.astype(np.int64) % len(_PALETTE)
+    return _PALETTE[ids]  # uint8 ids index as they are: no int64 copy of the mask
 
 
 # ---------------------------------------------------------------------- detection
@@ -516,7 +545,8 @@ def class_labels(ids: Sequence[int], class_names: list[str] | None) -> dict[int,
 
 # ---------------------------------------------------------------------- shared
 def off_heap(arr: Any) -> Any:
-    """A copy of ``arr`` in its own anonymous memory mapping (any other value as it is).
+    """A copy of ``arr`` in its own anonymous memory mapping (any other value, or an array already in one,
+    as it is).
 
     The kept samples live for the whole run and are made while the evaluation loop allocates and
     frees batch-sized tensors. On the ``malloc`` heap, a few small long-lived arrays among those
@@ -524,12 +554,28 @@ def off_heap(arr: Any) -> Any:
     after large frees, so batches land on the heap too): measured, 92 MiB kept after ``validate`` on
     8,000 256x256 masks, against 5 MiB with the samples in their own mappings.
     """
-    if not isinstance(arr, np.ndarray) or arr.nbytes == 0 or arr.dtype.hasobject:
+    if not isinstance(arr, np.ndarray) or arr.nbytes == 0 or arr.dtype.hasobject or is_off_heap(arr):
         return arr
-    buf = mmap.mmap(-1, arr.nbytes)
-    out = np.frombuffer(buf, dtype=arr.dtype, count=arr.size).reshape(arr.shape)
+    out = off_heap_empty(arr.shape, arr.dtype)
     out[...] = arr
     return out
+
+
+def off_heap_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """An uninitialised array in its own anonymous memory mapping (see :func:`off_heap`)."""
+    count = math.prod(shape)
+    nbytes = count * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.empty(tuple(shape), dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=count).reshape(tuple(shape))
+
+
+def is_off_heap(arr: np.ndarray) -> bool:
+    """Whether ``arr`` views an anonymous mapping made by :func:`off_heap_empty`."""
+    base: Any = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
 
 
 def describe(obj: Any) -> str:

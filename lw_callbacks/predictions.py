@@ -44,6 +44,7 @@ _ACCEPTED_OUTPUT = (
 )
 _MAX_SCORE_COLUMNS = 64
 _MAX_VALUES_SHOWN = 64
+_BAND_ROWS = 16  # image rows scaled at a time for display (float64 working copies of 16 rows)
 
 
 @dataclass
@@ -704,12 +705,10 @@ class LogPredictionSamples(Callback):
             rows = _take(value, local) if value is not None else self._forward(pl_module, x, local, stage)
         preds, probs = self._predictions(st.task, rows)
         truths = self._truths(st.task, y, local)
-        xs = _take(x, local) if any(sid not in st.images for sid in ids) else None  # pixels are copied once
         for j, pos in enumerate(p + start for p in local):
             sid = ids[j]
-            if sid not in st.images:
-                assert xs is not None
-                st.images[sid] = _tasks.off_heap(self._display(xs[j], st.input_kind or "value", sid))
+            if sid not in st.images:  # pixels are copied once, from the batch row straight into the kept form
+                st.images[sid] = _tasks.off_heap(self._display(x[local[j]], st.input_kind or "value", sid))
             metric = None
             if st.task == "regression" and isinstance(truths[j], float) and isinstance(preds[j], float):
                 metric = round(abs(preds[j] - truths[j]), 6)
@@ -771,11 +770,11 @@ class LogPredictionSamples(Callback):
         if isinstance(raw, np.ndarray):
             raw = torch.from_numpy(raw)
         segmentation = st.task == "segmentation"
-        if segmentation:
+        if segmentation:  # reduced to uint8 class ids now: the scores are not kept
             if isinstance(raw, Tensor) and raw.ndim > 0:
-                rows: Any = _take(raw, local)
+                preds: list[Any] = list(_tasks.mask_rows(raw, local))
             else:
-                rows = self._forward_raw(pl_module, x, local, stage)
+                rows: Any = self._forward_raw(pl_module, x, local, stage)
                 if isinstance(rows, Mapping):
                     rows = next((rows[k] for k in ("out", *_OUTPUT_KEYS) if k in rows), rows)
                 if not isinstance(rows, Tensor) or rows.ndim not in (3, 4) or rows.shape[0] != len(local):
@@ -783,7 +782,8 @@ class LogPredictionSamples(Callback):
                         f"LogPredictionSamples(task='segmentation'): pl_module(x) on the chosen {stage} samples "
                         f"returned a {_describe(rows)}; expected masks (k, H, W) or scores (k, C, H, W)."
                     )
-            preds: list[Any] = list(_tasks.off_heap(_tasks.mask_array(rows)))
+                preds = list(_tasks.mask_rows(rows, range(len(local))))
+                del rows
         else:
             if _tasks.is_detections(raw):
                 found = [raw[i] for i in local]
@@ -798,17 +798,16 @@ class LogPredictionSamples(Callback):
                 _tasks.read_boxes(d, _tasks.image_hw(x[i]), self._task_opts, predicted=True)
                 for d, i in zip(found, local, strict=True)
             ]
-        missing = [j for j, sid in enumerate(ids) if sid not in st.images]
-        if missing:
-            rows_x = _take(x, [local[j] for j in missing])
-            for k, j in enumerate(missing):
-                i = local[j]
-                truth: Any = None
-                if y is not None and segmentation:
-                    truth = _tasks.off_heap(_tasks.mask_array(_take(y, [i]))[0])
-                elif y is not None:
-                    truth = _tasks.read_boxes(y[i], _tasks.image_hw(x[i]), self._task_opts, predicted=False)
-                st.images[ids[j]] = (_tasks.off_heap(_display(rows_x[k], "image")), truth)
+        for j, sid in enumerate(ids):
+            if sid in st.images:
+                continue
+            i = local[j]  # read in place: the row's pixels and mask are converted straight into the kept copy
+            truth: Any = None
+            if y is not None and segmentation:
+                truth = _tasks.mask_rows(y, [i])[0]
+            elif y is not None:
+                truth = _tasks.read_boxes(y[i], _tasks.image_hw(x[i]), self._task_opts, predicted=False)
+            st.images[sid] = (_tasks.off_heap(_display(x[i], "image")), truth)
         for j, pos in enumerate(p + start for p in local):
             display, truth = st.images[ids[j]]
             metric: float | None = None
@@ -1227,30 +1226,41 @@ def _display(sample: Any, kind: str) -> Any:
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Display pixels ``(H, W)`` / ``(H, W, C)`` uint8 of one image, in their own memory mapping
+    (:func:`_tasks.off_heap`). Floats and wide integers are scaled a band of rows at a time, so the
+    float64 working copies stay small instead of eight times the image."""
     layout = _image_layout(tuple(arr.shape))
     if layout == "chw":
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
-    a = arr.astype(np.float64)
-    finite = np.isfinite(a)
-    if finite.any():
-        lo, hi = float(a[finite].min()), float(a[finite].max())
-    else:
+    out = _tasks.off_heap_empty(arr.shape, np.uint8)
+    if arr.dtype == np.uint8 or arr.dtype == np.bool_:
+        out[...] = arr
+        if arr.dtype == np.bool_:
+            out *= 255
+        return out
+    bands = [slice(r, r + _BAND_ROWS) for r in range(0, arr.shape[0], _BAND_ROWS)] if arr.ndim else [slice(None)]
+    lo, hi = math.inf, -math.inf
+    for band in bands:
+        a = arr[band].astype(np.float64)
+        finite = a[np.isfinite(a)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if lo > hi:  # no finite pixel
         lo, hi = 0.0, 1.0
     if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
         lo, hi = 0.0, 1.0  # [0, 1] floats keep their brightness
     elif arr.dtype.kind in "iu" and lo >= 0 and hi <= 255:
         lo, hi = 0.0, 255.0
-    scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    scaled = np.where(np.isnan(a), 0.0, scaled)
-    scaled = np.where(np.isposinf(a), 1.0, scaled)
-    scaled = np.where(np.isneginf(a), 0.0, scaled)
-    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    for band in bands:
+        a = arr[band].astype(np.float64)
+        scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        scaled = np.where(np.isnan(a), 0.0, scaled)
+        scaled = np.where(np.isposinf(a), 1.0, scaled)
+        scaled = np.where(np.isneginf(a), 0.0, scaled)
+        out[band] = (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out
 
 
 def _cell(v: Any) -> Any:

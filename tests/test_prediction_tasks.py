@@ -496,3 +496,73 @@ def _quiet_lightning() -> Iterator[None]:
     logger.setLevel(logging.WARNING)
     yield
     logger.setLevel(level)
+
+
+# ---------------------------------------------------------------- kept copies made in place
+def _to_uint8_whole(arr: np.ndarray) -> np.ndarray:
+    """The display scaling on the whole image at once, float64 (the reference for the banded one)."""
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    a = arr.astype(np.float64)
+    finite = np.isfinite(a)
+    lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 1.0)
+    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0
+    elif arr.dtype.kind in "iu" and lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    scaled = np.where(np.isnan(a), 0.0, np.where(np.isposinf(a), 1.0, np.where(np.isneginf(a), 0.0, scaled)))
+    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def test_display_pixels_scaled_by_bands_equal_the_whole_image_and_live_off_the_heap() -> None:
+    from lw_callbacks import _tasks
+    from lw_callbacks.predictions import _display
+
+    rng = np.random.default_rng(0)
+    wide = rng.normal(3.0, 40.0, size=(3, 37, 29)).astype(np.float32)
+    wide[0, 5, 5], wide[1, 36, 0], wide[2, 20, 7] = np.nan, np.inf, -np.inf
+    late = np.zeros((1, 40, 24), dtype=np.float32)
+    late[0, 39, 23] = 7.0  # the only bright pixel is in the last band: the range spans all bands
+    cases = [
+        wide,
+        late,
+        rng.random((33, 18, 3), dtype=np.float32),  # [0, 1] floats, HWC
+        rng.integers(-300, 900, size=(21, 50), dtype=np.int64),
+        rng.integers(0, 200, size=(4, 17, 17), dtype=np.int32),
+        np.full((3, 19, 19), np.nan, dtype=np.float32),
+    ]
+    for arr in cases:
+        got = _display(torch.from_numpy(arr), "image")
+        assert np.array_equal(got, _to_uint8_whole(arr))
+        assert _tasks.is_off_heap(got)
+        assert _tasks.off_heap(got) is got  # kept as made, not copied again
+    flags = rng.random((16, 16)) > 0.5
+    assert np.array_equal(_display(flags, "image"), flags.astype(np.uint8) * 255)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: torch.randn(5, 4, 9, 7, generator=g),  # scores: argmax
+        lambda g: torch.randn(5, 1, 9, 7, generator=g),  # one channel of logits: sigmoid, threshold
+        lambda g: torch.rand(5, 9, 7, generator=g),  # probabilities
+        lambda g: torch.randint(0, 6, (5, 9, 7), generator=g).float(),  # ids as floats
+        lambda g: torch.randint(0, 6, (5, 9, 7), generator=g),  # ids
+        lambda g: torch.randint(0, 6, (5, 1, 9, 7), generator=g, dtype=torch.int32),
+        lambda g: torch.rand(5, 9, 7, generator=g) > 0.5,  # booleans
+    ],
+)
+def test_mask_rows_equal_the_class_ids_of_the_taken_rows(make: Any) -> None:
+    from lw_callbacks import _tasks
+
+    v = make(torch.Generator().manual_seed(1))
+    rows = [4, 1, 2]
+    got = _tasks.mask_rows(v, rows)
+    assert got.dtype == np.uint8 and _tasks.is_off_heap(got)
+    assert np.array_equal(got, _tasks.mask_array(v[rows]))
+    scores = torch.randn(3, 4, 9, 7)
+    scores[1, 2] = 50.0  # class 2 everywhere in row 1
+    assert (_tasks.mask_rows(scores.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), [1]) == 2).all()
