@@ -133,16 +133,25 @@ class UploadCheckpoints(Callback):
 
     Example::
 
-        from lightning.pytorch import Trainer
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import WandbLogger
-        from lw_callbacks import UploadCheckpoints, restore_checkpoint
-
-        upload = UploadCheckpoints()
-        trainer = Trainer(logger=WandbLogger(project="mnist"),  # keep log_model off
-                          callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"), upload])
-        trainer.fit(model, datamodule=dm)
-        path = upload.restore("best")  # or restore_checkpoint(upload.collection_names[0] + ":best")
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks import UploadCheckpoints, restore_checkpoint
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> upload = UploadCheckpoints()
+        >>> trainer = Trainer(
+        ...     logger=WandbLogger(project="digits"),  # keep log_model off
+        ...     callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"), upload],
+        ...     max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+        ...     enable_progress_bar=False, enable_model_summary=False,
+        ... )
+        >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+        >>> upload.collection_names == [f"model-{trainer.logger.experiment.id}-val_acc"]
+        True
+        >>> path = upload.restore("best")  # or restore_checkpoint(upload.collection_names[0] + ":best")
+        >>> path.name
+        'model.ckpt'
+        >>> model = DigitsClassifier.load_from_checkpoint(path)
     """
 
     def __init__(

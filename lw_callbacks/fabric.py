@@ -487,14 +487,25 @@ class FabricUploadCheckpoints:
 
     Example::
 
-        upload = FabricUploadCheckpoints(monitor="val_acc", mode="max")
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[upload])
-        ...
-        fabric.save("checkpoints/epoch3.ckpt", {"model": model, "optimizer": optimizer})
-        fabric.call("upload_checkpoint", fabric, "checkpoints/epoch3.ckpt", step=step, epoch=3, score=acc)
-        ...
-        fabric.call("training_done", fabric)
-        path = restore_checkpoint(upload.collection_name + ":best")
+        >>> import lightning as L
+        >>> import torch
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricUploadCheckpoints, restore_checkpoint
+        >>> upload = FabricUploadCheckpoints(monitor="val_acc", mode="max")
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[WandbLogger(project="digits")],
+        ...                   callbacks=[upload])
+        >>> fabric.launch()
+        >>> model = torch.nn.Linear(8, 1)
+        >>> for epoch, val_acc in enumerate([0.5, 0.8, 0.7]):
+        ...     fabric.save(f"checkpoints/epoch{epoch}.ckpt", {"model": model, "val_acc": val_acc})
+        ...     fabric.call("upload_checkpoint", fabric, f"checkpoints/epoch{epoch}.ckpt",
+        ...                 step=epoch, epoch=epoch, score=val_acc)
+        >>> fabric.call("training_done", fabric)  # flushes, and tells every rank what was logged
+        >>> path = restore_checkpoint(upload.collection_name + ":best")
+        >>> path.name, path.parent.name.rsplit("-", 2)[1]  # the best version: epoch 1, val_acc 0.8
+        ('model.ckpt', 'v1')
+        >>> torch.load(path, weights_only=True)["val_acc"]
+        0.8
     """
 
     def __init__(

@@ -74,8 +74,30 @@ def restore_checkpoint(
 
     Example::
 
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks import UploadCheckpoints, restore_checkpoint
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> upload = UploadCheckpoints()
+        >>> trainer = Trainer(
+        ...     logger=WandbLogger(project="digits"),
+        ...     callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"), upload],
+        ...     max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+        ...     enable_progress_bar=False, enable_model_summary=False,
+        ... )
+        >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+        >>> name = upload.collection_names[0]  # model-<run id>-val_acc
+        >>> path = restore_checkpoint(f"{name}:best")  # this process's offline run
+        >>> path.name, path.parent.name.startswith(f"{name}-v0-")
+        ('model.ckpt', True)
+        >>> model = DigitsClassifier.load_from_checkpoint(path)
+
+    From an offline run's folder, and online with ``entity/project/`` in the reference (this one
+    needs a W&B server)::
+
         path = restore_checkpoint("model-abc123-val_acc:best", run_dir="wandb/offline-run-20260101_120000-abc123")
-        model = LitModule.load_from_checkpoint(path)
+        path = restore_checkpoint("my-team/digits/model-abc123-val_acc:best")
     """
     entity_project, name, tag = _parse_ref(ref)
     out_root = Path(root) if root is not None else Path(os.environ.get("WANDB_ARTIFACT_DIR") or "artifacts")
