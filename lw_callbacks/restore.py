@@ -180,10 +180,13 @@ def _restore_offline(name: str, tag: str, run_dir: Any, out_root: Path, timeout:
         )
     deadline = time.monotonic() + timeout
     seen: dict[str, list[str]] = {}
+    readers: dict[Path, Any] = {}  # each run's log is decoded once, then only what is appended to it
     while True:
         waiting = False  # a run still being written may yet log the name or move the alias
         for path, live in candidates:
-            records = _read_with_earlier_segments(path, timeout=0 if live else min(2.0, timeout))
+            if path not in readers:
+                readers[path] = _reader_with_earlier_segments(path)
+            records = _read_waiting(readers[path], timeout=0 if live else min(2.0, timeout))
             names = records.artifact_names()
             seen[str(records.run_dir)] = names
             waiting = waiting or not records.complete
@@ -203,10 +206,11 @@ def _restore_offline(name: str, tag: str, run_dir: Any, out_root: Path, timeout:
     raise LookupError(f"restore_checkpoint: no artifact named {name!r}; the runs read have {listing}")
 
 
-def _read_with_earlier_segments(path: Path, timeout: float) -> Any:
-    """The records of the run in ``path`` merged with every other segment of the same run id beside it,
+def _reader_with_earlier_segments(path: Path) -> Any:
+    """A reader of the run in ``path`` that continues every earlier segment of the same run id beside it,
     in start order: versions numbered as ``wandb sync`` of those folders will number them."""
-    from lw_callbacks.records import log_file_of, read_run, read_segments, segments_of
+    from lw_callbacks.records import log_file_of, read_segments, segments_of
+    from lw_callbacks.records.run import RunReader
 
     log = log_file_of(path)
     run_id = log.stem[len("run-") :]
@@ -215,8 +219,19 @@ def _read_with_earlier_segments(path: Path, timeout: float) -> Any:
     except (FileNotFoundError, ValueError):
         segments = []
     if len(segments) <= 1:
-        return read_run(log, timeout=timeout, require_exit=False)
-    return read_segments(segments, timeout=timeout)
+        return RunReader(log)
+    return RunReader(log_file_of(segments[-1]), into=read_segments(segments[:-1], timeout=0))
+
+
+def _read_waiting(reader: Any, timeout: float) -> Any:
+    """The reader's run with what was appended since its last read, waiting up to ``timeout`` s for the
+    run's ``exit`` record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = reader.read()
+        if records.complete or time.monotonic() >= deadline:
+            return records
+        time.sleep(0.05)
 
 
 def _materialize(name: str, version: Any, out_root: Path) -> Path:
