@@ -88,13 +88,13 @@ def _handover_case(rounds: int, size: int = SIZE, flush: bool = False) -> None:
         return elapsed
 
     def run_b() -> float:
-        uploader: Any = upload._uploader
+        uploader: Any = upload.publisher.uploader
         while uploader.pending():  # the previous checkpoint's upload is done, as between real saves
             time.sleep(0.05)
         path = save(mc_b, "b")
         start = time.perf_counter()
         upload._scan(trainer)
-        if flush:  # what the end of fit waits for (UploadCheckpoints._flush, less stopping the worker)
+        if flush:  # what the end of fit waits for (Publisher.flush, less stopping the worker)
             left = uploader.flush(upload.flush_timeout, False, 0)
             assert not left, left
         elapsed = time.perf_counter() - start

@@ -39,8 +39,8 @@ def _logged_run(root: Path, size: int) -> tuple[str, Path]:
 
 
 def _case(label: str, size: int, rounds: int) -> None:
-    from lw_callbacks import _uploader
     from lw_callbacks.checkpoints import restore_checkpoint
+    from lw_callbacks.core import uploader as _uploader
     from lw_callbacks.records import read_run
 
     root = Path(tempfile.mkdtemp(prefix="lwbench-restore-"))

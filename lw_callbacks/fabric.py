@@ -59,7 +59,6 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,23 +67,27 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from lw_callbacks import _uploader
 from lw_callbacks._errors import ConfigurationError
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
-from lw_callbacks.checkpoints import (
-    _LOGGED,
-    UploadCheckpoints,
-    _as_float,
-    _check_aliases,
-    _logged_by,
-    restore_checkpoint,
-)
+from lw_callbacks.core import uploader as files
 from lw_callbacks.core.histograms import HistogramCore
 from lw_callbacks.core.histograms import check_arguments as histogram_arguments
+from lw_callbacks.core.publish import (
+    Publisher,
+    as_float,
+    check_aliases,
+    check_flush_timeout,
+    check_template,
+    flush_limit,
+    name_for,
+    version_aliases,
+    version_metadata,
+)
 from lw_callbacks.core.run_info import SharedRun, check_flag, describe_run
 from lw_callbacks.core.summaries import SummaryCore, SummaryValue
 from lw_callbacks.core.summaries import check_arguments as summary_arguments
 from lw_callbacks.predictions import STAGES, LogPredictionSamples, _take
+from lw_callbacks.restore import restore_checkpoint
 
 __all__ = [
     "FabricMetricSummaries",
@@ -484,14 +487,25 @@ class FabricUploadCheckpoints:
 
     Example::
 
-        upload = FabricUploadCheckpoints(monitor="val_acc", mode="max")
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[upload])
-        ...
-        fabric.save("checkpoints/epoch3.ckpt", {"model": model, "optimizer": optimizer})
-        fabric.call("upload_checkpoint", fabric, "checkpoints/epoch3.ckpt", step=step, epoch=3, score=acc)
-        ...
-        fabric.call("training_done", fabric)
-        path = restore_checkpoint(upload.collection_name + ":best")
+        >>> import lightning as L
+        >>> import torch
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricUploadCheckpoints, restore_checkpoint
+        >>> upload = FabricUploadCheckpoints(monitor="val_acc", mode="max")
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[WandbLogger(project="digits")],
+        ...                   callbacks=[upload])
+        >>> fabric.launch()
+        >>> model = torch.nn.Linear(8, 1)
+        >>> for epoch, val_acc in enumerate([0.5, 0.8, 0.7]):
+        ...     fabric.save(f"checkpoints/epoch{epoch}.ckpt", {"model": model, "val_acc": val_acc})
+        ...     fabric.call("upload_checkpoint", fabric, f"checkpoints/epoch{epoch}.ckpt",
+        ...                 step=epoch, epoch=epoch, score=val_acc)
+        >>> fabric.call("training_done", fabric)  # flushes, and tells every rank what was logged
+        >>> path = restore_checkpoint(upload.collection_name + ":best")
+        >>> path.name, path.parent.name.rsplit("-", 2)[1]  # the best version: epoch 1, val_acc 0.8
+        ('model.ckpt', 'v1')
+        >>> torch.load(path, weights_only=True)["val_acc"]
+        0.8
     """
 
     def __init__(
@@ -513,9 +527,10 @@ class FabricUploadCheckpoints:
                 f"FabricUploadCheckpoints(monitor={monitor!r}): monitor must be a metric name such as 'val_acc', "
                 "or None (no `best` alias)."
             )
-        self.core = UploadCheckpoints(
-            name=name, aliases=aliases, flush_timeout=flush_timeout, staging_dir=staging_dir,
-            progress_bar=progress_bar,
+        self.name = check_template(name)
+        # the hand-over, ledger, worker and flushes of UploadCheckpoints
+        self.publisher = Publisher(
+            check_aliases(aliases), check_flush_timeout(flush_timeout), staging_dir, bool(progress_bar)
         )
         self.monitor = monitor
         self.mode = mode
@@ -552,14 +567,13 @@ class FabricUploadCheckpoints:
                 is marked, so the corrected call for the same file uploads it).
         """
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
-        extra = list(_check_aliases(aliases))
-        core = self.core
+        extra = list(check_aliases(aliases))
+        publisher = self.publisher
         if self.collection_name is None:  # first call: every rank learns the name (one broadcast)
             run = run_of(logger, fabric.global_rank)
             run_id = str(run.id) if run is not None else None
             run_id = fabric.broadcast(run_id, src=0)
-            self.collection_name = core._name_for(run_id, self.monitor, self.mode, 0)[:128] if run_id else ""
-            core.collection_names = [self.collection_name]
+            self.collection_name = name_for(self.name, run_id, self.monitor, self.mode, 0)[:128] if run_id else ""
             self._run = run
         if fabric.global_rank != 0 or self._run is None:
             return
@@ -574,19 +588,12 @@ class FabricUploadCheckpoints:
                 f"FabricUploadCheckpoints.upload_checkpoint(path={str(path)!r}): no such file on global rank 0; "
                 "pass the path given to `fabric.save(path, state)`, after that call."
             )
-        value = _as_float(score)
+        value = as_float(score)
         value = value if value is not None and math.isfinite(value) else None
-        meta: dict[str, Any] = {
-            "score": value,
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "epoch": epoch,
-            "global_step": step,
-            "original_filename": os.path.basename(path),
-            "original_path": os.path.abspath(path),
-            "is_last": False,
-            **dict(metadata or {}),
-        }
+        meta = version_metadata(
+            path, score=value, monitor=self.monitor, mode=self.mode, epoch=epoch, global_step=step, is_last=False,
+            extra=dict(metadata or {}),
+        )
         try:  # checked before anything is marked, so a corrected call for the same file is not skipped
             json.dumps(meta, allow_nan=False)
         except (TypeError, ValueError) as err:
@@ -595,18 +602,16 @@ class FabricUploadCheckpoints:
                 f"bools, None, lists and dicts of them; no NaN): {err}. Convert values first, e.g. "
                 "`float(tensor)` or `str(path)`."
             ) from None
-        if core._uploader is None:
-            core._ledger.collection(self.collection_name, self.monitor, self.mode)
-            core._uploader = core._new_uploader(self._run, logger, owner="FabricUploadCheckpoints")
-            core._uploader.start()
+        if publisher.uploader is None:
+            publisher.ledger.collection(self.collection_name, self.monitor, self.mode)
+            publisher.begin(self._run, logger, owner="FabricUploadCheckpoints")
         try:
-            sig = _uploader.signature(os.stat(real))
-            if core._ledger.is_known(real, sig):
+            sig = files.signature(os.stat(real))
+            if publisher.ledger.is_known(real, sig):
                 return  # this content was handed over already
-            names = ([f"epoch-{epoch}"] if epoch is not None else []) + ([f"step-{step}"] if step is not None else [])
-            all_aliases = list(dict.fromkeys([*names, *core.aliases, *extra]))
+            all_aliases = version_aliases(epoch, step, publisher.aliases, extra)
             score_for_best = value if self.monitor is not None else None
-            core._stage_and_submit(str(path), real, sig, self.collection_name, score_for_best, meta, all_aliases)
+            publisher.stage_and_submit(str(path), real, sig, self.collection_name, score_for_best, meta, all_aliases)
         except Exception as err:  # a hand-over problem never stops training
             rank_zero_warn(f"FabricUploadCheckpoints: could not hand over {path} ({type(err).__name__}: {err}).")
 
@@ -617,30 +622,24 @@ class FabricUploadCheckpoints:
         ``flush_timeout``, if shorter), so no rank waits in the broadcast longer than the group
         allows; what is left goes on in the background and ``wandb.finish()`` waits for it.
         """
-        timeout = self.core.flush_timeout
-        if getattr(fabric, "world_size", 1) > 1:
-            pg = getattr(getattr(fabric, "strategy", None), "_timeout", None)
-            seconds = pg.total_seconds() if isinstance(pg, timedelta) else 1800.0
-            timeout = max(1.0, min(timeout, seconds / 2))
-        self.core._flush("training ended", timeout)
-        logged = _logged_by(self.core._last_uploader) if fabric.global_rank == 0 else None
-        logged = fabric.broadcast(logged, src=0)
-        if logged:
-            _LOGGED.update(logged)
+        publisher = self.publisher
+        world_size, strategy = getattr(fabric, "world_size", 1), getattr(fabric, "strategy", None)
+        publisher.flush("training ended", flush_limit(publisher.flush_timeout, world_size, strategy))
+        publisher.share_logged(fabric.global_rank == 0, fabric.broadcast)
 
     def training_failed(self, fabric: Any = None, exception: BaseException | None = None) -> None:
         """Flush pending uploads after a failure, with no collective (call it from ``except``)."""
         why = f"training stopped with {type(exception).__name__}" if exception is not None else "training stopped"
-        self.core._flush(why)
-        _LOGGED.update(_logged_by(self.core._last_uploader) or {})
+        self.publisher.flush(why)
+        self.publisher.keep_logged()
 
     def state_dict(self) -> dict[str, Any]:
         """The ledger of handed-over files, to save with the checkpoint for a resume."""
-        return self.core.state_dict()
+        return self.publisher.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.core.load_state_dict(state_dict)
+        self.publisher.load_state_dict(state_dict)
 
 
 # ------------------------------------------------------------------------------------ run dir

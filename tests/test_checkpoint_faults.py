@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from harness import REPO, SCRIPTS
 
-from lw_callbacks import _uploader
+from lw_callbacks.core import uploader as _uploader
 from lw_callbacks.records import iter_records, read_resumed, segments_of
 
 

@@ -22,8 +22,10 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
-from lw_callbacks import ConfigurationError, _uploader
-from lw_callbacks.checkpoints import UploadCheckpoints, _wait_for_cleanups, restore_checkpoint
+from lw_callbacks import ConfigurationError
+from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
+from lw_callbacks.core import uploader as _uploader
+from lw_callbacks.core.publish import wait_for_cleanups
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import find_runs, read_resumed, read_run
 
@@ -77,7 +79,7 @@ def test_staging_on_another_filesystem_uploads_every_checkpoint(wandb_env: Path,
     assert sum("could not hard-link" in str(w.message) for w in caught) == 1
     assert not any("rewritten" in str(w.message) or "not uploaded" in str(w.message) for w in caught)
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     records = read_run(find_runs("runs")[0])
     (name,) = records.artifact_names(type="model")
     uploaded = model_digests(records, name)
@@ -114,7 +116,7 @@ def test_staging_disk_filling_up_leaves_no_partial_file(
     assert partials and not any(os.path.exists(p) for p in partials)
     assert not list(shm.rglob("*.partial"))
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     records = read_run(find_runs("runs")[0])
     (name,) = records.artifact_names(type="model")
     # each file was uploaded from the descriptor taken when it was saved, though rotation deleted two
@@ -135,11 +137,11 @@ def test_restore_after_an_offline_resume_keeps_every_path_it_returned(wandb_env:
     first_v0 = restore_checkpoint(f"{name}:v0", root="restored")
     first_v0_md5 = md5(first_v0)
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     (name_b,), mc_b = fit(4, resume=True)
     assert name_b == name
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     records = read_resumed("runs", "resumeckpt")
     assert len(records.segments) == 2
     versions = records.artifacts(name)
@@ -271,7 +273,7 @@ def test_each_checkpoint_is_hashed_once(wandb_env: Path, monkeypatch: pytest.Mon
     trainer = make_trainer([mc, UploadCheckpoints(progress_bar=False)], max_epochs=3)
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     monkeypatch.undo()
     records = read_run(find_runs("runs")[0])
     (name,) = records.artifact_names(type="model")
@@ -286,7 +288,7 @@ def test_each_checkpoint_is_hashed_once(wandb_env: Path, monkeypatch: pytest.Mon
 def test_a_checkpoint_rewritten_while_wandb_copies_it_is_not_logged_under_the_old_digest(
     wandb_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lw_callbacks import _uploader
+    from lw_callbacks.core import uploader as _uploader
 
     real = _uploader.add_hashed_file
     rewritten: list[str] = []
@@ -303,7 +305,7 @@ def test_a_checkpoint_rewritten_while_wandb_copies_it_is_not_logged_under_the_ol
     trainer = make_trainer([mc, UploadCheckpoints(progress_bar=False)], max_epochs=2)
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     records = read_run(find_runs("runs")[0])
     (name,) = records.artifact_names(type="model")
     entries = [e for v in records.artifacts(name, type="model") for e in v.entries]

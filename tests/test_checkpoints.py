@@ -19,8 +19,9 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lw_callbacks import _uploader
-from lw_callbacks.checkpoints import UploadCheckpoints, _wait_for_cleanups, restore_checkpoint
+from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
+from lw_callbacks.core import uploader as _uploader
+from lw_callbacks.core.publish import wait_for_cleanups
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import ArtifactVersion, RunRecords, find_runs, read_resumed, read_run
 
@@ -122,7 +123,7 @@ def main(isolated_dir: Path) -> Main:
     live = restore_checkpoint(f"{names[0]}:best", root=root / "live")  # inside the running offline run
     live_md5 = md5(live)
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     records = only_run(root / "a")
     restored = restore_checkpoint(f"{names[0]}:best", run_dir=records.run_dir, root=root / "restored")
 
@@ -141,12 +142,12 @@ def main(isolated_dir: Path) -> Main:
     trainer_b = make_trainer([upload_b, acc_b, loss_b, Start()], logger=make_logger(root / "b"), max_epochs=5)
     trainer_b.fit(DigitsClassifier(lr=0.02), datamodule=DigitsDataModule(batch_size=32), ckpt_path=str(restored))
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     resumed = only_run(root / "b")
     return Main(
         records, names, acc, loss, observer, best_acc_md5, live, live_md5, restored, resumed,
         list(upload_b.collection_names), trainer_b.current_epoch, start[0], trainer_b.global_step,
-        upload_b._state_loaded, dirpath, files_after_a,
+        upload_b.publisher.state_loaded, dirpath, files_after_a,
     )
 
 
@@ -346,7 +347,7 @@ def test_staging_disk_full_uploads_from_the_original_at_flush(wandb_env: Path, m
     assert "epoch=0.ckpt" in full_warnings[0] and "staging_dir" in full_warnings[0]
     assert not any("not in W&B" in m for m in messages)
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     records = only_run(Path("runs"))
     (name,) = records.artifact_names(type="model")
     uploaded = {v.entry("model.ckpt").digest for v in versions(records, name)}
@@ -418,7 +419,7 @@ def test_leftover_staged_copies_are_uploaded_by_the_resumed_fit(wandb_env: Path)
     with pytest.warns(UserWarning, match="another run \\(otherrun\\)"):
         trainer_b.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32), ckpt_path=mc.last_model_path)
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     records = read_resumed(Path("a"), run_id)
     assert len(records.segments) == 2
     uploaded = [v.entry("model.ckpt").digest for v in versions(records, f"model-{run_id}")]

@@ -50,12 +50,12 @@ def kill_all() -> None:
 
 
 def inject(fault: str, at: int) -> None:
-    from lw_callbacks import _uploader
-    from lw_callbacks.checkpoints import UploadCheckpoints
+    from lw_callbacks.core import uploader as _uploader
+    from lw_callbacks.core.publish import Publisher
 
     counts = {"n": 0}
     if fault in ("a", "term", "int"):
-        original_stage = UploadCheckpoints._stage_and_submit
+        original_stage = Publisher.stage_and_submit
 
         def stage(self: Any, *args: Any, **kwargs: Any) -> Any:
             counts["n"] += 1
@@ -66,7 +66,7 @@ def inject(fault: str, at: int) -> None:
                 os.kill(os.getpid(), signal.SIGTERM if fault == "term" else signal.SIGINT)
             return result
 
-        UploadCheckpoints._stage_and_submit = stage  # type: ignore[method-assign]
+        Publisher.stage_and_submit = stage  # type: ignore[method-assign]
     if fault in ("b", "c", "d"):
         original_log = _uploader.Uploader._log
         flushing = threading.Event()
@@ -115,7 +115,8 @@ def main() -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import WandbLogger
 
-    from lw_callbacks.checkpoints import UploadCheckpoints, _wait_for_cleanups
+    from lw_callbacks.checkpoints import UploadCheckpoints
+    from lw_callbacks.core.publish import wait_for_cleanups
     from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 
     class Padded(DigitsClassifier):
@@ -153,7 +154,7 @@ def main() -> None:
     )
     names = list(upload.collection_names)
     wandb.finish()
-    _wait_for_cleanups()
+    wait_for_cleanups()
     report(0, names=names, files=files_on_disk(ckpt_dir), epoch=trainer.current_epoch)
 
 

@@ -55,7 +55,7 @@ def main(save_dir: str) -> None:
         "restored": str(restored),
         "restored_md5": md5(str(restored)),
         "best_model_path": os.path.realpath(mc.best_model_path),
-        "uploader_alive": upload._uploader is not None,
+        "uploader_alive": upload.publisher.uploader is not None,
     }
     if rank == 0:
         data["files"] = {os.path.realpath(p): md5(p) for p in mc.best_k_models}

@@ -1,4 +1,5 @@
-"""Private machinery of :class:`~lw_callbacks.checkpoints.UploadCheckpoints`.
+"""The upload worker shared by :class:`~lw_callbacks.UploadCheckpoints` and
+:class:`~lw_callbacks.fabric.FabricUploadCheckpoints` (through :mod:`lw_callbacks.core.publish`).
 
 - :func:`hand_over` puts a checkpoint into a staging folder we own: a hard link on the same
   filesystem; on another one, an open file descriptor taken on the training thread, from which the
@@ -436,7 +437,7 @@ class Uploader:
                 left = len(self.sent)
             for job in done:
                 self.ledger.set_status(job.source, UPLOADED)
-                self._cleanup(job)
+                self.cleanup(job)
             return left
 
     def wait_durable(self, timeout: float) -> int:
@@ -521,7 +522,7 @@ class Uploader:
             if err.errno != errno.ENOSPC:
                 raise
             self.disk_full(job.source, os.path.dirname(job.staged))
-            self._cleanup_files(job)
+            self.cleanup_files(job)
             job.staged = None  # upload from the original (or the descriptor) at flush
             return
         if signature(os.fstat(job.fd))[2:] != job.signature[2:]:
@@ -548,7 +549,7 @@ class Uploader:
             if job.staged and job.fd is not None:
                 # the copy was dropped: the file changed while it was copied
                 ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
-                self._cleanup(job)
+                self.cleanup(job)
                 return
             if os.path.isfile(job.source) and signature(os.stat(job.source))[2:] == job.signature[2:]:
                 path = job.source
@@ -558,7 +559,7 @@ class Uploader:
                 ledger.set_status(job.source, LOST)
                 with self._cond:
                     self.lost.append(job)
-                self._cleanup(job)
+                self.cleanup(job)
                 return
         before = signature(os.stat(path))
         digest = md5_b64(path, self._progress)  # the only read of the file that hashes it
@@ -568,14 +569,14 @@ class Uploader:
             # The file was rewritten in place under our hard link; its new content has its own hand-over.
             # (A staged copy has an identity of its own: it is what was read, whole, and is uploaded.)
             ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
-            self._cleanup(job)
+            self.cleanup(job)
             return
         job.digest = digest
         state = ledger.collection(job.collection)
         held = job.unclaimed and digest in self.held_anywhere  # another ModelCheckpoint's file, say
         if digest in state.digests or (job.collection, digest) in self.durable or held:
             ledger.set_status(job.source, DUPLICATE, digest=digest, seq=job.seq)
-            self._cleanup(job)
+            self.cleanup(job)
             return
         aliases: list[str] = []
         if job.seq > state.latest_seq:
@@ -586,7 +587,7 @@ class Uploader:
         logged = self._log(job, path, aliases, digest, before)
         if logged is None:  # changed while W&B copied it: its new content has its own hand-over
             ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
-            self._cleanup(job)
+            self.cleanup(job)
             return
         staged_by_wandb, artifact = logged
         with ledger.lock:
@@ -618,7 +619,7 @@ class Uploader:
         with self._durable_lock:
             self.durable.add((job.collection, digest))
         ledger.set_status(job.source, UPLOADED, digest=digest, seq=job.seq, run_id=self.run_id)
-        self._cleanup(job)
+        self.cleanup(job)
 
     def _log(
         self, job: Job, path: str, aliases: list[str], digest: str, before: list[int]
@@ -640,7 +641,7 @@ class Uploader:
         return getattr(entry, "local_path", None), logged if logged is not None else artifact
 
     @staticmethod
-    def _cleanup_files(job: Job) -> None:
+    def cleanup_files(job: Job) -> None:
         if not job.staged:
             return
         for path in (job.staged, job.staged + ".json", job.staged + ".partial"):
@@ -649,10 +650,10 @@ class Uploader:
         remove_empty_parents(Path(job.staged).parent)
 
     @classmethod
-    def _cleanup(cls, job: Job) -> None:
+    def cleanup(cls, job: Job) -> None:
         """Remove our staged hard link / copy and its note (never the user's checkpoint)."""
         job.close_fd()
-        cls._cleanup_files(job)
+        cls.cleanup_files(job)
 
 
 def _remove_wandb_copy(entry: Any, path: str) -> None:

@@ -1,0 +1,552 @@
+"""Checkpoint publishing shared by :class:`~lw_callbacks.UploadCheckpoints` and
+:class:`~lw_callbacks.fabric.FabricUploadCheckpoints`.
+
+The adapters find the checkpoint files (a Trainer's ``ModelCheckpoint`` callbacks, or the paths a
+Fabric loop passes) and say what each one is; a :class:`Publisher` does the rest, with no Trainer:
+
+- the hand-over of a file to the upload worker (:mod:`lw_callbacks.core.uploader`), the ledger it
+  keeps in the adapter's ``state_dict``, the flush when training ends or fails, and the flush and
+  clean-up at ``wandb.finish()``;
+- at the start of a fit of a resumed run, what the run's earlier segments hold and what this run
+  left staged (:meth:`Publisher.recover`);
+- the names, aliases and metadata of a version (:func:`name_for`, :func:`check_aliases`,
+  :func:`version_aliases`, :func:`version_metadata`);
+- what was logged in this process (:data:`LOGGED`), which
+  :func:`~lw_callbacks.restore.restore_checkpoint` reads before the run's log reaches the disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+import string
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from lw_callbacks._wandb import at_finish, run_folder, run_is_offline
+from lw_callbacks.core import uploader as _uploader_module
+from lw_callbacks.core.uploader import PENDING, SENT, STAGING_FOLDER, UPLOADED, Job, Ledger, Uploader
+
+OWNER = "UploadCheckpoints"
+NAME_FIELDS = ("run_id", "monitor", "mode", "index")
+PROGRESS_MIN_BYTES = 64 * 2**20
+DURABLE_WAIT_S = 30.0
+DEFAULT_PG_TIMEOUT_S = 1800.0
+_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_RESERVED_ALIAS = re.compile(r"^(latest|best|v\d+|epoch-\d+|step-\d+)$")
+
+# What was logged in this process (on rank 0, and shared with every rank at the end of fit):
+# collection -> versions as the run's records will show them (see :func:`version_record`). A running
+# run's log is written to disk only every 15 s (wandb's `x_transaction_log_flush_interval`), so
+# `restore_checkpoint` looks here first for a collection of a run that is still being written.
+LOGGED: dict[str, list[dict[str, Any]]] = {}
+# Publishers whose flush runs at the finish of a run (by ``id`` of the run), and the threads that
+# forget staged files once the finished run's log holds their records.
+FINISH_HOOKED: dict[int, list[Publisher]] = {}
+CLEANUPS: list[threading.Thread] = []
+
+
+def wait_for_cleanups(timeout: float = 60.0) -> None:
+    """Wait for the threads that forget staged files after a run finished (tests, benchmarks)."""
+    deadline = time.monotonic() + timeout
+    while CLEANUPS:
+        CLEANUPS.pop().join(max(0.0, deadline - time.monotonic()))
+
+
+# ---------------------------------------------------------------------- versions
+def version_record(
+    version: int, digest: str, size: int, local_path: str | None, aliases: Sequence[str], metadata: Any
+) -> dict[str, Any]:
+    """One version of a collection in :data:`LOGGED`, as the run's records will show it."""
+    return {
+        "version": version, "digest": digest, "size": size, "local_path": local_path,
+        "aliases": list(aliases), "metadata": metadata,
+    }
+
+
+def records_versions(versions: Sequence[Any]) -> list[dict[str, Any]]:
+    """:func:`version_record` of each :class:`~lw_callbacks.records.ArtifactVersion` a run's records hold."""
+    return [
+        version_record(
+            v.version,
+            v.entries[0].digest if v.entries else v.digest,
+            v.entries[0].size if v.entries else 0,
+            v.entries[0].local_path if v.entries else None,
+            v.aliases,
+            v.metadata,
+        )
+        for v in versions
+    ]
+
+
+def logged_by(uploader: Uploader | None) -> dict[str, list[dict[str, Any]]] | None:
+    """The versions ``uploader`` logged per collection, numbered and aliased as W&B does."""
+    if uploader is None or not uploader.uploaded:
+        return None
+    out: dict[str, list[dict[str, Any]]] = {}
+    for job, digest, aliases, local_path in uploader.uploaded:
+        if job.collection not in out:
+            out[job.collection] = [dict(v, aliases=list(v["aliases"])) for v in LOGGED.get(job.collection, [])]
+        versions = out[job.collection]
+        same = next((v for v in versions if v["digest"] == digest), None)
+        if same is None:
+            same = version_record(len(versions), digest, job.size, local_path, [], job.metadata)
+            versions.append(same)
+        for alias in ["latest", *aliases]:  # W&B adds `latest`; an alias lives on the newest version logged with it
+            for v in versions:
+                if alias in v["aliases"]:
+                    v["aliases"].remove(alias)
+            same["aliases"].append(alias)
+    return out
+
+
+def version_metadata(
+    path: str | os.PathLike[str],
+    *,
+    score: float | None,
+    monitor: str | None,
+    mode: str,
+    epoch: int | None,
+    global_step: int | None,
+    is_last: bool,
+    step: dict[str, int | None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A version's metadata: ``score`` (``None`` unless finite), ``monitor``, ``mode``, ``epoch``,
+    ``global_step``, ``step`` (when given as ``{"step": n}``), ``original_filename``, ``original_path``,
+    ``is_last``, then ``extra``."""
+    return {
+        "score": score if score is not None and math.isfinite(score) else None,
+        "monitor": monitor,
+        "mode": mode,
+        "epoch": epoch,
+        "global_step": global_step,
+        **(step or {}),
+        "original_filename": os.path.basename(path),
+        "original_path": os.path.abspath(path),
+        "is_last": is_last,
+        **(extra or {}),
+    }
+
+
+def version_aliases(epoch: int | None, step: int | None, *more: Sequence[str]) -> list[str]:
+    """``epoch-<n>`` and ``step-<n>`` (where known), then each of ``more``, without repeats."""
+    names = ([f"epoch-{epoch}"] if epoch is not None else []) + ([f"step-{step}"] if step is not None else [])
+    return list(dict.fromkeys([*names, *(a for group in more for a in group)]))
+
+
+def name_for(template: str | None, run_id: str, monitor: str | None, mode: str, index: int) -> str:
+    """One collection's artifact name from the ``name`` template (or the default)."""
+    fld = sanitize(monitor) if monitor else "none"
+    if template is None:
+        return f"model-{run_id}-{fld}" if monitor else f"model-{run_id}"
+    return sanitize(template.format(run_id=run_id, monitor=fld, mode=mode, index=index))
+
+
+def check_template(name: str | None) -> str | None:
+    """``name`` if it is a valid collection name template, else ``MisconfigurationException``."""
+    if name is None:
+        return None
+    accepted = ", ".join("{" + f + "}" for f in NAME_FIELDS)
+    problem = None
+    try:
+        fields = [(lit, fld, spec, conv) for lit, fld, spec, conv in string.Formatter().parse(name)]
+    except ValueError as err:
+        fields, problem = [], str(err)
+    for literal, fld, _spec, _conv in fields:
+        if literal and not _SAFE.match(literal):
+            problem = f"{literal!r} has characters other than letters, digits, '_', '.', '-'"
+        if fld is not None and fld not in NAME_FIELDS:
+            problem = f"unknown field {{{fld}}}"
+    if problem is None and not name:
+        problem = "it is empty"
+    if problem is not None:
+        raise MisconfigurationException(
+            f"UploadCheckpoints(name={name!r}) is not a valid artifact name template: {problem}. Use letters, "
+            f"digits, '_', '.', '-' and the fields {accepted}, e.g. `name='model-{{run_id}}-{{monitor}}'`."
+        )
+    return name
+
+
+def check_aliases(aliases: Sequence[str]) -> tuple[str, ...]:
+    """The user's extra aliases, checked and without repeats, else ``MisconfigurationException``."""
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    out = []
+    for alias in aliases:
+        if not isinstance(alias, str) or not _SAFE.match(alias) or len(alias) > 128:
+            raise MisconfigurationException(
+                f"UploadCheckpoints(aliases=...) got {alias!r}: an alias is 1-128 letters, digits, '_', '.' or '-' "
+                "(no '/', ':' or spaces), e.g. `aliases=['baseline', 'lr-1e-3']`."
+            )
+        if _RESERVED_ALIAS.match(alias):
+            raise MisconfigurationException(
+                f"UploadCheckpoints(aliases=...) got {alias!r}, which the callback sets itself ('latest', 'best', "
+                "'epoch-<n>', 'step-<n>') or which W&B reserves for versions ('v<n>'); choose another name."
+            )
+        out.append(alias)
+    return tuple(dict.fromkeys(out))
+
+
+def check_flush_timeout(flush_timeout: Any) -> float:
+    if not isinstance(flush_timeout, (int, float)) or not flush_timeout > 0 or math.isinf(flush_timeout):
+        raise MisconfigurationException(
+            f"UploadCheckpoints(flush_timeout={flush_timeout!r}) must be a positive, finite number of seconds "
+            "to wait for pending uploads when fit ends, e.g. `flush_timeout=600`."
+        )
+    return float(flush_timeout)
+
+
+def sanitize(text: str) -> str:
+    """``text`` with every character outside ``A-Z a-z 0-9 _ . -`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
+
+
+def as_float(value: Any) -> float | None:
+    """A number, or a one-element tensor, as a float; ``None`` for anything else."""
+    if value is None:
+        return None
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError):
+        return None
+
+
+def flush_limit(flush_timeout: float, world_size: int, strategy: Any) -> float:
+    """How long rank 0 may flush at the end of training while the other ranks wait in a collective:
+    ``flush_timeout``, but under several processes at most half the process group's timeout."""
+    if world_size <= 1:
+        return flush_timeout
+    timeout = getattr(strategy, "_timeout", None)
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else DEFAULT_PG_TIMEOUT_S
+    return max(1.0, min(flush_timeout, seconds / 2))
+
+
+# ---------------------------------------------------------------------- publisher
+@dataclass
+class Recovered:
+    """What :meth:`Publisher.recover` found: whether earlier segments of the run were read, when the run
+    began (by their records), the (collection, digest) pairs W&B holds, and the files handed over again."""
+
+    segments_read: bool = False
+    started: float | None = None
+    known: set[tuple[str, str]] = field(default_factory=set)
+    queued: set[str] = field(default_factory=set)
+
+
+class Publisher:
+    """Hands checkpoint files over to an upload worker and sees them into W&B, for one adapter.
+
+    Args:
+        aliases: extra aliases of every version (checked with :func:`check_aliases`).
+        flush_timeout: seconds to wait for pending uploads when training ends or fails.
+        staging_dir: where hand-over links are made; ``None``: ``.upload-staging`` beside each file.
+        progress_bar: show a progress bar while flushing 64 MiB or more.
+        owner: the name in warnings.
+    """
+
+    def __init__(
+        self,
+        aliases: tuple[str, ...] = (),
+        flush_timeout: float = 600.0,
+        staging_dir: str | None = None,
+        progress_bar: bool = True,
+        owner: str = OWNER,
+    ) -> None:
+        self.aliases = aliases
+        self.flush_timeout = flush_timeout
+        self.staging_dir = staging_dir
+        self.progress_bar = progress_bar
+        self.owner = owner
+        self.ledger = Ledger()
+        self.state_loaded = False  # the ledger came from a checkpoint (a resumed fit)
+        self.uploader: Uploader | None = None  # the worker of the fit in progress
+        self.last_uploader: Uploader | None = None  # the worker of the fit that ended last
+        self.finishing: list[Uploader] = []  # workers whose versions the run's finish sees to
+        self.warned_copy = False
+        self.reported_others: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the callbacks into the new processes: a live worker stays behind
+        state = self.__dict__.copy()
+        state["uploader"] = state["last_uploader"] = None
+        state["finishing"] = []
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ledger": self.ledger.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "ledger" in state_dict:
+            self.ledger = Ledger.from_dict(state_dict["ledger"])
+            self.state_loaded = True
+
+    def staging_for(self, folder: str | os.PathLike[str]) -> Path:
+        """The staging root for checkpoints in ``folder``; each run and collection has a folder in it."""
+        if self.staging_dir is not None:
+            return Path(os.path.abspath(self.staging_dir))
+        return Path(os.path.abspath(folder)) / STAGING_FOLDER
+
+    def begin(self, run: Any, logger: Any, owner: str | None = None) -> Uploader:
+        """Start the worker for this fit, told where the run's log is, and flushed at the run's finish."""
+        offline = run_is_offline(run)
+        log_path = None
+        if offline:
+            log_path = run_folder(run, logger) / f"run-{run.id}.wandb"
+        uploader = Uploader(
+            run, self.ledger, owner or self.owner, run_id=str(run.id), log_path=log_path, offline=offline
+        )
+        self.finishing = [u for u in self.finishing if u.not_durable() or u.pending()]
+        self.finishing.append(uploader)
+        key = id(run)
+        hooked = FINISH_HOOKED.setdefault(key, [])
+        if self not in hooked:
+            hooked.append(self)
+
+            def late() -> None:
+                FINISH_HOOKED.pop(key, None)
+                self.after_run_finish()
+
+            at_finish(run, early=self.at_run_finish, late=late)
+        self.uploader = uploader
+        uploader.start()
+        return uploader
+
+    # ------------------------------------------------------------------ resume
+    def recover(self, collection_names: Sequence[str], staging_roots: Sequence[Path]) -> Recovered:
+        """Upload what earlier segments of this run left undone, whatever moment they were killed at.
+
+        The records of the run's earlier segments (same run id, offline folders beside this one) say
+        which (collection, digest) W&B holds. Staged files of this run whose digest they lack are
+        uploaded again. The adapter then hands over its files on disk that the records lack (the
+        worker hashes each one and skips content already held).
+        """
+        from lw_callbacks.records import read_segments, segments_of
+
+        uploader = self.uploader
+        assert uploader is not None
+        ledger = self.ledger
+        run_id = uploader.run_id
+        previous = None
+        started: float | None = None
+        if uploader.log_path is not None:
+            current = uploader.log_path.parent.resolve()
+            try:
+                segments = [p for p in segments_of(current.parent, run_id) if p.resolve() != current]
+            except (FileNotFoundError, ValueError):
+                segments = []
+            if segments:
+                previous = read_segments(segments, timeout=0)
+                started = previous.started_at
+                if started is None:
+                    started = min(p.stat().st_mtime for p in segments) - 60.0
+        known: set[tuple[str, str]] = previous.digests() if previous is not None else set()
+        uploader.durable |= known
+        uploader.held_anywhere |= {digest for _name, digest in known}
+        # Sent by an earlier fit of this process (same segment), not yet on disk: its uploader keeps
+        # the staged files until they are; nothing to hand over again.
+        earlier = [u for u in self.finishing if u is not uploader]
+        in_flight = {j.staged for u in earlier for j in u.not_durable() if j.staged}
+        known |= {(j.collection, j.digest or "") for u in earlier for j in u.not_durable()}
+        known |= {pair for u in earlier for pair in u.durable}
+        if previous is not None:
+            for name in collection_names:
+                state = ledger.collection(name)
+                state.digests = {d: q for d, q in state.digests.items() if (name, d) in known}
+                versions = previous.artifacts(name)
+                for v in versions:
+                    for e in v.entries:
+                        state.digests.setdefault(e.digest, -1)
+                best = next((v for v in versions if "best" in v.aliases), None)
+                if best is not None and state.best_score is None:
+                    state.best_score = as_float(best.metadata.get("score"))
+                if versions:
+                    LOGGED[name] = records_versions(versions)
+            for real, entry in list(ledger.files.items()):
+                ours = entry.get("status") in (SENT, UPLOADED) and entry.get("run_id") == run_id
+                if ours and (entry.get("collection"), entry.get("digest")) not in known:
+                    ledger.forget(real)  # not in W&B after all: handed over again below
+        queued: set[str] = set()
+        for root in sorted(set(staging_roots)):
+            jobs, others = _uploader_module.read_staged(root, run_id)
+            for other, notes in others.items():
+                if other not in self.reported_others:
+                    self.reported_others.add(other)
+                    rank_zero_warn(
+                        f"{self.owner}: {root} holds {len(notes)} staged checkpoint(s) of another run ({other}); "
+                        "they are not uploaded into this run. Resume that run to upload them, or delete them."
+                    )
+            for job in jobs:
+                if job.staged in in_flight:
+                    continue
+                if job.digest and (job.collection, job.digest) in known:
+                    ledger.set_status(job.source, UPLOADED)
+                    Uploader.cleanup(job)
+                    continue
+                job.seq = ledger.take_seq()
+                job.attempts, job.error, job.status, job.fd = 0, "", PENDING, None
+                ledger.collection(job.collection, job.metadata.get("monitor"), job.metadata.get("mode", "min"))
+                ledger.note(job.source, job.signature, PENDING, collection=job.collection, seq=job.seq, run_id=run_id)
+                uploader.submit(job)
+                queued.add(job.source)
+        return Recovered(previous is not None, started, known, queued)
+
+    # ------------------------------------------------------------------ hand-over (training thread)
+    def stage_and_submit(
+        self,
+        path: str,
+        real: str,
+        sig: list[int],
+        collection: str,
+        score: float | None,
+        metadata: dict[str, Any],
+        aliases: list[str],
+        unclaimed: bool = False,
+    ) -> None:
+        """Hand ``real`` over to the upload worker: a hard link in this run's staging folder, or (on
+        another filesystem) a descriptor open on it that the worker copies from. That is the only work
+        on the training thread. When staging fails, the original is uploaded at flush. If anything
+        here raises, nothing is left marked pending."""
+        uploader = self.uploader
+        assert uploader is not None
+        seq = self.ledger.take_seq()
+        run_id = uploader.run_id
+        folder = self.staging_for(os.path.dirname(real)) / sanitize(run_id or "run") / collection
+        staged: str | None = str(folder / f"{seq:06d}-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+        assert staged is not None
+        fd: int | None = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            how, fd = _uploader_module.hand_over(real, staged)
+            if how == "copy" and not self.warned_copy:
+                self.warned_copy = True
+                rank_zero_warn(
+                    f"{self.owner}: could not hard-link checkpoints into {folder} (another filesystem?), so the "
+                    "upload worker copies each one there, from a file descriptor opened when it was saved (training "
+                    "does not wait for the copy; it costs disk space and I/O). Pass `staging_dir` on the "
+                    "checkpoints' filesystem to avoid the copy."
+                )
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                uploader.disk_full(path, folder)
+            else:
+                rank_zero_warn(
+                    f"{self.owner}: could not stage {path} for upload ({err}). It will be uploaded from the original "
+                    "file when fit ends, if it still exists then."
+                )
+            _uploader_module.remove_empty_parents(folder)
+            staged = None
+            try:
+                fd = _uploader_module.open_source(real)  # keeps the content readable if rotation deletes the file
+            except OSError:
+                fd = None
+        job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases, run_id=run_id, fd=fd,
+                  unclaimed=unclaimed)
+        self.ledger.note(real, sig, PENDING, collection=collection, seq=seq, run_id=run_id)
+        try:
+            if staged is None:
+                uploader.defer(job)
+            else:
+                _uploader_module.write_note(job)
+                uploader.submit(job)
+        except BaseException:
+            self.ledger.forget(real)
+            Uploader.cleanup(job)
+            raise
+
+    # ------------------------------------------------------------------ flush
+    def flush(self, why: str, timeout: float | None = None) -> None:
+        """Wait for this fit's uploads (at most ``timeout``, default ``flush_timeout``) and stop its worker."""
+        uploader = self.uploader
+        if uploader is None:
+            return
+        self.uploader = None
+        self.last_uploader = uploader
+        limit = self.flush_timeout if timeout is None else timeout
+        left = uploader.flush(limit, self.progress_bar, PROGRESS_MIN_BYTES)
+        stopped = uploader.stop(timeout=5.0 if not left else 0.1)
+        if left and limit < self.flush_timeout:
+            rank_zero_warn(
+                f"{self.owner}: {len(left)} checkpoint upload(s) still running when {why}; the other processes "
+                f"cannot wait longer than half the process group's timeout ({limit:g}s), so they go on in the "
+                "background and `wandb.finish()` waits for them (up to `flush_timeout`)."
+            )
+            return
+        self.report(uploader, left, why)
+        if not left and not stopped:
+            rank_zero_warn(f"{self.owner}: the upload worker did not stop; a daemon thread, it ends with the process.")
+
+    def report(self, uploader: Uploader, left: list[Job], why: str) -> None:
+        """Warn about the checkpoints lost before they could be uploaded, and those ``left`` unlogged."""
+        lost, uploader.lost = list(uploader.lost), []
+        if lost:
+            rank_zero_warn(
+                f"{self.owner}: {len(lost)} checkpoint(s) could not be staged when they were saved and were deleted "
+                "(by ModelCheckpoint's top-k rotation?) before they could be uploaded from the original; they are "
+                "not in W&B:\n" + "\n".join(f"  {j.source} -> {j.collection}" for j in lost)
+            )
+        if left:
+            lines = "\n".join(
+                f"  {j.source} -> {j.collection}" + (f" ({j.error})" if j.error else " (not reached)")
+                + (f"; staged copy kept at {j.staged}" if j.staged else "")
+                for j in left
+            )
+            rank_zero_warn(
+                f"{self.owner}: {len(left)} checkpoint(s) were not uploaded when {why} "
+                f"(flush_timeout={self.flush_timeout:g}s):\n{lines}\nThe next fit of this run (same run id) uploads "
+                "the staged copies; your checkpoint files are untouched."
+            )
+
+    def share_logged(self, is_global_zero: bool, broadcast: Callable[..., Any]) -> None:
+        """Every rank learns what rank 0 logged (one broadcast: call on every rank), so `restore_checkpoint`
+        right after gives every rank the same version (the run's own log reaches the disk only every 15 s
+        while it runs)."""
+        logged = logged_by(self.last_uploader) if is_global_zero else None
+        logged = broadcast(logged, src=0)
+        if logged:
+            LOGGED.update(logged)
+
+    def keep_logged(self) -> None:
+        """Remember what this process logged, with no collective."""
+        LOGGED.update(logged_by(self.last_uploader) or {})
+
+    def at_run_finish(self) -> None:
+        """``wandb.finish()`` starts: upload what is still pending (a fit cut short, or uploads left to run
+        in the background at the end of a multi-process fit)."""
+        if self.uploader is not None:
+            self.flush("the W&B run finished")
+        for uploader in self.finishing:
+            if uploader.pending():
+                left = uploader.flush(self.flush_timeout, self.progress_bar, PROGRESS_MIN_BYTES)
+                uploader.stop(timeout=5.0 if not left else 0.1)
+                self.report(uploader, left, "the W&B run finished")
+
+    def after_run_finish(self) -> None:
+        """The run's last records are on their way to its log: once they are on disk, forget the staged
+        files of the versions they hold (on a thread: the log is written once ``finish`` returns)."""
+        waiting = [u for u in self.finishing if u.not_durable()]
+        self.finishing = []
+        if not waiting:
+            return
+
+        def wait() -> None:
+            for uploader in waiting:
+                uploader.wait_durable(DURABLE_WAIT_S)
+
+        try:
+            thread = threading.Thread(target=wait, name="UploadCheckpoints-durable", daemon=False)
+            thread.start()
+            CLEANUPS.append(thread)
+        except RuntimeError:  # interpreter shutting down: the next fit of this run cleans up
+            pass
