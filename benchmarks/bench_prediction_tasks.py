@@ -19,7 +19,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import compare  # noqa: E402
+from harness import compare, rss_kib, validate_seconds  # noqa: E402
 
 SIZE = 256
 CLASSES = 4
@@ -75,35 +74,12 @@ def _model() -> Any:
 
 
 def _validate(with_callback: bool, n: int, batch_size: int = 8) -> float:
-    import wandb
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.loggers import WandbLogger
     from torch.utils.data import DataLoader
 
     from lw_callbacks.predictions import LogPredictionSamples
 
-    save_dir = tempfile.mkdtemp(prefix="lwbench-tasks-")
-    logger = WandbLogger(save_dir=save_dir, project="lw-bench")
-    logger.experiment  # noqa: B018 - the run starts outside the measured region
     callbacks = [LogPredictionSamples(num_samples=16, class_names=["bg", "a", "b", "c"])] if with_callback else []
-    trainer = Trainer(
-        logger=logger, callbacks=callbacks, accelerator="cpu", devices=1, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=save_dir,
-    )
-    loader = DataLoader(_dataset(n), batch_size=batch_size)
-    model = _model()
-    start = time.perf_counter()
-    trainer.validate(model, dataloaders=loader, verbose=False)
-    elapsed = time.perf_counter() - start
-    wandb.finish()
-    return elapsed
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return validate_seconds(_model(), DataLoader(_dataset(n), batch_size=batch_size), callbacks, "lwbench-tasks-")[0]
 
 
 def _rss_child(with_callback: bool, n: int) -> dict[str, int]:
@@ -112,13 +88,13 @@ def _rss_child(with_callback: bool, n: int) -> dict[str, int]:
 
     torch.set_num_threads(1)
     _validate(with_callback, 64)  # warm-up
-    base = _rss_kib()
+    base = rss_kib()
     peak = [base]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_kib())
+            peak[0] = max(peak[0], rss_kib())
             time.sleep(0.002)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -126,7 +102,7 @@ def _rss_child(with_callback: bool, n: int) -> dict[str, int]:
     _validate(with_callback, n)
     done.set()
     thread.join()
-    return {"peak": peak[0] - base, "kept": _rss_kib() - base}
+    return {"peak": peak[0] - base, "kept": rss_kib() - base}
 
 
 def cases(rounds: int) -> None:

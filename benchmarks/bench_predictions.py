@@ -21,14 +21,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import compare  # noqa: E402
+from harness import compare, rss_kib, validate_seconds  # noqa: E402
 
 
 def _dataset(n: int) -> Any:
@@ -60,36 +59,12 @@ def _model() -> Any:
 
 def _validate(with_callback: bool, n: int, batch_size: int = 256, **cb: Any) -> tuple[float, Any]:
     """Seconds of one ``trainer.validate`` and the run folder."""
-    import wandb
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.loggers import WandbLogger
     from torch.utils.data import DataLoader
 
     from lw_callbacks.predictions import LogPredictionSamples
 
-    save_dir = tempfile.mkdtemp(prefix="lwbench-pred-")
-    logger = WandbLogger(save_dir=save_dir, project="lw-bench")
-    run = logger.experiment
-    run_dir = Path(run.settings.sync_dir)
     callbacks = [LogPredictionSamples(**cb)] if with_callback else []
-    trainer = Trainer(
-        logger=logger, callbacks=callbacks, accelerator="cpu", devices=1, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=save_dir,
-    )
-    loader = DataLoader(_dataset(n), batch_size=batch_size)
-    model = _model()
-    start = time.perf_counter()
-    trainer.validate(model, dataloaders=loader, verbose=False)
-    elapsed = time.perf_counter() - start
-    wandb.finish()
-    return elapsed, run_dir
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return validate_seconds(_model(), DataLoader(_dataset(n), batch_size=batch_size), callbacks, "lwbench-pred-")
 
 
 def _rss_child(with_callback: bool, n: int) -> int:
@@ -101,7 +76,7 @@ def _rss_child(with_callback: bool, n: int) -> int:
 
     torch.set_num_threads(1)
     _validate(with_callback, 512)  # warm: first run start, imports, PNG / table code paths
-    base = _rss_kib()
+    base = rss_kib()
     _validate(with_callback, n)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
 

@@ -113,3 +113,34 @@ def fit_seconds(
     elapsed = time.perf_counter() - start
     wandb.finish()
     return elapsed
+
+
+def validate_seconds(
+    model: Any, loader: Any, callbacks: Sequence[Any], prefix: str = "lwbench-val-"
+) -> tuple[float, Path]:
+    """Seconds of one ``trainer.validate`` (run start and finish excluded) with a fresh offline WandbLogger,
+    and the run's folder."""
+    import wandb
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import WandbLogger
+
+    save_dir = tempfile.mkdtemp(prefix=prefix)
+    logger = WandbLogger(save_dir=save_dir, project="lw-bench")
+    run_dir = Path(logger.experiment.settings.sync_dir)  # the run starts outside the timed region
+    trainer = Trainer(
+        logger=logger, callbacks=list(callbacks), accelerator="cpu", devices=1, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=save_dir,
+    )
+    start = time.perf_counter()
+    trainer.validate(model, dataloaders=loader, verbose=False)
+    elapsed = time.perf_counter() - start
+    wandb.finish()
+    return elapsed, run_dir
+
+
+def rss_kib() -> int:
+    """This process's resident set size (KiB), from ``/proc/self/status``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
