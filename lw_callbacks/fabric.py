@@ -84,9 +84,11 @@ from lw_callbacks.core.publish import (
     version_metadata,
 )
 from lw_callbacks.core.run_info import SharedRun, check_flag, describe_run
+from lw_callbacks.core.samples import STAGES, SampleCore, take
+from lw_callbacks.core.samples import check_arguments as sample_arguments
 from lw_callbacks.core.summaries import SummaryCore, SummaryValue
 from lw_callbacks.core.summaries import check_arguments as summary_arguments
-from lw_callbacks.predictions import STAGES, LogPredictionSamples, _take
+from lw_callbacks.core.tasks import TaskOptions
 from lw_callbacks.restore import restore_checkpoint
 
 __all__ = [
@@ -168,23 +170,16 @@ class FabricPredictionSamples:
         sample_rate: int | None = None,
         decode: Callable[[list[int]], str] | str | None = None,
     ) -> None:
-        self.core = LogPredictionSamples(
-            num_samples=num_samples,
-            key=key,
-            class_names=class_names,
-            log_images=log_images,
-            log_table=log_table,
-            log_scores=log_scores,
-            stages=STAGES,
-            input_key=input_key,
-            target_key=target_key,
-            output_key=output_key,
-            task=task,
-            box_format=box_format,
-            normalized_boxes=normalized_boxes,
-            score_threshold=score_threshold,
-            sample_rate=sample_rate,
-            decode=decode,
+        task_opts = TaskOptions(task, box_format, normalized_boxes, score_threshold, sample_rate, decode)
+        names, stages = sample_arguments(
+            num_samples, 1, key, class_names, log_images, log_table, log_scores, STAGES, False,
+            input_key, target_key, output_key, 0, task_opts,
+        )
+        self.core = SampleCore(
+            task_opts, num_samples=num_samples, key=key, class_names=names, log_images=log_images,
+            log_table=log_table, log_scores=log_scores, stages=stages, input_key=input_key,
+            target_key=target_key, output_key=output_key, task=task, box_format=box_format,
+            normalized_boxes=normalized_boxes, sample_rate=sample_rate, decode=decode,
         )
         self._fingerprints: dict[str, str] = {}
 
@@ -219,9 +214,9 @@ class FabricPredictionSamples:
             )
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         core = self.core
-        core._task_opts.resolve()  # a dotted decode path, imported once
-        x, y, n = core._read_batch(stage, batch, outputs)  # every rank checks, so bad input fails alike
-        if model is None and not core._has_predictions(stage, outputs, n):
+        core.resolve()  # a dotted decode path, imported once
+        x, y, n = core.read_batch(stage, batch, outputs)  # every rank checks, so bad input fails alike
+        if model is None and not core.has_predictions(stage, outputs, n):
             raise ValueError(
                 "FabricPredictionSamples.log_prediction_samples: `outputs` holds no predictions "
                 f"(got {type(outputs).__name__}) and no `model` was given to compute them. Pass the model's "
@@ -230,14 +225,13 @@ class FabricPredictionSamples:
         if fabric.global_rank != 0 or n == 0:
             return
         local = list(range(min(n, core.num_samples)))
-        st = core._state[stage]
-        fingerprint = _fingerprint(_take(x, local))
+        fingerprint = _fingerprint(take(x, local))
         if self._fingerprints.get(stage) != fingerprint:  # other inputs: ids 0.. now name other examples
             self._fingerprints[stage] = fingerprint
-            st.images, st.inputs_table, st.inputs_run = {}, None, None
-        st.collected = {}
-        core._collect_or_warn(stage, model, x, y, outputs, local, 0)
-        core._log_collected(stage, lambda: run_of(logger, 0), int(step))
+            core.forget_inputs(stage)
+        core.states[stage].collected = {}
+        core.collect_or_warn(stage, model, x, y, outputs, local, 0)
+        core.log_collected(stage, lambda: run_of(logger, 0), int(step))
 
 
 def _fingerprint(chosen: Any) -> str:

@@ -236,7 +236,7 @@ def test_metric_summaries(fit_calls: tuple[list[Call], dict[str, Any]]) -> None:
 
 def test_log_prediction_samples(fit_calls: tuple[list[Call], dict[str, Any]]) -> None:
     calls, callbacks = fit_calls
-    positions = callbacks["LogPredictionSamples"]._state["validation"].positions
+    positions = callbacks["LogPredictionSamples"]._core.states["validation"].positions
     holding = {p // VAL_BATCH for p in positions}
     mine = [c for c in calls if c.callback == "LogPredictionSamples" and not c.sanity]
     batches = [c for c in mine if c.hook == "on_validation_batch_end"]

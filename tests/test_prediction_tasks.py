@@ -324,7 +324,7 @@ def test_text_strings_in_and_out_and_decode_from_a_dotted_path(tmp_path: Path) -
     callback = LogPredictionSamples(num_samples=3, key="gen", decode="test_prediction_tasks.decode")
     trainer = make_trainer([callback])
     trainer.validate(Reverser(), DataLoader(data, batch_size=4))
-    assert callback._task_opts.decoder is decode  # imported at setup
+    assert callback._core.task_opts.decoder is decode  # imported at setup
     rec = finish_and_read()
     (inputs,) = rec.tables("gen/inputs")
     assert [r["text"] for r in inputs.rows] == [WORDS[0], WORDS[6], WORDS[11]]  # spread over the 12 words
@@ -518,8 +518,8 @@ def _to_uint8_whole(arr: np.ndarray) -> np.ndarray:
 
 
 def test_display_pixels_scaled_by_bands_equal_the_whole_image_and_live_off_the_heap() -> None:
-    from lw_callbacks import _tasks
-    from lw_callbacks.predictions import _display
+    from lw_callbacks.core import tasks
+    from lw_callbacks.core.samples import display
 
     rng = np.random.default_rng(0)
     wide = rng.normal(3.0, 40.0, size=(3, 37, 29)).astype(np.float32)
@@ -535,12 +535,12 @@ def test_display_pixels_scaled_by_bands_equal_the_whole_image_and_live_off_the_h
         np.full((3, 19, 19), np.nan, dtype=np.float32),
     ]
     for arr in cases:
-        got = _display(torch.from_numpy(arr), "image")
+        got = display(torch.from_numpy(arr), "image")
         assert np.array_equal(got, _to_uint8_whole(arr))
-        assert _tasks.is_off_heap(got)
-        assert _tasks.off_heap(got) is got  # kept as made, not copied again
+        assert tasks.is_off_heap(got)
+        assert tasks.off_heap(got) is got  # kept as made, not copied again
     flags = rng.random((16, 16)) > 0.5
-    assert np.array_equal(_display(flags, "image"), flags.astype(np.uint8) * 255)
+    assert np.array_equal(display(flags, "image"), flags.astype(np.uint8) * 255)
 
 
 @pytest.mark.parametrize(
@@ -556,13 +556,13 @@ def test_display_pixels_scaled_by_bands_equal_the_whole_image_and_live_off_the_h
     ],
 )
 def test_mask_rows_equal_the_class_ids_of_the_taken_rows(make: Any) -> None:
-    from lw_callbacks import _tasks
+    from lw_callbacks.core import tasks
 
     v = make(torch.Generator().manual_seed(1))
     rows = [4, 1, 2]
-    got = _tasks.mask_rows(v, rows)
-    assert got.dtype == np.uint8 and _tasks.is_off_heap(got)
-    assert np.array_equal(got, _tasks.mask_array(v[rows]))
+    got = tasks.mask_rows(v, rows)
+    assert got.dtype == np.uint8 and tasks.is_off_heap(got)
+    assert np.array_equal(got, tasks.mask_array(v[rows]))
     scores = torch.randn(3, 4, 9, 7)
     scores[1, 2] = 50.0  # class 2 everywhere in row 1
-    assert (_tasks.mask_rows(scores.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), [1]) == 2).all()
+    assert (tasks.mask_rows(scores.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), [1]) == 2).all()

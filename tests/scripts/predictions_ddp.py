@@ -30,7 +30,7 @@ if __name__ == "__main__":
         default_root_dir="lightning",
     )
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=16))
-    state = callback._state["validation"]
+    state = callback._core.states["validation"]
     report(
         trainer.global_rank,
         global_step=trainer.global_step,
