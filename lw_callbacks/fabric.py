@@ -147,9 +147,27 @@ class FabricPredictionSamples:
 
     Example::
 
-        fabric = L.Fabric(loggers=[WandbLogger()], callbacks=[FabricPredictionSamples(num_samples=16)])
-        ...
-        fabric.call("log_prediction_samples", fabric, batch, logits, step=step)
+        >>> from pathlib import Path
+        >>> import lightning as L
+        >>> import torch
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricPredictionSamples
+        >>> from lw_callbacks.records import read_run
+        >>> samples = FabricPredictionSamples(num_samples=3, class_names=["cat", "dog"])
+        >>> logger = WandbLogger(project="pets", save_dir=Path("runs").resolve())
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[logger], callbacks=[samples])
+        >>> batch = (torch.rand(8, 3, 16, 16), torch.randint(0, 2, (8,)))  # the same batch every time
+        >>> for step in (10, 20):
+        ...     logits = torch.randn(8, 2)  # the model's outputs on the batch
+        ...     fabric.call("log_prediction_samples", fabric, batch, logits, step=step)
+        >>> run = fabric.logger.experiment
+        >>> folder = Path(run.dir).parent
+        >>> run.finish()
+        >>> records = read_run(folder)
+        >>> len(records.tables("predictions/inputs")), len(records.tables("predictions/table"))  # inputs once
+        (1, 2)
+        >>> records.tables("predictions/table")[-1].columns
+        ['id', 'sample', 'ground truth', 'prediction', 'score_cat', 'score_dog']
     """
 
     def __init__(

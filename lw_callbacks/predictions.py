@@ -152,15 +152,32 @@ class LogPredictionSamples(Callback):
 
     Example::
 
-        from lightning.pytorch import Trainer
-        from lightning.pytorch.loggers import WandbLogger
-        from lw_callbacks import LogPredictionSamples
-
-        trainer = Trainer(
-            logger=WandbLogger(project="mnist"),
-            callbacks=[LogPredictionSamples(num_samples=16, class_names=[str(i) for i in range(10)])],
-        )
-        trainer.fit(model, datamodule=dm)  # validation_step may return preds, logits, or nothing
+        >>> from pathlib import Path
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks import LogPredictionSamples
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> from lw_callbacks.records import read_run
+        >>> samples = LogPredictionSamples(num_samples=4, class_names=[str(i) for i in range(10)])
+        >>> samples.section("validation"), samples.section("test")
+        ('predictions', 'predictions_test')
+        >>> trainer = Trainer(
+        ...     logger=WandbLogger(project="digits", save_dir=Path("runs").resolve()),
+        ...     callbacks=[samples],
+        ...     max_epochs=1, limit_train_batches=2, limit_val_batches=2, enable_checkpointing=False,
+        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+        ... )
+        >>> # validation_step may return preds, logits, or nothing (then the callback runs the model)
+        >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
+        >>> run = trainer.logger.experiment
+        >>> folder = Path(run.dir).parent
+        >>> run.finish()
+        >>> records = read_run(folder)
+        >>> sorted(key for key in records.keys() if key.startswith("predictions/"))
+        ['predictions/images', 'predictions/inputs', 'predictions/table']
+        >>> table = records.tables("predictions/table")[-1]
+        >>> table.columns[:4], len(table.rows)
+        (['id', 'sample', 'ground truth', 'prediction'], 4)
 
     An empty validation set logs nothing and warns once.
     """
