@@ -38,22 +38,6 @@ def _rel(path: Path) -> str:
     return path.relative_to(PACKAGE.parent).as_posix()
 
 
-# Modules still being moved onto the structure above (strict: each entry must still fail).
-NOT_YET: dict[str, set[str]] = {
-    "doorway": set(),
-    "private": set(),
-}
-
-
-def _modules(check: str, modules: list[Path]) -> list[object]:
-    return [
-        pytest.param(m, id=_rel(m), marks=pytest.mark.xfail(strict=True, reason="not moved yet"))
-        if _rel(m) in NOT_YET[check]
-        else pytest.param(m, id=_rel(m))
-        for m in modules
-    ]
-
-
 def _code_lines(path: Path) -> list[tuple[int, str]]:
     """Source lines that are code: docstrings and comments blanked, so documentation may name the calls."""
     source = path.read_text()
@@ -73,7 +57,7 @@ def _code_lines(path: Path) -> list[tuple[int, str]]:
     return lines
 
 
-@pytest.mark.parametrize("module", _modules("doorway", [m for m in MODULES if m != DOORWAY]))
+@pytest.mark.parametrize("module", [m for m in MODULES if m != DOORWAY], ids=_rel)
 def test_only_the_doorway_writes_to_wandb(module: Path) -> None:
     found = [
         f"{_rel(module)}:{number}: {what}: {line.strip()}"
@@ -146,7 +130,7 @@ def _imported_module(path: Path, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-@pytest.mark.parametrize("module", _modules("private", MODULES))
+@pytest.mark.parametrize("module", MODULES, ids=_rel)
 def test_no_module_uses_another_modules_private_names(module: Path) -> None:
     owners = _private_members()
     found = []
