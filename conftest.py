@@ -15,5 +15,15 @@ def _doctest_wandb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[N
     if not isinstance(request.node, pytest.DoctestItem):
         yield
         return
+    import wandb
+
+    # A service started for an earlier test resolves relative folders against that test's folder, and
+    # older wandb releases cannot start a run on a service whose last run finished in another test:
+    # each example starts its own, as a reader's fresh interpreter would.
+    wandb.teardown()
     with isolated_wandb(tmp_path):
-        yield
+        try:
+            yield
+        finally:
+            wandb.finish()
+            wandb.teardown()
