@@ -209,6 +209,7 @@ class _Module(LightningModule):
     pass
 
 
+@pytest.mark.slow
 def test_ddp_end_of_fit_waits_at_most_half_the_process_group_timeout(wandb_env: Path) -> None:
     upload = UploadCheckpoints(flush_timeout=600)
     trainer = Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(timeout=timedelta(seconds=100)),

@@ -486,6 +486,7 @@ def test_lightning_cli_yaml_builds_it(wandb_env: Path) -> None:
     assert upload.flush_timeout == 120.0 and upload.progress_bar is False
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_upload_each_file_once(wandb_env: Path) -> None:
     save_dir = wandb_env / "ddp"
     reports = run_ranks("checkpoints_ddp.py", str(save_dir), out_dir=wandb_env / "reports", timeout=180)

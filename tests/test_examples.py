@@ -94,7 +94,7 @@ RANK_LINE = re.compile(r"rank (\d+): lr=([0-9.e-]+) hidden=(\d+) parameters=(\d+
 @pytest.mark.parametrize(
     ("launcher", "args", "swept"),
     [
-        pytest.param("ddp", [], True, id="ddp"),
+        pytest.param("ddp", [], True, marks=pytest.mark.slow, id="ddp"),
         pytest.param("ddp", [], False, marks=pytest.mark.slow, id="ddp-no-sweep"),
         pytest.param("ddp_spawn", ["--strategy=ddp_spawn"], True, marks=pytest.mark.slow, id="ddp_spawn"),
         pytest.param("torchrun", [], True, marks=pytest.mark.slow, id="torchrun"),

@@ -95,6 +95,7 @@ def test_every_feature_in_one_process(kind: str) -> None:
     _check(read_run(run), [report])
 
 
+@pytest.mark.slow
 def test_every_feature_under_ddp(tmp_path: Path) -> None:
     # a simulated sweep run: the agent's values reach wandb.init on rank 0 only
     (tmp_path / "params.yaml").write_text("lr:\n  value: 0.02\nhidden:\n  value: 32\n")

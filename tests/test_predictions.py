@@ -457,6 +457,7 @@ def test_empty_validation_set_logs_nothing_and_warns_once(recwarn: pytest.Warnin
 
 
 # ---------------------------------------------------------------- DDP, CLI, state key
+@pytest.mark.slow
 def test_ddp_logs_rank_zero_samples_once(tmp_path: Path) -> None:
     reports = run_ranks("predictions_ddp.py", out_dir=tmp_path / "reports", timeout=240)
     assert [r["rank"] for r in reports] == [0, 1]

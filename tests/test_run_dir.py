@@ -73,7 +73,7 @@ def test_disabled_mode_is_a_silent_noop(monkeypatch: pytest.MonkeyPatch, recwarn
     assert not [w for w in recwarn if "ShareRunDir" in str(w.message)]
 
 
-@pytest.mark.parametrize("launcher", ["ddp"])  # ddp_spawn and torchrun: tests/test_all_five.py
+@pytest.mark.parametrize("launcher", [pytest.param("ddp", marks=pytest.mark.slow)])  # others: test_all_five.py
 def test_every_rank_agrees(tmp_path: Path, launcher: str) -> None:
     reports = run_ranks(
         "run_dir_ddp.py",

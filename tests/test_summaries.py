@@ -191,6 +191,7 @@ def test_resumed_run_keeps_its_summaries(tmp_path: Path) -> None:
     assert second.summary["val_acc.best_step"] == _best(whole, "max")[0]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes(tmp_path: Path) -> None:
     rank0, rank1 = run_ranks("summaries_ddp.py", out_dir=tmp_path / "reports", timeout=180)
     assert rank0["finished"] and rank1["finished"]

@@ -347,6 +347,7 @@ def test_lightning_cli_yaml_sets_log_freq(tmp_path: Path) -> None:
     assert all(len(h["values"]) == 16 for _, h in records.series("parameters/layer_1.weight"))
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_one_set_of_histograms(tmp_path: Path) -> None:
     reports = run_ranks("watch_ddp.py", str(tmp_path / "runs"), out_dir=tmp_path / "reports", timeout=240)
     assert [r["rank"] for r in reports] == [0, 1]
