@@ -147,30 +147,54 @@ class ShareRunDir(Callback):
         """The run's own folder."""
         return self._shared.run_dir
 
+    @run_dir.setter
+    def run_dir(self, value: Path | None) -> None:
+        self._shared.run_dir = value
+
     @property
     def files_dir(self) -> Path | None:
         """``run_dir / "files"``: files there are uploaded with the run."""
         return self._shared.files_dir
+
+    @files_dir.setter
+    def files_dir(self, value: Path | None) -> None:
+        self._shared.files_dir = value
 
     @property
     def wandb_dir(self) -> Path | None:
         """The root W&B writes under; the value ``WANDB_DIR`` gets."""
         return self._shared.wandb_dir
 
+    @wandb_dir.setter
+    def wandb_dir(self, value: Path | None) -> None:
+        self._shared.wandb_dir = value
+
     @property
     def run_id(self) -> str | None:
         """The run's id."""
         return self._shared.run_id
+
+    @run_id.setter
+    def run_id(self, value: str | None) -> None:
+        self._shared.run_id = value
 
     @property
     def run_name(self) -> str | None:
         """The run's display name."""
         return self._shared.run_name
 
+    @run_name.setter
+    def run_name(self, value: str | None) -> None:
+        self._shared.run_name = value
+
     @property
     def config(self) -> dict[str, Any]:
         """The run's config, the same plain ``dict`` on every rank (a sweep's values included)."""
         return self._shared.config
+
+    @config.setter
+    def config(self, value: dict[str, Any]) -> None:
+        self._shared.config = value
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
