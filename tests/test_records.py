@@ -52,6 +52,7 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run.summary["note"] = {"best_step": 10}
         run.finish()
     (folder,) = find_runs(root)
+    read_run(folder, timeout=60)  # finish() can return before the log's tail is on disk: wait for it
     return folder
 
 
@@ -221,6 +222,7 @@ def long_records_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             run.log({"text": str(i) * (40_000 + 20_000 * i), "trainer/global_step": i})
         run.finish()
     (folder,) = find_runs(root)
+    read_run(folder, timeout=60)  # finish() can return before the log's tail is on disk: wait for it
     ends = [7] + [end for _record, end in records_from(next(folder.glob("run-*.wandb")), 0)]
     assert max(b - a for a, b in itertools.pairwise(ends)) > 2 * 32 * 1024  # FIRST, MIDDLE..., LAST
     return folder
