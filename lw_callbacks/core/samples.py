@@ -318,7 +318,7 @@ class SampleCore:
         if given:
             raise InputError(
                 f"LogPredictionSamples({', '.join(given)}): the batch is a {type(batch).__name__}, not a dict, so "
-                f"there is no key to look up ({_describe(batch)}). Remove {' and '.join(given)} (a tuple batch is "
+                f"there is no key to look up ({tasks.describe(batch)}). Remove {' and '.join(given)} (a tuple batch is "
                 "read as `(x, y, ...)`), or make the batches dicts."
             )
         if isinstance(batch, (tuple, list)) and batch and not isinstance(batch[0], str):
@@ -329,7 +329,7 @@ class SampleCore:
             return batch, None
         raise InputError(
             f"LogPredictionSamples: cannot read a batch of type {type(batch).__name__}"
-            f"{_describe(batch)}. Accepted batches: {_ACCEPTED_BATCH}."
+            f"{tasks.describe(batch)}. Accepted batches: {_ACCEPTED_BATCH}."
         )
 
     def _input_key_of(self, batch: Any) -> str | None:
@@ -377,8 +377,8 @@ class SampleCore:
             )
         if y is not None and _batch_len(y) != n:
             raise InputError(
-                f"LogPredictionSamples: the {stage} batch holds {n} inputs ({_describe(x)}) but {_batch_len(y)} "
-                f"targets ({_describe(y)}); inputs and targets must have the same first dimension."
+                f"LogPredictionSamples: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
+                f"targets ({tasks.describe(y)}); inputs and targets must have the same first dimension."
             )
         value = self._output_tensor(outputs, n, stage)
         if st.task == "regression":
@@ -420,20 +420,20 @@ class SampleCore:
         task = st.task
         if not _looks_like_images(x):
             raise InputError(
-                f"LogPredictionSamples(task={task!r}): the {stage} inputs are a {_describe(x)}, not images; "
+                f"LogPredictionSamples(task={task!r}): the {stage} inputs are a {tasks.describe(x)}, not images; "
                 f"{task} needs image inputs (N, C, H, W) / (N, H, W) / (N, H, W, C) or a list of images."
             )
         st.input_kind = "image"
         if y is not None and _batch_len(y) != n:
             raise InputError(
-                f"LogPredictionSamples: the {stage} batch holds {n} inputs ({_describe(x)}) but {_batch_len(y)} "
-                f"targets ({_describe(y)}); inputs and targets must have the same first dimension."
+                f"LogPredictionSamples: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
+                f"targets ({tasks.describe(y)}); inputs and targets must have the same first dimension."
             )
         if task == "segmentation":
             value = raw if isinstance(raw, Tensor) and raw.ndim > 0 else None
             if raw is not None and value is None and not (isinstance(raw, Tensor) and raw.ndim == 0):
                 raise InputError(
-                    f"LogPredictionSamples(task='segmentation'): the {stage} step returned a {_describe(raw)}; "
+                    f"LogPredictionSamples(task='segmentation'): the {stage} step returned a {tasks.describe(raw)}; "
                     "expected masks (N, H, W) of class ids or scores (N, C, H, W), a dict holding them, or nothing "
                     "(the callback then runs the module's forward on the chosen samples)."
                 )
@@ -442,9 +442,10 @@ class SampleCore:
             value = raw if tasks.is_detections(raw) else None
             if raw is not None and value is None and not (isinstance(raw, Tensor) and raw.ndim == 0):
                 raise InputError(
-                    f"LogPredictionSamples(task='detection'): the {stage} step returned a {_describe(raw)}; expected "
-                    "a list of one dict per image with 'boxes', 'labels' and 'scores' (as torchvision detection "
-                    "models return), a dict holding it, or nothing (the callback then runs the module's forward)."
+                    f"LogPredictionSamples(task='detection'): the {stage} step returned a {tasks.describe(raw)}; "
+                    "expected a list of one dict per image with 'boxes', 'labels' and 'scores' (as torchvision "
+                    "detection models return), a dict holding it, or nothing (the callback then runs the module's "
+                    "forward)."
                 )
             tasks.check_detection(x, y, value, n, stage, self.task_opts, self.class_names)
         if self.sharded and value is None:
@@ -593,7 +594,7 @@ class SampleCore:
                 if not isinstance(rows, Tensor) or rows.ndim not in (3, 4) or rows.shape[0] != len(local):
                     raise InputError(
                         f"LogPredictionSamples(task='segmentation'): pl_module(x) on the chosen {stage} samples "
-                        f"returned a {_describe(rows)}; expected masks (k, H, W) or scores (k, C, H, W)."
+                        f"returned a {tasks.describe(rows)}; expected masks (k, H, W) or scores (k, C, H, W)."
                     )
                 preds = list(tasks.mask_rows(rows, range(len(local))))
                 del rows
@@ -605,7 +606,7 @@ class SampleCore:
                 if not tasks.is_detections(found) or len(found) != len(local):
                     raise InputError(
                         f"LogPredictionSamples(task='detection'): pl_module(x) on the chosen {stage} samples returned "
-                        f"a {_describe(found)}; expected a list of dicts with 'boxes', 'labels', 'scores'."
+                        f"a {tasks.describe(found)}; expected a list of dicts with 'boxes', 'labels', 'scores'."
                     )
             preds = [
                 tasks.read_boxes(d, tasks.image_hw(x[i]), self.task_opts, predicted=True)
@@ -637,7 +638,7 @@ class SampleCore:
         except Exception as err:
             raise InputError(
                 f"LogPredictionSamples: the {stage} step returned no predictions, so the callback ran the module "
-                f"forward on the chosen samples ({_describe(chosen)}), which failed: {type(err).__name__}: {err}. "
+                f"forward on the chosen samples ({tasks.describe(chosen)}), which failed: {type(err).__name__}: {err}. "
                 f"Return predictions from the step, as one of: {_ACCEPTED_OUTPUT}."
             ) from err
         if isinstance(out, Tensor):
@@ -859,20 +860,11 @@ def _captioned(logged: Any, display: Any, caption: str) -> Any:
     return wandb.Image(display, caption=caption)
 
 
-def _describe(obj: Any) -> str:
-    if isinstance(obj, (Tensor, np.ndarray)):
-        return f"{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
-    if isinstance(obj, (list, tuple)):
-        inner = f" of {type(obj[0]).__name__}" if obj else ""
-        return f"{type(obj).__name__} of {len(obj)}{inner}"
-    return type(obj).__name__
-
-
 def _batch_len(x: Any) -> int:
     if isinstance(x, (Tensor, np.ndarray)):
         if x.ndim == 0:
             raise InputError(
-                f"LogPredictionSamples: the batch input is a scalar ({_describe(x)}); expected a first (batch) "
+                f"LogPredictionSamples: the batch input is a scalar ({tasks.describe(x)}); expected a first (batch) "
                 f"dimension. Accepted batches: {_ACCEPTED_BATCH}."
             )
         return int(x.shape[0])
@@ -911,7 +903,7 @@ def _input_kind(x: Any) -> str:
         if len(shape) in (3, 4) and _image_layout(shape[1:]) is not None:
             return "image"
         raise InputError(
-            f"LogPredictionSamples: the batch input is a {_describe(x)}, which is neither an image batch "
+            f"LogPredictionSamples: the batch input is a {tasks.describe(x)}, which is neither an image batch "
             "(N, C, H, W) / (N, H, W) / (N, H, W, C) with 1, 3 or 4 channels, nor values per example (N,) / (N, D)."
         )
     if isinstance(x, (list, tuple)) and x:
@@ -945,7 +937,7 @@ def take(x: Any, local: list[int], keep_device: bool = False) -> Any:
 def _check_prediction_shape(value: Tensor, n: int, stage: str, what: str) -> None:
     if value.ndim == 0 or value.ndim > 2 or value.shape[0] != n:
         raise InputError(
-            f"LogPredictionSamples: the {stage} {what} is a {_describe(value)}, but the batch holds {n} examples. "
+            f"LogPredictionSamples: the {stage} {what} is a {tasks.describe(value)}, but the batch holds {n} examples. "
             f"Accepted: {_ACCEPTED_OUTPUT}."
         )
 
