@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import wandb
 from harness import LIGHTNING_VERSION, build_with_cli, make_logger, make_trainer, run_ranks
 from lightning.pytorch import LightningModule, Trainer, seed_everything
@@ -534,3 +535,25 @@ def test_restore_gives_the_best_file_or_none_when_nothing_was_uploaded(
         assert path is None
         if setting == "no_checkpoint_saved":
             assert upload.collection_names and not mc.best_model_path
+
+
+def test_state_key_is_fixed_during_a_fit_and_follows_edits_after_it() -> None:
+    """Lightning reads ``state_key`` on every hook call; during a fit it is built once, and the
+    checkpoint's callback states are saved under it."""
+    mc = ModelCheckpoint(dirpath="ckpt", monitor="val_acc", mode="max")
+    upload = UploadCheckpoints(checkpoints=[mc])
+    before = upload.state_key
+    seen: set[str] = set()
+
+    class Probe(Checkpoint):
+        def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+            seen.add(upload.state_key)
+
+    trainer = make_trainer([mc, upload, Probe()])
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    wandb.finish()
+    assert seen == {before}
+    saved = torch.load(mc.best_model_path, weights_only=False)["callbacks"]
+    assert before in saved, sorted(saved)
+    upload.aliases = ["production"]  # after the fit the key names the options again
+    assert upload.state_key != before and "production" in upload.state_key

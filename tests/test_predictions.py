@@ -512,3 +512,12 @@ def _quiet_lightning() -> Iterator[None]:
     logger.setLevel(logging.WARNING)
     yield
     logger.setLevel(level)
+
+
+def test_state_key_follows_an_edited_option() -> None:
+    a, b = LogPredictionSamples(key="a"), LogPredictionSamples(key="b")
+    first = a.state_key
+    a.key = "b"
+    assert a.state_key == b.state_key != first
+    a.key = "a"
+    assert a.state_key == first
