@@ -5,7 +5,7 @@ seconds (user + system) over that same window of this process plus its live chil
 service process, ``wandb-core``), the same two over the steady state (the training epochs after
 the first: from the second one's start to the end of the last one, before any ``on_train_end``),
 seconds spent inside each hook of the callbacks under test (and of the guide's callback), wall and
-training-thread CPU, the slow calls in order, and the bytes the run's media folder grew by at each
+training-thread CPU, the slow calls in order (wall and CPU), and the bytes the run's media folder grew by at each
 validation end. The run starts (``wandb.init``) before the timed window:
 every arm pays the same for it. ``benchmarks/run.py`` starts one such process per arm and round.
 
@@ -104,6 +104,7 @@ class HookClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}  # training-thread CPU inside each hook
         self.calls: dict[str, int] = {}
         self.slow: dict[str, list[list[float]]] = {}
         self.total = 0.0  # wall seconds inside the hooks
@@ -141,14 +142,16 @@ class HookClock:
                 return fn(*args, **kwargs)
             finally:
                 dt = perf() - t0
-                self.cpu += thread_time() - c0
+                dc = thread_time() - c0
+                self.cpu += dc
                 if profiling:
                     profiler.disable()
                 self.total += dt
                 self.seconds[key] = self.seconds.get(key, 0.0) + dt
+                self.cpu_seconds[key] = self.cpu_seconds.get(key, 0.0) + dc
                 self.calls[key] = self.calls.get(key, 0) + 1
-                if dt > SLOW:
-                    self.slow.setdefault(key, []).append([self.step, round(dt, 6)])
+                if dt > SLOW:  # [global step, wall seconds, training-thread CPU seconds]
+                    self.slow.setdefault(key, []).append([self.step, round(dt, 6), round(dc, 6)])
 
         return timed
 
@@ -179,6 +182,22 @@ def thread_cpu() -> dict[str, float]:
         name = names.get(t.id, "native")
         out[name] = out.get(name, 0.0) + t.user_time + t.system_time
     return out
+
+
+def page_faults() -> int:
+    """Page faults of this process so far (minor + major): each one costs the kernel a page of work."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int(usage.ru_minflt + usage.ru_majflt)
+
+
+def context_switches() -> tuple[int, int]:
+    """Voluntary and involuntary context switches of this process so far."""
+    import psutil
+
+    n = psutil.Process().num_ctx_switches()
+    return int(n.voluntary), int(n.involuntary)
 
 
 def _tree_bytes(folder: Path) -> int:
@@ -247,12 +266,16 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
         default_root_dir=save_dir,
     )
     threads0 = thread_cpu()
+    faults0 = page_faults()
+    switches0 = context_switches()
     service0, cpu0, t0 = cpu_seconds(children_only=True), cpu_seconds(), time.perf_counter()
     trainer.fit(model, datamodule=dm)
     t_fit = time.perf_counter()
     wandb.finish()
     t1, cpu1, service1 = time.perf_counter(), cpu_seconds(), cpu_seconds(children_only=True)
     threads1 = thread_cpu()
+    faults1 = page_faults()
+    switches1 = context_switches()
     if clock.profiler is not None:
         clock.profiler.dump_stats(os.environ["LW_BENCH_PROFILE"])
     steady = marks["epoch_start"][1] if len(marks["epoch_start"]) > 1 else marks["epoch_start"][0]
@@ -269,6 +292,8 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
         "cpu": cpu1 - cpu0,
         "cpu_service": service1 - service0,
         "cpu_threads": {k: round(v - threads0.get(k, 0.0), 3) for k, v in threads1.items()},
+        "page_faults": faults1 - faults0,
+        "context_switches": [b - a for a, b in zip(switches0, switches1, strict=True)],
         "wall_steady": end[0] - steady[0],
         "cpu_steady": end[1] - steady[1],
         "hooks": clock.total,
@@ -276,6 +301,7 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
         "hooks_cpu": clock.cpu,
         "hooks_cpu_steady": end[3] - steady[3],
         "hook_seconds": clock.seconds,
+        "hook_cpu_seconds": clock.cpu_seconds,
         "hook_calls": clock.calls,
         "slow_calls": clock.slow,
         "media_bytes_per_epoch": [b - a for a, b in zip([0, *media], media, strict=False)],
