@@ -539,10 +539,12 @@ class FabricUploadCheckpoints:
                 f"FabricUploadCheckpoints(monitor={monitor!r}): monitor must be a metric name such as 'val_acc', "
                 "or None (no `best` alias)."
             )
-        self.name = check_template(name)
-        # the hand-over, ledger, worker and flushes of UploadCheckpoints
+        owner = type(self).__name__
+        self.name = check_template(name, owner)
+        # the hand-over, ledger, worker and flushes of UploadCheckpoints, its messages naming this class
         self.publisher = Publisher(
-            check_aliases(aliases), check_flush_timeout(flush_timeout), staging_dir, bool(progress_bar)
+            check_aliases(aliases, owner), check_flush_timeout(flush_timeout, owner), staging_dir,
+            bool(progress_bar), owner,
         )
         self.monitor = monitor
         self.mode = mode
@@ -579,7 +581,7 @@ class FabricUploadCheckpoints:
                 is marked, so the corrected call for the same file uploads it).
         """
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
-        extra = list(check_aliases(aliases))
+        extra = list(check_aliases(aliases, f"{type(self).__name__}.upload_checkpoint"))
         publisher = self.publisher
         if self.collection_name is None:  # first call: every rank learns the name (one broadcast)
             run = run_of(logger, fabric.global_rank)

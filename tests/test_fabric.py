@@ -18,6 +18,7 @@ import wandb
 from harness import SCRIPTS, run_ranks
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lw_callbacks.checkpoints import UploadCheckpoints
 from lw_callbacks.fabric import (
     FabricMetricSummaries,
     FabricPredictionSamples,
@@ -142,6 +143,17 @@ def test_bad_input_is_named_early() -> None:
         FabricPredictionSamples().log_prediction_samples(fabric, x, torch.zeros(4), step=0, stage="train")
     with pytest.raises(FileNotFoundError, match=r"path='missing\.ckpt'"):
         FabricUploadCheckpoints().upload_checkpoint(fabric, "missing.ckpt", step=0)
+    # the checks shared with UploadCheckpoints name the class or call the user wrote
+    with pytest.raises(MisconfigurationException, match=r"^FabricUploadCheckpoints\(aliases=\.\.\.\) got 'latest'"):
+        FabricUploadCheckpoints(aliases=["latest"])
+    with pytest.raises(MisconfigurationException, match=r"^FabricUploadCheckpoints\(flush_timeout=0\)"):
+        FabricUploadCheckpoints(flush_timeout=0)
+    with pytest.raises(MisconfigurationException, match=r"^FabricUploadCheckpoints\(name='a/b'\)"):
+        FabricUploadCheckpoints(name="a/b")
+    with pytest.raises(MisconfigurationException, match=r"^FabricUploadCheckpoints\.upload_checkpoint\(aliases="):
+        FabricUploadCheckpoints().upload_checkpoint(fabric, "missing.ckpt", step=0, aliases=["a b"])
+    with pytest.raises(MisconfigurationException, match=r"^UploadCheckpoints\(aliases=\.\.\.\) got 'best'"):
+        UploadCheckpoints(aliases=["best"])
     with pytest.raises(ValueError, match="not a torch optimizer"):
         FabricWatchModel().watch(fabric, torch.nn.Linear(2, 2), object())
 

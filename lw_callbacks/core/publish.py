@@ -154,8 +154,9 @@ def name_for(template: str | None, run_id: str, monitor: str | None, mode: str, 
     return sanitize(template.format(run_id=run_id, monitor=fld, mode=mode, index=index))
 
 
-def check_template(name: str | None) -> str | None:
-    """``name`` if it is a valid collection name template, else ``MisconfigurationException``."""
+def check_template(name: str | None, owner: str = OWNER) -> str | None:
+    """``name`` if it is a valid collection name template, else ``MisconfigurationException``
+    (naming ``owner``, the class or call the user wrote)."""
     if name is None:
         return None
     accepted = ", ".join("{" + f + "}" for f in NAME_FIELDS)
@@ -173,36 +174,37 @@ def check_template(name: str | None) -> str | None:
         problem = "it is empty"
     if problem is not None:
         raise MisconfigurationException(
-            f"UploadCheckpoints(name={name!r}) is not a valid artifact name template: {problem}. Use letters, "
+            f"{owner}(name={name!r}) is not a valid artifact name template: {problem}. Use letters, "
             f"digits, '_', '.', '-' and the fields {accepted}, e.g. `name='model-{{run_id}}-{{monitor}}'`."
         )
     return name
 
 
-def check_aliases(aliases: Sequence[str]) -> tuple[str, ...]:
-    """The user's extra aliases, checked and without repeats, else ``MisconfigurationException``."""
+def check_aliases(aliases: Sequence[str], owner: str = OWNER) -> tuple[str, ...]:
+    """The user's extra aliases, checked and without repeats, else ``MisconfigurationException``
+    (naming ``owner``, the class or call the user wrote)."""
     if isinstance(aliases, str):
         aliases = [aliases]
     out = []
     for alias in aliases:
         if not isinstance(alias, str) or not _SAFE.match(alias) or len(alias) > 128:
             raise MisconfigurationException(
-                f"UploadCheckpoints(aliases=...) got {alias!r}: an alias is 1-128 letters, digits, '_', '.' or '-' "
+                f"{owner}(aliases=...) got {alias!r}: an alias is 1-128 letters, digits, '_', '.' or '-' "
                 "(no '/', ':' or spaces), e.g. `aliases=['baseline', 'lr-1e-3']`."
             )
         if _RESERVED_ALIAS.match(alias):
             raise MisconfigurationException(
-                f"UploadCheckpoints(aliases=...) got {alias!r}, which the callback sets itself ('latest', 'best', "
+                f"{owner}(aliases=...) got {alias!r}, which the callback sets itself ('latest', 'best', "
                 "'epoch-<n>', 'step-<n>') or which W&B reserves for versions ('v<n>'); choose another name."
             )
         out.append(alias)
     return tuple(dict.fromkeys(out))
 
 
-def check_flush_timeout(flush_timeout: Any) -> float:
+def check_flush_timeout(flush_timeout: Any, owner: str = OWNER) -> float:
     if not isinstance(flush_timeout, (int, float)) or not flush_timeout > 0 or math.isinf(flush_timeout):
         raise MisconfigurationException(
-            f"UploadCheckpoints(flush_timeout={flush_timeout!r}) must be a positive, finite number of seconds "
+            f"{owner}(flush_timeout={flush_timeout!r}) must be a positive, finite number of seconds "
             "to wait for pending uploads when fit ends, e.g. `flush_timeout=600`."
         )
     return float(flush_timeout)

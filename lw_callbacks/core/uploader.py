@@ -353,7 +353,7 @@ class Uploader:
             "any later checkpoint while it stays full. Each such file is uploaded from the original when fit ends, "
             "if it still exists then: files that ModelCheckpoint's top-k rotation deletes before are at risk (the "
             "ones lost are listed when fit ends). Free space on that disk, or pass "
-            "`UploadCheckpoints(staging_dir=...)` on a disk with room."
+            f"`{self.owner}(staging_dir=...)` on a disk with room."
         )
 
     def flush(self, timeout: float, progress_bar: bool, min_progress_bytes: int) -> list[Job]:
