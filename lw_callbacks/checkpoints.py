@@ -178,16 +178,10 @@ class UploadCheckpoints(Callback):
         self._handed_step: dict[int, int] = {}
         self._fit_start_ns = 0
         self._run_id = ""
-        self._fit_state_key: str | None = None  # state_key while a fit runs
 
     @property
     @override
     def state_key(self) -> str:
-        # Lightning reads every callback's state_key on each hook call (for its profiler's name), and this
-        # one names the tracked ModelCheckpoints' keys: during a fit (options fixed) it is built once.
-        fixed = self.__dict__.get("_fit_state_key")
-        if fixed is not None:
-            return fixed
         tracked = [mc.state_key for mc in self.checkpoints] if self.checkpoints is not None else None
         if tracked is None:
             return self._generate_state_key(name=self.name, aliases=list(self.aliases))
@@ -198,8 +192,6 @@ class UploadCheckpoints(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._fit_state_key = None
-        self._fit_state_key = self.state_key
         logger = require_wandb_logger(trainer, _OWNER)
         log_model = getattr(logger, "_log_model", False)
         if log_model:
@@ -266,7 +258,6 @@ class UploadCheckpoints(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._fit_state_key = None  # teardown may not follow
         if self.publisher.uploader is None:
             return
         try:
@@ -279,7 +270,6 @@ class UploadCheckpoints(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._fit_state_key = None
         if self.publisher.uploader is not None:
             self.publisher.flush("teardown")
         setattr(trainer, "callbacks", self._without_helper(trainer))  # noqa: B010 - see _run_after_checkpoints

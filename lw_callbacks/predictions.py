@@ -241,13 +241,7 @@ class LogPredictionSamples(Callback):
     @property
     @override
     def state_key(self) -> str:
-        # Lightning reads every callback's state_key on each hook call (for its profiler's name): build it
-        # once per value of the options it names.
-        options = (self.key, self.stages)
-        memo = self.__dict__.get("_state_key_memo")
-        if memo is None or memo[0] != options:
-            memo = self._state_key_memo = (options, self._generate_state_key(key=self.key, stages=self.stages))
-        return memo[1]
+        return self._generate_state_key(key=self.key, stages=self.stages)
 
     def section(self, stage: str) -> str:
         """The panel section a stage logs under: ``key`` for validation, ``key_<stage>`` otherwise."""

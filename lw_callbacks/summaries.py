@@ -165,12 +165,8 @@ class MetricSummaries(Callback):
     @override
     def state_key(self) -> str:
         # One instance per Trainer (checked at setup); the options may change before a resume and the
-        # saved best steps still apply, so no option is part of the key. Lightning reads it on every hook
-        # call: built once.
-        key = self.__dict__.get("_state_key")
-        if key is None:
-            key = self._state_key = self._generate_state_key()
-        return key
+        # saved best steps still apply, so no option is part of the key.
+        return self._generate_state_key()
 
     # ------------------------------------------------------------------ observation
 
