@@ -275,18 +275,8 @@ def tables(records: Sequence[dict[str, Any]]) -> str:
             "| hooks, % of fit | hooks, % steady | hooks, thread CPU (ms) | hooks, % of CPU, steady |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        if together:
-            def share(r: dict[str, Any]) -> float:
-                return 100 * r["hooks_cpu"] / r["cpu"]
-
-            def share_steady(r: dict[str, Any]) -> float:
-                return 100 * r["hooks_cpu_steady"] / r["cpu_steady"]
-        else:
-            def share(r: dict[str, Any]) -> float:
-                return 100 * r["hooks"] / r["wall"]
-
-            def share_steady(r: dict[str, Any]) -> float:
-                return 100 * r["hooks_steady"] / r["wall_steady"]
+        # the hooks' share: of the CPU time when the fits shared a core, else of the wall time
+        part, whole = ("hooks_cpu", "cpu") if together else ("hooks", "wall")
         for arm, recs in arms.items():
             lines.append(
                 "| " + " | ".join([
@@ -297,8 +287,8 @@ def tables(records: Sequence[dict[str, Any]]) -> str:
                     _mmm([r.get("cpu_service", 0.0) for r in recs], "{:.1f}"),
                     _mmm(_ratios(recs, bare, "cpu")),
                     _mmm(_ratios(recs, bare, "cpu_steady")),
-                    _mmm([share(r) for r in recs], "{:.2f}"),
-                    _mmm([share_steady(r) for r in recs], "{:.2f}"),
+                    _mmm([100 * r[part] / r[whole] for r in recs], "{:.2f}"),
+                    _mmm([100 * r[part + "_steady"] / r[whole + "_steady"] for r in recs], "{:.2f}"),
                     _mmm([1000 * r["hooks_cpu"] for r in recs], "{:.0f}"),
                     _mmm([100 * r["hooks_cpu_steady"] / r["cpu_steady"] for r in recs], "{:.2f}"),
                 ]) + " |"
