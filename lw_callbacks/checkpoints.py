@@ -58,7 +58,8 @@ class UploadCheckpoints(Callback):
     ``original_filename``, ``is_last`` and the ``ModelCheckpoint`` settings) and aliases:
 
     - ``latest`` on the newest checkpoint, ``best`` on the best one by that callback's ``monitor``
-      and ``mode`` (it moves as the best changes; a callback without ``monitor`` has no ``best``),
+      and ``mode`` (it moves as the best changes); without ``monitor``, ``best`` follows Lightning's
+      ``best_model_path``, the newest checkpoint (not ``last.ckpt``), which ``ckpt_path="best"`` loads,
     - ``epoch-<n>`` and ``step-<n>`` (``n`` is the ``trainer/global_step`` the metrics of that moment are
       logged at, so ``step-<best_step>`` is the checkpoint of a ``MetricSummaries`` best), and the
       ``aliases`` you pass (they end on the newest version).
@@ -298,7 +299,8 @@ class UploadCheckpoints(Callback):
 
         Args:
             alias: ``"best"``, ``"latest"``, ``"step-<n>"``, ``"epoch-<n>"``, ``"v<n>"`` or one of your
-                ``aliases``. A callback whose ``ModelCheckpoint`` has no ``monitor`` has no ``best``.
+                ``aliases``. Without a ``monitor``, ``best`` is the newest checkpoint, as for
+                ``trainer.fit(ckpt_path="best")``.
             index: which tracked ``ModelCheckpoint`` (Trainer order), as in ``collection_names``.
             root: where the file is put (see :func:`restore_checkpoint`).
 
@@ -524,7 +526,11 @@ class UploadCheckpoints(Callback):
             extra={"ModelCheckpoint": _settings(mc)},
         )
         aliases = version_aliases(epoch, step, self.aliases)
-        self.publisher.stage_and_submit(path, real, sig, collection, score, metadata, aliases, unclaimed=unclaimed)
+        # Without a monitor, Lightning's best (`best_model_path`, what `ckpt_path="best"` loads) is the newest save.
+        best = mc.monitor is None and not is_last and _same_file(mc.best_model_path, real)
+        self.publisher.stage_and_submit(
+            path, real, sig, collection, score, metadata, aliases, unclaimed=unclaimed, best=best
+        )
 
     # ------------------------------------------------------------------ flush
     def _end_of_fit_timeout(self, trainer: pl.Trainer) -> float:
@@ -604,6 +610,10 @@ class _AfterCheckpoints(Checkpoint):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.owner._scan(trainer)
+
+
+def _same_file(path: str | os.PathLike[str] | None, real: str) -> bool:
+    return bool(path) and os.path.realpath(str(path)) == real
 
 
 def _score_of(trainer: pl.Trainer, mc: ModelCheckpoint, path: str, fresh: bool) -> float | None:

@@ -13,7 +13,8 @@ would check in the W&B UI:
   batch's metrics at;
 - every checkpoint file the ModelCheckpoints kept uploaded, each (collection, digest) once;
 - for the best checkpoint: ``<monitor>.best_step`` = N, samples at N, and
-  ``restore_checkpoint("<collection>:step-N")`` gives back that file.
+  ``restore_checkpoint("<collection>:step-N")`` gives back that file; without a monitor,
+  ``restore_checkpoint("<collection>:best")`` gives back Lightning's ``best_model_path``.
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ ROWS = [
     Row("lr_find_before_fit", model=Tunable, action="lr_find"),
     Row("scale_batch_size_before_fit", model=Tunable, action="scale_batch_size"),
     Row("lightning_default_checkpoint", checkpoints=list),
+    Row("no_monitor_every_n_train_steps", checkpoints=lambda: [ModelCheckpoint(dirpath="ckpt", every_n_train_steps=3)]),
     Row("upload_listed_before_checkpoint", upload_first=True, action="fit_then_test_best"),
     Row("beside_lightning_callbacks", trainer={"enable_progress_bar": True}, extra=lambda: [
         EarlyStopping(monitor="val_loss", patience=5), LearningRateMonitor(), RichProgressBar(),
@@ -418,9 +420,12 @@ def check_best(out: Outcome, rec: RunRecords) -> None:
     assert isinstance(upload, UploadCheckpoints)
     mcs = [cb for cb in out.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
     for mc, collection in zip(mcs, upload.collection_names, strict=False):
-        if not mc.monitor or not mc.best_model_path or out.row.action not in ("fit", "fit_twice", "lr_find",
-                                                                                "scale_batch_size",
-                                                                                "fit_then_test_best"):
+        if not mc.best_model_path or out.row.action not in ("fit", "fit_twice", "lr_find", "scale_batch_size",
+                                                            "fit_then_test_best"):
+            continue
+        if not mc.monitor:  # `best` is Lightning's best_model_path, what `ckpt_path="best"` loads: the newest
+            path = restore_checkpoint(f"{collection}:best", run_dir=rec.run_dir)
+            assert md5_b64(path) == md5_b64(mc.best_model_path), "best is not Lightning's best_model_path"
             continue
         best_step = rec.summary.get(f"{mc.monitor}.best_step")
         assert isinstance(best_step, int), f"no {mc.monitor}.best_step in {sorted(rec.summary)}"

@@ -415,6 +415,7 @@ class Publisher:
         metadata: dict[str, Any],
         aliases: list[str],
         unclaimed: bool = False,
+        best: bool = False,
     ) -> None:
         """Hand ``real`` over to the upload worker: a hard link in this run's staging folder, or (on
         another filesystem) a descriptor open on it that the worker copies from. That is the only work
@@ -454,7 +455,7 @@ class Publisher:
             except OSError:
                 fd = None
         job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases, run_id=run_id, fd=fd,
-                  unclaimed=unclaimed)
+                  unclaimed=unclaimed, best=best)
         self.ledger.note(real, sig, PENDING, collection=collection, seq=seq, run_id=run_id)
         try:
             if staged is None:

@@ -162,6 +162,7 @@ class Job:
     status: str = PENDING
     copied: bool = False  # ``staged`` is a copy (compared by content), not a hard link (by size and mtime)
     unclaimed: bool = False  # found in the folder, not named by the ModelCheckpoint: skip content held anywhere
+    best: bool = False  # the best by its saver's own account (ModelCheckpoint without monitor: its best_model_path)
     fd: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +192,14 @@ class CollectionState:
     best_score: float | None = None
     latest_seq: int = -1
     digests: dict[str, int] = field(default_factory=dict)
+    best_seq: int = -1
+
+    def takes_best(self, job: Job) -> bool:
+        """Whether ``job`` becomes ``best``: by ``score`` with a monitor; without one, the newest job
+        its saver calls best (``ModelCheckpoint.best_model_path``, which ``ckpt_path="best"`` loads)."""
+        if self.monitor is None:
+            return job.best and job.seq > self.best_seq
+        return self.is_better(job.score)
 
     def is_better(self, score: float | None) -> bool:
         if self.monitor is None or score is None or math.isnan(score):
@@ -581,7 +590,7 @@ class Uploader:
         aliases: list[str] = []
         if job.seq > state.latest_seq:
             aliases.append("latest")
-        if state.is_better(job.score):
+        if state.takes_best(job):
             aliases.append("best")
         aliases.extend(a for a in job.aliases if a not in aliases)
         logged = self._log(job, path, aliases, digest, before)
@@ -595,6 +604,7 @@ class Uploader:
             state.latest_seq = max(state.latest_seq, job.seq)
             if "best" in aliases:
                 state.best_score = job.score
+                state.best_seq = job.seq
         with self._cond:
             self.uploaded.append((job, digest, aliases, staged_by_wandb))
         if self.offline:
