@@ -21,7 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lw_callbacks._errors import ConfigurationError
+    from lw_callbacks._errors import ConfigurationError, LWCallbacksWarning
     from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
     from lw_callbacks.predictions import LogPredictionSamples
     from lw_callbacks.run_dir import ShareRunDir
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # do not pay for importing lightning and torch.
 _EXPORTS = {
     "ConfigurationError": "lw_callbacks._errors",
+    "LWCallbacksWarning": "lw_callbacks._errors",
     "LogPredictionSamples": "lw_callbacks.predictions",
     "MetricSummaries": "lw_callbacks.summaries",
     "ShareRunDir": "lw_callbacks.run_dir",
@@ -57,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "LWCallbacksWarning",
     "LogPredictionSamples",
     "MetricSummaries",
     "ShareRunDir",

@@ -12,7 +12,8 @@
   ``WandbLogger.log_metrics`` at that moment (the history's ``trainer/global_step``).
 - A ``DummyLogger`` (what ``fast_dev_run`` puts in place of the Trainer's loggers) counts as
   disabled: callbacks run their code paths but log nothing and raise nothing.
-- :data:`warning_cache` is the package's one-time warning cache (``rank_zero_warn`` once per text).
+- :data:`warning_cache` is the package's one-time warning cache for module-level code
+  (:data:`lw_callbacks._errors.PACKAGE`: each cause once, as an ``LWCallbacksWarning``).
 - :func:`add_hashed_file` adds a file whose md5 is already known to an artifact without W&B hashing
   it again.
 """
@@ -28,9 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import DummyLogger
-from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import PACKAGE, ConfigurationError, warn
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -58,8 +58,8 @@ __all__ = [
     "warning_cache",
 ]
 
-#: One-time warnings of every callback (Lightning's cache: ``warn`` on global rank 0, once per text).
-warning_cache = WarningCache()
+#: One-time warnings of module-level code (global rank 0, once per cause).
+warning_cache = PACKAGE
 
 
 def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
@@ -263,7 +263,7 @@ def log(run: Any, payload: Mapping[str, Any], step: int, owner: str) -> bool:
     try:
         run.log(data)
     except Exception as err:  # a logging failure must never end a training run
-        rank_zero_warn(
+        warn(
             f"{owner}: logging {sorted(payload)} to W&B at step {step} failed "
             f"({type(err).__name__}: {err}); training goes on without it."
         )
@@ -346,7 +346,7 @@ def update_summary(run: Any, values: Mapping[str, Any], owner: str) -> bool:
     try:
         run.summary.update(dict(values))
     except Exception as err:  # never fail training (or its end) over a summary
-        rank_zero_warn(
+        warn(
             f"{owner}: writing {sorted(values)} to the W&B run summary failed ({type(err).__name__}: {err})."
         )
         return False

@@ -16,11 +16,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_path, warn
 from lw_callbacks._wandb import get_run, lightning_step, require_wandb_logger
 from lw_callbacks.core import uploader as files
 from lw_callbacks.core.publish import (
@@ -119,7 +117,8 @@ class UploadCheckpoints(Callback):
             ``model-{run_id}-{monitor}``, or ``model-{run_id}`` for a callback without ``monitor``.
             Characters outside ``A-Z a-z 0-9 _ . -`` in a monitor name (``val/acc``) become ``_``.
         aliases: extra aliases for every new version (letters, digits, ``_ . -``).
-        checkpoints: the ``ModelCheckpoint`` callbacks to upload; ``None``: every one on the Trainer.
+        checkpoints: the ``ModelCheckpoint`` callbacks to upload (a list, or one callback); ``None``:
+            every one on the Trainer.
         flush_timeout: seconds to wait for pending uploads when fit ends or fails.
         staging_dir: where hand-over links are made (in ``<staging_dir>/<run id>/<collection>/``);
             ``None``: ``.upload-staging`` in each checkpoint's folder, which is on the same filesystem,
@@ -127,10 +126,13 @@ class UploadCheckpoints(Callback):
             upload worker.
         progress_bar: show a progress bar while flushing when 64 MiB or more remain.
 
+    Options are read-only after construction (setting one raises ``AttributeError``).
+
     Raises:
-        MisconfigurationException: at construction for a bad ``name`` template, alias or timeout;
-            at ``setup`` (as :class:`~lw_callbacks.ConfigurationError`) when the Trainer has no
-            ``WandbLogger``, or two collections (of this or another UploadCheckpoints) get the same name.
+        ConfigurationError: at construction for a bad ``name`` template, alias, ``checkpoints`` (not
+            ``ModelCheckpoint`` callbacks), timeout, ``staging_dir`` or ``progress_bar``; at ``setup``
+            when the Trainer has no ``WandbLogger``, or two collections (of this or another
+            UploadCheckpoints) get the same name.
 
     Example::
 
@@ -159,26 +161,34 @@ class UploadCheckpoints(Callback):
         self,
         name: str | None = None,
         aliases: Sequence[str] = (),
-        checkpoints: Sequence[ModelCheckpoint] | None = None,
+        checkpoints: Sequence[ModelCheckpoint] | ModelCheckpoint | None = None,
         flush_timeout: float = 600.0,
-        staging_dir: str | None = None,
+        staging_dir: str | os.PathLike[str] | None = None,
         progress_bar: bool = True,
     ) -> None:
         super().__init__()
-        self.name = check_template(name)
-        self.aliases = check_aliases(aliases)
-        self.flush_timeout = check_flush_timeout(flush_timeout)
-        self.checkpoints = list(checkpoints) if checkpoints is not None else None
-        self.staging_dir = staging_dir
-        self.progress_bar = bool(progress_bar)
+        owner = type(self).__name__
+        self._name = check_template(name, owner)
+        self._aliases = check_aliases(aliases, owner)
+        self._flush_timeout = check_flush_timeout(flush_timeout, owner)
+        self._checkpoints = check_checkpoints(owner, checkpoints)
+        self._staging_dir = check_path(owner, "staging_dir", staging_dir)
+        self._progress_bar = check_bool(owner, "progress_bar", progress_bar)
         self.collection_names: list[str] = []
         # the hand-over, ledger (this callback's state), worker and flushes, shared with the Fabric class
-        self.publisher = Publisher(self.aliases, self.flush_timeout, staging_dir, self.progress_bar, _OWNER)
+        self.publisher = Publisher(self.aliases, self.flush_timeout, self.staging_dir, self.progress_bar, owner)
         self._tracked: list[ModelCheckpoint] = []
         self._fingerprints: dict[int, tuple[Any, ...]] = {}
         self._handed_step: dict[int, int] = {}
         self._fit_start_ns = 0
         self._run_id = ""
+
+    name = Option[str | None]("The collection name template, or ``None`` for the default names.")
+    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.")
+    checkpoints = Option[list[ModelCheckpoint] | None]("The tracked ``ModelCheckpoint`` callbacks, or ``None``: all.")
+    flush_timeout = Option[float]("Seconds to wait for pending uploads when fit ends or fails.")
+    staging_dir = Option[str | None]("Where hand-over links are made, or ``None``: beside each checkpoint.")
+    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.")
 
     @property
     @override
@@ -196,7 +206,7 @@ class UploadCheckpoints(Callback):
         logger = require_wandb_logger(trainer, _OWNER)
         log_model = getattr(logger, "_log_model", False)
         if log_model:
-            rank_zero_warn(
+            warn(
                 f"{_OWNER} and `WandbLogger(log_model={log_model!r})` would both upload every checkpoint "
                 "(twice the storage, and log_model copies and hashes on the training thread). Turn off "
                 "`log_model` (`WandbLogger(log_model=False)`, the default) and keep UploadCheckpoints."
@@ -213,7 +223,7 @@ class UploadCheckpoints(Callback):
         self._handed_step.clear()
         if run is None or not self._tracked:
             if run is not None:
-                rank_zero_warn(
+                warn(
                     f"{_OWNER}: the Trainer has no ModelCheckpoint, so there is nothing to upload. Add one, e.g. "
                     "`ModelCheckpoint(monitor='val_loss')`, or leave `enable_checkpointing=True` so Lightning adds "
                     "its default one."
@@ -232,7 +242,7 @@ class UploadCheckpoints(Callback):
         try:
             self._reconcile(trainer)
         except Exception as err:  # never stop training over it
-            rank_zero_warn(f"{_OWNER}: could not compare the checkpoints on disk with the run's records "
+            warn(f"{_OWNER}: could not compare the checkpoints on disk with the run's records "
                            f"({type(err).__name__}: {err}); files saved before this fit may be missing in W&B.")
 
     @override
@@ -335,7 +345,7 @@ class UploadCheckpoints(Callback):
             return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
         missing = [cb for cb in self.checkpoints if cb not in trainer.checkpoint_callbacks]
         if missing:
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"{_OWNER}(checkpoints=...) got {len(missing)} ModelCheckpoint(s) that are not among the Trainer's "
                 "callbacks; pass the same instances to `Trainer(callbacks=[...])`, or leave `checkpoints=None` to "
                 "upload every ModelCheckpoint on the Trainer."
@@ -470,7 +480,7 @@ class UploadCheckpoints(Callback):
             try:
                 self._scan_one(trainer, index, mc)
             except Exception as err:  # a hand-over problem never stops training
-                rank_zero_warn(f"{_OWNER}: could not hand over checkpoints of {mc!r} ({type(err).__name__}: {err}).")
+                warn(f"{_OWNER}: could not hand over checkpoints of {mc!r} ({type(err).__name__}: {err}).")
 
     def _scan_one(self, trainer: pl.Trainer, index: int, mc: ModelCheckpoint) -> None:
         paths = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
@@ -540,6 +550,43 @@ class UploadCheckpoints(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
+def check_checkpoints(owner: str, checkpoints: Any) -> list[ModelCheckpoint] | None:
+    """``checkpoints`` as a list of ``ModelCheckpoint`` callbacks (one callback is a list of one), or ``None``.
+
+    Raises:
+        ConfigurationError: for a string, an empty list, or an item that is not a ``ModelCheckpoint``
+            (of ``lightning.pytorch`` or ``pytorch_lightning``).
+    """
+    if checkpoints is None:
+        return None
+    if _is_model_checkpoint(checkpoints):
+        return [checkpoints]
+    fix = ("pass the ModelCheckpoint callbacks themselves, e.g. `checkpoints=[ModelCheckpoint(monitor='val_loss')]` "
+           "(the same instances as in `Trainer(callbacks=...)`), or None for every ModelCheckpoint of the Trainer")
+    if isinstance(checkpoints, (str, bytes)) or not isinstance(checkpoints, Sequence):
+        raise ConfigurationError(
+            f"{owner}(checkpoints={checkpoints!r}): `checkpoints` must be a list of ModelCheckpoint callbacks, "
+            f"got {type(checkpoints).__name__}; {fix}."
+        )
+    if not checkpoints:
+        raise ConfigurationError(f"{owner}(checkpoints=[]): an empty list uploads nothing; {fix}.")
+    bad = [cb for cb in checkpoints if not _is_model_checkpoint(cb)]
+    if bad:
+        raise ConfigurationError(
+            f"{owner}(checkpoints={list(checkpoints)!r}): {bad[0]!r} ({type(bad[0]).__name__}) is not a "
+            f"ModelCheckpoint; {fix}."
+        )
+    return list(checkpoints)
+
+
+def _is_model_checkpoint(obj: Any) -> bool:
+    """A ``ModelCheckpoint`` of either Lightning namespace (or a subclass)."""
+    return any(
+        cls.__name__ == "ModelCheckpoint" and cls.__module__.startswith(("lightning.pytorch.", "pytorch_lightning."))
+        for cls in type(obj).__mro__
+    )
+
+
 def _default_names(run_id: str, every: list[ModelCheckpoint]) -> dict[int, str]:
     """Default collection name of each ModelCheckpoint: ``model-<run id>-<monitor>``, and when two share
     a monitor, the fixed part of their ``filename`` (or the name of their folder, or their position)."""

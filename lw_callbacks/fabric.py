@@ -63,11 +63,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import (
+    ConfigurationError,
+    Option,
+    check_bool,
+    check_choice,
+    check_path,
+    check_str,
+    warn,
+)
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
 from lw_callbacks.core import uploader as files
 from lw_callbacks.core.histograms import HistogramCore
@@ -143,7 +149,7 @@ class FabricPredictionSamples:
     Raises:
         ValueError: for bad arguments (as ``LogPredictionSamples``); from the hook, for a batch or
             outputs it cannot read, an unknown ``stage``, or no usable outputs and no ``model``.
-        MisconfigurationException: from the hook, when the Fabric has no W&B logger.
+        ConfigurationError: from the hook, when the Fabric has no W&B logger.
 
     Example::
 
@@ -287,7 +293,7 @@ class FabricMetricSummaries:
 
     Raises:
         ValueError: at construction, for bad ``summaries`` or ``hidden`` (as ``MetricSummaries``).
-        MisconfigurationException: from a hook, when the Fabric has no W&B logger.
+        ConfigurationError: from a hook, when the Fabric has no W&B logger.
 
     Example::
 
@@ -377,7 +383,7 @@ class FabricWatchModel:
     Raises:
         ValueError: at construction, for bad arguments (as ``WatchModel``); from :meth:`watch`, for
             an optimizer that takes no step hooks.
-        MisconfigurationException: from a hook, when the Fabric has no W&B logger.
+        ConfigurationError: from a hook, when the Fabric has no W&B logger.
 
     Example::
 
@@ -493,9 +499,11 @@ class FabricUploadCheckpoints:
         staging_dir: where hand-over links go; ``None``: ``.upload-staging`` beside each file.
         progress_bar: show a progress bar while flushing 64 MiB or more.
 
+    Options are read-only after construction (setting one raises ``AttributeError``).
+
     Raises:
-        MisconfigurationException: at construction, for a bad template, alias, timeout or ``mode``;
-            from a hook, when the Fabric has no W&B logger.
+        ConfigurationError: at construction, for a bad template, alias, timeout, ``mode``, ``monitor``,
+            ``staging_dir`` or ``progress_bar``; from a hook, when the Fabric has no W&B logger.
 
     Example::
 
@@ -530,26 +538,26 @@ class FabricUploadCheckpoints:
         staging_dir: str | None = None,
         progress_bar: bool = True,
     ) -> None:
-        if mode not in ("min", "max"):
-            raise MisconfigurationException(
-                f"FabricUploadCheckpoints(mode={mode!r}): mode must be 'min' or 'max' (which score is best)."
-            )
-        if monitor is not None and (not isinstance(monitor, str) or not monitor):
-            raise MisconfigurationException(
-                f"FabricUploadCheckpoints(monitor={monitor!r}): monitor must be a metric name such as 'val_acc', "
-                "or None (no `best` alias)."
-            )
         owner = type(self).__name__
-        self.name = check_template(name, owner)
+        self._mode = check_choice(owner, "mode", mode, ("min", "max"))
+        self._monitor = check_str(owner, "monitor", monitor, allow_none=True, example="'val_acc'")
+        self._name = check_template(name, owner)
+        self._aliases = check_aliases(aliases, owner)
+        self._flush_timeout = check_flush_timeout(flush_timeout, owner)
+        self._staging_dir = check_path(owner, "staging_dir", staging_dir)
+        self._progress_bar = check_bool(owner, "progress_bar", progress_bar)
         # the hand-over, ledger, worker and flushes of UploadCheckpoints, its messages naming this class
-        self.publisher = Publisher(
-            check_aliases(aliases, owner), check_flush_timeout(flush_timeout, owner), staging_dir,
-            bool(progress_bar), owner,
-        )
-        self.monitor = monitor
-        self.mode = mode
+        self.publisher = Publisher(self.aliases, self.flush_timeout, self.staging_dir, self.progress_bar, owner)
         self.collection_name: str | None = None
         self._run: Any = None
+
+    name = Option[str | None]("The collection name template, or ``None`` for the default name.")
+    monitor = Option[str | None]("The name of the score, or ``None`` (no ``best`` alias).")
+    mode = Option[str]("``\"min\"`` or ``\"max\"``: which score is best.")
+    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.")
+    flush_timeout = Option[float]("Seconds to wait for pending uploads at the end.")
+    staging_dir = Option[str | None]("Where hand-over links go, or ``None``: beside each file.")
+    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.")
 
     def upload_checkpoint(
         self,
@@ -576,7 +584,7 @@ class FabricUploadCheckpoints:
         Raises:
             FileNotFoundError: on global rank 0, when ``path`` does not exist.
             ValueError: ``path`` is a folder (sharded checkpoint).
-            MisconfigurationException: a bad alias; on global rank 0, ``metadata`` that is not
+            ConfigurationError: a bad alias; on global rank 0, ``metadata`` that is not
                 JSON-serializable (:class:`~lw_callbacks.ConfigurationError`, raised before anything
                 is marked, so the corrected call for the same file uploads it).
         """
@@ -627,7 +635,7 @@ class FabricUploadCheckpoints:
             score_for_best = value if self.monitor is not None else None
             publisher.stage_and_submit(str(path), real, sig, self.collection_name, score_for_best, meta, all_aliases)
         except Exception as err:  # a hand-over problem never stops training
-            rank_zero_warn(f"FabricUploadCheckpoints: could not hand over {path} ({type(err).__name__}: {err}).")
+            warn(f"FabricUploadCheckpoints: could not hand over {path} ({type(err).__name__}: {err}).")
 
     def training_done(self, fabric: Any) -> None:
         """Flush pending uploads and share what was logged with every rank (a broadcast: call on every rank).
@@ -677,7 +685,7 @@ class FabricShareRunDir:
         set_env: set ``os.environ["WANDB_DIR"]`` on every rank.
 
     Raises:
-        MisconfigurationException: in ``__init__``, when ``set_env`` is not a ``bool``; from the hook,
+        ConfigurationError: in ``__init__``, when ``set_env`` is not a ``bool``; from the hook,
             when the Fabric has no W&B logger.
 
     Example::

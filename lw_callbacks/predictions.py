@@ -7,10 +7,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 from typing_extensions import override
 
 from lw_callbacks import _wandb
+from lw_callbacks._errors import WarnOnce, warn
 from lw_callbacks.core.samples import STAGES as STAGES  # public here too: lw_callbacks.predictions.STAGES
 from lw_callbacks.core.samples import SampleCore, check_arguments
 from lw_callbacks.core.tasks import InputError, TaskOptions
@@ -219,7 +219,7 @@ class LogPredictionSamples(Callback):
         self.every_n_epochs = every_n_epochs
         self.log_sanity_check = log_sanity_check
         self.dataloader_idx = dataloader_idx
-        self._warnings = WarningCache()
+        self._warnings = WarnOnce()
 
     num_samples = _option("num_samples", "How many examples are logged.")
     key = _option("key", "The panel section of validation (``key_<stage>`` for the other stages).")
@@ -368,7 +368,7 @@ class LogPredictionSamples(Callback):
             if trainer.state.fn != "fit" or trainer.sanity_checking:
                 raise  # nothing has trained yet: stop now, with the message
             core.disable(stage)
-            rank_zero_warn(
+            warn(
                 f"{err} LogPredictionSamples logs no more {stage} samples in this fit (training goes on); fix "
                 "the setting, and keep the sanity check (num_sanity_val_steps > 0) to catch this before training."
             )

@@ -537,7 +537,7 @@ def test_restore_gives_the_best_file_or_none_when_nothing_was_uploaded(
             assert upload.collection_names and not mc.best_model_path
 
 
-def test_state_key_is_fixed_during_a_fit_and_follows_edits_after_it() -> None:
+def test_state_key_is_fixed_during_a_fit_and_names_the_options() -> None:
     """Lightning reads ``state_key`` on every hook call; during a fit it is built once, and the
     checkpoint's callback states are saved under it."""
     mc = ModelCheckpoint(dirpath="ckpt", monitor="val_acc", mode="max")
@@ -555,5 +555,7 @@ def test_state_key_is_fixed_during_a_fit_and_follows_edits_after_it() -> None:
     assert seen == {before}
     saved = torch.load(mc.best_model_path, weights_only=False)["callbacks"]
     assert before in saved, sorted(saved)
-    upload.aliases = ["production"]  # after the fit the key names the options again
-    assert upload.state_key != before and "production" in upload.state_key
+    with pytest.raises(AttributeError, match=r"UploadCheckpoints\.aliases is read-only.*aliases="):
+        upload.aliases = ("production",)  # options are fixed at construction
+    other = UploadCheckpoints(checkpoints=[mc], aliases=["production"])  # the key names the options
+    assert other.state_key != before and "production" in other.state_key

@@ -183,3 +183,70 @@ def test_cores_import_no_trainer(module: Path) -> None:
             and not n.startswith(("lightning.pytorch.utilities", "lightning.fabric.utilities"))
         ]
     assert not found, "a core imports the framework:\n" + "\n".join(found)
+
+
+# ---------------------------------------------------------------------- warnings: one category, one way out
+_WARNING_CALLS = {"rank_zero_warn", "rank_zero_deprecation", "WarningCache", "showwarning"}
+
+
+def _warning_exits(source: str) -> list[tuple[int, str]]:
+    """``(line, call)`` of every warning emitted other than through ``lw_callbacks._errors``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names]
+            if any(n in _WARNING_CALLS or n == "warnings" for n in names):
+                found.append((node.lineno, "imports " + ", ".join(names)))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+            if name in _WARNING_CALLS or (owner == "warnings" and name == "warn"):
+                found.append((node.lineno, f"{owner + '.' if owner else ''}{name}()"))
+    return found
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.name != "_errors.py"], ids=_rel)
+def test_every_warning_leaves_through_one_function(module: Path) -> None:
+    """Outside ``lw_callbacks/_errors.py`` a warning is emitted only by ``warn`` / ``WarnOnce``, so it is
+    an ``LWCallbacksWarning`` and each cause is said once."""
+    found = [f"{_rel(module)}:{line}: {what}" for line, what in _warning_exits(module.read_text())]
+    assert not found, "warnings emitted outside lw_callbacks._errors:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "import warnings\nwarnings.warn('x')",
+        "from lightning.pytorch.utilities.rank_zero import rank_zero_warn\nrank_zero_warn('x')",
+        "from lightning.pytorch.utilities import rank_zero\nrank_zero.rank_zero_warn('x')",
+        "cache = WarningCache()",
+    ],
+)
+def test_the_warning_check_finds_an_other_exit(line: str) -> None:
+    assert _warning_exits(line)
+    assert not _warning_exits("from lw_callbacks._errors import warn\nwarn('x')\nself._warnings.warn('y')")
+
+
+def test_package_warnings_have_one_category_and_say_each_cause_once() -> None:
+    import warnings
+
+    from lw_callbacks import LWCallbacksWarning
+    from lw_callbacks._errors import WarnOnce
+
+    once = WarnOnce()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        once.warn("first at step 1", cause="first")
+        once.warn("first at step 2", cause="first")
+        once.warn("second")
+        once.warn("second")
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (LWCallbacksWarning, "first at step 1"), (LWCallbacksWarning, "second")
+    ]
+    assert issubclass(LWCallbacksWarning, UserWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=LWCallbacksWarning)
+        WarnOnce().warn("filtered")
+    assert caught == []  # one filter silences the package

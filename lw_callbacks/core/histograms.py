@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 from torch import Tensor, nn
 
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import ConfigurationError, WarnOnce, warn
 from lw_callbacks._wandb import log, update_summary
 
 __all__ = ["GRAPH_KEY", "LOG_CHOICES", "MAX_BINS", "HistogramCore", "check_arguments", "histograms"]
@@ -86,7 +85,7 @@ class HistogramCore:
         self._graph_pending = False
         self._graph: Any | None = None
         self._graph_handles: list[Any] = []
-        self._warnings = WarningCache()
+        self._warnings = WarnOnce()
 
     @property
     def run(self) -> Any | None:
@@ -162,7 +161,7 @@ class HistogramCore:
         try:
             payload = histograms(tensors, self.bins)  # both kinds in one pass
         except Exception as err:  # a logging failure must never end a training run
-            rank_zero_warn(
+            warn(
                 f"WatchModel: computing histograms at step {step} failed ({type(err).__name__}: {err}); "
                 "training goes on without them."
             )
@@ -200,7 +199,7 @@ class HistogramCore:
                         )
                     )
                 except Exception as err:  # a logging failure must never end a training run
-                    rank_zero_warn(f"WatchModel: describing {name} for the graph failed ({type(err).__name__}: {err}).")
+                    warn(f"WatchModel: describing {name} for the graph failed ({type(err).__name__}: {err}).")
 
             return hook
 
@@ -217,7 +216,7 @@ class HistogramCore:
         if graph is None or self._run is None:
             return
         if not graph.nodes:
-            rank_zero_warn("WatchModel: no module ran in the first training batch, so no graph was logged.")
+            warn("WatchModel: no module ran in the first training batch, so no graph was logged.")
             return
         update_summary(self._run, {GRAPH_KEY: graph}, OWNER)
 

@@ -31,9 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-
+from lw_callbacks._errors import ConfigurationError, check_seconds, warn
 from lw_callbacks._wandb import at_finish, run_folder, run_is_offline
 from lw_callbacks.core import uploader as _uploader_module
 from lw_callbacks.core.uploader import PENDING, SENT, STAGING_FOLDER, UPLOADED, Job, Ledger, Uploader
@@ -155,10 +153,15 @@ def name_for(template: str | None, run_id: str, monitor: str | None, mode: str, 
 
 
 def check_template(name: str | None, owner: str = OWNER) -> str | None:
-    """``name`` if it is a valid collection name template, else ``MisconfigurationException``
+    """``name`` if it is a valid collection name template, else ``ConfigurationError``
     (naming ``owner``, the class or call the user wrote)."""
     if name is None:
         return None
+    if not isinstance(name, str):
+        raise ConfigurationError(
+            f"{owner}(name={name!r}): `name` must be a template string or None, got {type(name).__name__}, "
+            "e.g. `name='model-{run_id}-{monitor}'`."
+        )
     accepted = ", ".join("{" + f + "}" for f in NAME_FIELDS)
     problem = None
     try:
@@ -173,7 +176,7 @@ def check_template(name: str | None, owner: str = OWNER) -> str | None:
     if problem is None and not name:
         problem = "it is empty"
     if problem is not None:
-        raise MisconfigurationException(
+        raise ConfigurationError(
             f"{owner}(name={name!r}) is not a valid artifact name template: {problem}. Use letters, "
             f"digits, '_', '.', '-' and the fields {accepted}, e.g. `name='model-{{run_id}}-{{monitor}}'`."
         )
@@ -181,19 +184,24 @@ def check_template(name: str | None, owner: str = OWNER) -> str | None:
 
 
 def check_aliases(aliases: Sequence[str], owner: str = OWNER) -> tuple[str, ...]:
-    """The user's extra aliases, checked and without repeats, else ``MisconfigurationException``
-    (naming ``owner``, the class or call the user wrote)."""
+    """The user's extra aliases, checked and without repeats, else ``ConfigurationError``
+    (naming ``owner``, the class or call the user wrote). A single string is one alias."""
     if isinstance(aliases, str):
         aliases = [aliases]
+    if not isinstance(aliases, (list, tuple)):
+        raise ConfigurationError(
+            f"{owner}(aliases={aliases!r}): `aliases` must be a list of alias strings, got "
+            f"{type(aliases).__name__}, e.g. `aliases=['baseline', 'lr-1e-3']` (or `aliases=[]`)."
+        )
     out = []
     for alias in aliases:
         if not isinstance(alias, str) or not _SAFE.match(alias) or len(alias) > 128:
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"{owner}(aliases=...) got {alias!r}: an alias is 1-128 letters, digits, '_', '.' or '-' "
                 "(no '/', ':' or spaces), e.g. `aliases=['baseline', 'lr-1e-3']`."
             )
         if _RESERVED_ALIAS.match(alias):
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"{owner}(aliases=...) got {alias!r}, which the callback sets itself ('latest', 'best', "
                 "'epoch-<n>', 'step-<n>') or which W&B reserves for versions ('v<n>'); choose another name."
             )
@@ -202,12 +210,10 @@ def check_aliases(aliases: Sequence[str], owner: str = OWNER) -> tuple[str, ...]
 
 
 def check_flush_timeout(flush_timeout: Any, owner: str = OWNER) -> float:
-    if not isinstance(flush_timeout, (int, float)) or not flush_timeout > 0 or math.isinf(flush_timeout):
-        raise MisconfigurationException(
-            f"{owner}(flush_timeout={flush_timeout!r}) must be a positive, finite number of seconds "
-            "to wait for pending uploads when fit ends, e.g. `flush_timeout=600`."
-        )
-    return float(flush_timeout)
+    """Seconds to wait for pending uploads: a finite number > 0 (not ``bool``), else ``ConfigurationError``."""
+    seconds = check_seconds(owner, "flush_timeout", flush_timeout, example="600")
+    assert seconds is not None
+    return seconds
 
 
 def sanitize(text: str) -> str:
@@ -385,7 +391,7 @@ class Publisher:
             for other, notes in others.items():
                 if other not in self.reported_others:
                     self.reported_others.add(other)
-                    rank_zero_warn(
+                    warn(
                         f"{self.owner}: {root} holds {len(notes)} staged checkpoint(s) of another run ({other}); "
                         "they are not uploaded into this run. Resume that run to upload them, or delete them."
                     )
@@ -434,7 +440,7 @@ class Publisher:
             how, fd = _uploader_module.hand_over(real, staged)
             if how == "copy" and not self.warned_copy:
                 self.warned_copy = True
-                rank_zero_warn(
+                warn(
                     f"{self.owner}: could not hard-link checkpoints into {folder} (another filesystem?), so the "
                     "upload worker copies each one there, from a file descriptor opened when it was saved (training "
                     "does not wait for the copy; it costs disk space and I/O). Pass `staging_dir` on the "
@@ -444,7 +450,7 @@ class Publisher:
             if err.errno == errno.ENOSPC:
                 uploader.disk_full(path, folder)
             else:
-                rank_zero_warn(
+                warn(
                     f"{self.owner}: could not stage {path} for upload ({err}). It will be uploaded from the original "
                     "file when fit ends, if it still exists then."
                 )
@@ -480,7 +486,7 @@ class Publisher:
         left = uploader.flush(limit, self.progress_bar, PROGRESS_MIN_BYTES)
         stopped = uploader.stop(timeout=5.0 if not left else 0.1)
         if left and limit < self.flush_timeout:
-            rank_zero_warn(
+            warn(
                 f"{self.owner}: {len(left)} checkpoint upload(s) still running when {why}; the other processes "
                 f"cannot wait longer than half the process group's timeout ({limit:g}s), so they go on in the "
                 "background and `wandb.finish()` waits for them (up to `flush_timeout`)."
@@ -488,13 +494,13 @@ class Publisher:
             return
         self.report(uploader, left, why)
         if not left and not stopped:
-            rank_zero_warn(f"{self.owner}: the upload worker did not stop; a daemon thread, it ends with the process.")
+            warn(f"{self.owner}: the upload worker did not stop; a daemon thread, it ends with the process.")
 
     def report(self, uploader: Uploader, left: list[Job], why: str) -> None:
         """Warn about the checkpoints lost before they could be uploaded, and those ``left`` unlogged."""
         lost, uploader.lost = list(uploader.lost), []
         if lost:
-            rank_zero_warn(
+            warn(
                 f"{self.owner}: {len(lost)} checkpoint(s) could not be staged when they were saved and were deleted "
                 "(by ModelCheckpoint's top-k rotation?) before they could be uploaded from the original; they are "
                 "not in W&B:\n" + "\n".join(f"  {j.source} -> {j.collection}" for j in lost)
@@ -505,7 +511,7 @@ class Publisher:
                 + (f"; staged copy kept at {j.staged}" if j.staged else "")
                 for j in left
             )
-            rank_zero_warn(
+            warn(
                 f"{self.owner}: {len(left)} checkpoint(s) were not uploaded when {why} "
                 f"(flush_timeout={self.flush_timeout:g}s):\n{lines}\nThe next fit of this run (same run id) uploads "
                 "the staged copies; your checkpoint files are untouched."

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import ConfigurationError, warn
 from lw_callbacks._wandb import run_folder, warning_cache
 
 __all__ = ["SharedRun", "check_flag", "describe_run", "pack_config", "run_config", "sweep_values", "unpack_config"]
@@ -73,10 +72,10 @@ def unpack_config(packed: Mapping[str, bytes], global_rank: int = 0) -> dict[str
         try:
             config[key] = pickle.loads(blob)
         except Exception as err:
-            warnings.warn(
+            warn(
                 f"[rank {global_rank}] ShareRunDir: the run's config value {key!r} could not be loaded on this "
                 f"rank ({type(err).__name__}: {err}); `share.config` leaves it out here.",
-                stacklevel=2,
+                all_ranks=True,
             )
     return config
 
@@ -156,9 +155,9 @@ class SharedRun:
             os.environ["WANDB_DIR"] = str(self.wandb_dir)
         if not self.run_dir.exists():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            warnings.warn(
+            warn(
                 f"[rank {global_rank}] ShareRunDir: rank 0's run folder {self.run_dir} does not exist on this "
                 "node (no shared filesystem?); created it here empty. Files written there stay on this node.",
-                stacklevel=4,
+                all_ranks=True,
             )
         return True

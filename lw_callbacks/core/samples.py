@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities.rank_zero import WarningCache, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
 from lw_callbacks import _wandb
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import ConfigurationError, WarnOnce, warn
 from lw_callbacks.core import tasks
 from lw_callbacks.core.tasks import InputError
 
@@ -221,7 +220,7 @@ class SampleCore:
         self.decode = decode
         self.states: dict[str, StageState] = {s: StageState() for s in stages}
         self.sharded = False
-        self._warnings = WarningCache()
+        self._warnings = WarnOnce()
 
     def section(self, stage: str) -> str:
         """The panel section a stage logs under: ``key`` for validation, ``key_<stage>`` otherwise."""
@@ -497,7 +496,7 @@ class SampleCore:
             isinstance(sampler, DistributedSampler) and bool(getattr(sampler, "shuffle", False))
         )
         if shuffled and warn_shuffle:
-            rank_zero_warn(
+            warn(
                 f"LogPredictionSamples: the {stage} dataloader shuffles, so the examples at the chosen positions "
                 "change every epoch. Use shuffle=False for evaluation loaders to follow the same samples."
             )
@@ -674,7 +673,7 @@ class SampleCore:
         try:
             self._log(stage, run, samples, step)
         except Exception as err:  # a logging failure never ends training
-            rank_zero_warn(
+            warn(
                 f"LogPredictionSamples: building the {stage} samples for W&B failed ({type(err).__name__}: {err}); "
                 "training goes on without them."
             )

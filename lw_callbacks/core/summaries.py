@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-
+from lw_callbacks import _errors
 from lw_callbacks._errors import ConfigurationError
 from lw_callbacks._wandb import STEP_KEY, define_metric, update_summary
 
@@ -196,7 +195,7 @@ class SummaryCore:
             # overwrite: a changed spec replaces the earlier one instead of merging with it
             define_metric(run, name, summary=spec.as_arg(), hidden=spec.hidden, overwrite=name in self._defined)
         except Exception as err:  # a logging failure must never end a training run
-            rank_zero_warn(
+            _errors.warn(
                 f"MetricSummaries: defining the W&B summary of {name!r} failed ({type(err).__name__}: {err}); "
                 "training goes on without it."
             )
@@ -306,7 +305,7 @@ class SummaryCore:
             elsewhere = _run_keys(run)  # logged around Lightning, e.g. by LearningRateMonitor
             missing = [k for k in self._entry_names() if k not in self._seen and not _matches(k, elsewhere)]
             if missing:
-                rank_zero_warn(
+                _errors.warn(
                     f"MetricSummaries: {missing} matched no metric logged during this fit, so W&B has no summary "
                     f"for them. Check the names against the keys logged with `self.log(...)` "
                     f"(logged here: {sorted(self._logged_keys())})."

@@ -36,8 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-
+from lw_callbacks._errors import warn
 from lw_callbacks._wandb import add_hashed_file, log_artifact, model_artifact
 
 ENTRY_NAME = "model.ckpt"
@@ -357,7 +356,7 @@ class Uploader:
         if self._warned_full:
             return
         self._warned_full = True
-        rank_zero_warn(
+        warn(
             f"{self.owner}: the staging disk is full (disk full): {path} could not be staged in {folder}, nor can "
             "any later checkpoint while it stays full. Each such file is uploaded from the original when fit ends, "
             "if it still exists then: files that ModelCheckpoint's top-k rotation deletes before are at risk (the "
@@ -482,7 +481,7 @@ class Uploader:
                 log_artifact(self.run, artifact, aliases)
                 self.uploaded.append((job, digest, aliases, copy))
             except Exception as err:
-                rank_zero_warn(
+                warn(
                     f"{self.owner}: could not move 'latest' of {name!r} back to {job.source} after a retried upload "
                     f"({type(err).__name__}: {err}); 'latest' is on an older checkpoint."
                 )
@@ -509,7 +508,7 @@ class Uploader:
                 with self._cond:
                     self.failed.append(job)
                 where = job.staged or job.source
-                rank_zero_warn(
+                warn(
                     f"{self.owner}: uploading {job.source} to artifact {job.collection!r} failed "
                     f"(attempt {job.attempts}, {job.error}). It is retried when fit ends; the checkpoint "
                     f"file is untouched and the copy to upload stays at {where}."
@@ -618,7 +617,7 @@ class Uploader:
         try:
             artifact.wait()  # committed on the server: durable
         except Exception as err:  # logged, but not known to be committed: keep the staged copy
-            rank_zero_warn(
+            warn(
                 f"{self.owner}: W&B did not confirm that {job.source} ({job.collection!r}) was committed "
                 f"({type(err).__name__}: {err}); its staged copy stays until a later fit of this run checks it."
             )
