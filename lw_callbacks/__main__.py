@@ -3,7 +3,8 @@
 Checks an offline run before ``wandb sync`` (on an air-gapped cluster, say): history keys with
 their step range, summary, metric definitions, artifact versions with aliases, and files. A folder
 holding several segments of one resumed run is shown as one run, merged as ``wandb sync`` will; a
-segment whose process was killed is read up to where its log was cut, and named.
+segment whose process was killed is read up to where its log was cut, and named; a damaged block of a
+log is skipped, its byte range shown, and the rest read.
 """
 
 from __future__ import annotations

@@ -203,7 +203,9 @@ def _restore_offline(name: str, tag: str, run_dir: Any, out_root: Path, timeout:
             break
         time.sleep(0.2)
     listing = "; ".join(f"{run}: {names or 'no artifacts'}" for run, names in seen.items())
-    raise LookupError(f"restore_checkpoint: no artifact named {name!r}; the runs read have {listing}")
+    damaged = sorted({f"{log} bytes {a}..{b}" for r in readers.values() for log, a, b in r.run.damaged})
+    lost = f" (damaged and skipped, the records there lost: {'; '.join(damaged)})" if damaged else ""
+    raise LookupError(f"restore_checkpoint: no artifact named {name!r}; the runs read have {listing}{lost}")
 
 
 def _reader_with_earlier_segments(path: Path) -> Any:

@@ -240,10 +240,10 @@ class _Observed:
         self.records: list[bytes] = []
         decode = run_module.records_from
 
-        def observed(path: Path, start: int) -> Iterator[tuple[Any, int]]:
+        def observed(path: Path, start: int, damaged: Any = None) -> Iterator[tuple[Any, int]]:
             self.calls += 1
             begin = max(start, 7)  # the log's header: 7 bytes
-            for record, end in decode(path, start):
+            for record, end in decode(path, start, damaged):
                 self.ranges.append((begin, end))
                 self.records.append(record.SerializeToString())
                 begin = end
@@ -444,3 +444,86 @@ def test_killed_segments_are_read_up_to_the_cut_and_named(logged_run: Path, tmp_
     nothing = subprocess.run([sys.executable, "-m", "lw_callbacks", "inspect", str(empty)],
                              capture_output=True, text=True, timeout=60)
     assert nothing.returncode == 1 and "holds no records" in nothing.stderr
+
+
+@pytest.fixture(scope="module")
+def resumed_long_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    """A run resumed once: a first segment of several 32 KiB blocks (400 rows, then checkpoint A),
+    a second one (5 rows, then checkpoint B). Returns the root and the rows logged, in order."""
+    import wandb
+
+    root = tmp_path_factory.mktemp("resumed-long")
+    logged: list[dict[str, Any]] = []
+    with isolated_wandb(root):
+        for segment, (steps, content) in enumerate([(range(400), b"A"), (range(400, 405), b"B")]):
+            if segment and WANDB_VERSION < (0, 22, 1):
+                time.sleep(1.1)
+            run = wandb.init(project="lw-tests", dir=str(root), id="longrun", resume="allow", mode="offline")
+            for step in steps:
+                row = {"loss": 1.0 / (step + 1), "note": f"row {step} " + "x" * 200, "trainer/global_step": step}
+                run.log(row)
+                logged.append(row)
+            path = root / f"m{segment}.ckpt"
+            path.write_bytes(content * 100)
+            art = wandb.Artifact("model-longrun", type="model")
+            art.add_file(str(path), name="model.ckpt")
+            run.log_artifact(art, aliases=["latest"])
+            run.finish()
+        for segment in find_runs(root):
+            read_run(segment, timeout=60)
+    return root, logged
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncate"])
+def test_a_damaged_segment_costs_only_itself(
+    resumed_long_run: tuple[Path, list[dict[str, Any]]], tmp_path: Path, fault: str
+) -> None:
+    from lw_callbacks import restore_checkpoint
+    from lw_callbacks.records import read_resumed
+
+    source, logged = resumed_long_run
+    shutil.copytree(source / "wandb", tmp_path / "wandb", symlinks=True)
+    first, _second = find_runs(tmp_path)
+    (log,) = first.glob("run-*.wandb")
+    data = bytearray(log.read_bytes())
+    assert len(data) > 3 * 32 * 1024  # several blocks
+    bad = 32 * 1024 + 5000  # inside the second block
+    if fault == "corrupt":
+        data[bad : bad + 64] = bytes(b ^ 0x5A for b in data[bad : bad + 64])
+    else:
+        data = data[:bad]
+    log.write_bytes(bytes(data))
+
+    merged = read_resumed(tmp_path, "longrun", timeout=0)
+    rows = [{k: r[k] for k in ("loss", "note", "trainer/global_step")} for r in merged.history]
+    steps = [r["trainer/global_step"] for r in rows]
+    assert all(row == logged[step] for row, step in zip(rows, steps, strict=True))  # every row read is as logged
+    assert steps[-5:] == [400, 401, 402, 403, 404]  # the second segment whole
+    if fault == "corrupt":
+        ((damaged_log, start, end),) = merged.damaged
+        assert damaged_log == log and start <= bad and bad + 64 <= end <= 2 * 32 * 1024 + 1024
+        lost = sorted(set(range(400)) - set(steps))
+        assert lost and lost == list(range(lost[0], lost[-1] + 1)) and len(lost) < 32 * 1024 // 200  # one block
+        assert 399 in steps and merged.cut_segments == []  # the rest of the segment, its exit record too
+        assert [v.version for v in merged.artifacts("model-longrun")] == [0, 1]
+        with pytest.raises(ValueError, match="checksum"):  # the strict decoder still refuses it
+            list(iter_records(log))
+    else:
+        assert merged.damaged == [] and merged.cut_segments == [first]
+        assert steps[:-5] == list(range(len(steps) - 5))
+        assert [v.version for v in merged.artifacts("model-longrun")] == [0]  # A was past the cut
+
+    path = restore_checkpoint("model-longrun:latest", run_dir=tmp_path, root=tmp_path / "out", timeout=5)
+    assert path.read_bytes() == b"B" * 100
+    if fault == "corrupt":
+        v0 = restore_checkpoint("model-longrun:v0", run_dir=tmp_path, root=tmp_path / "out", timeout=5)
+        assert v0.read_bytes() == b"A" * 100  # recorded in the damaged segment, past the damage
+
+    out = subprocess.run([sys.executable, "-m", "lw_callbacks", "inspect", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "segments (2, merged in start order)" in out.stdout and "model-longrun:v" in out.stdout
+    if fault == "corrupt":
+        assert f"{log}: bytes {start}..{end}" in out.stdout and "damaged (1 ranges skipped" in out.stdout
+    else:
+        assert "[cut: no exit record]" in out.stdout

@@ -24,19 +24,28 @@ _BLOCK_LEN = 32 * 1024
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
-def iter_records(path: str | Path) -> Iterator[Any]:
+def iter_records(path: str | Path, damaged: list[tuple[int, int]] | None = None) -> Iterator[Any]:
     """Yield each whole ``Record`` protobuf in a ``.wandb`` log, in order.
 
     A truncated tail (a chunk or record the writer has not finished) ends the iteration quietly:
-    it is "not yet", not corruption. A checksum mismatch inside the file raises ``ValueError``.
+    it is "not yet", not corruption. A damaged block (a checksum mismatch, a chunk that cannot be
+    there) raises ``ValueError``; or, given a ``damaged`` list, is skipped and its byte range
+    ``(start, end)`` appended to the list, and decoding goes on at the next block.
     """
-    for record, _end in records_from(Path(path), 0):
+    for record, _end in records_from(Path(path), 0, damaged):
         yield record
 
 
-def records_from(path: Path, start: int) -> Iterator[tuple[Any, int]]:
+def records_from(path: Path, start: int, damaged: list[tuple[int, int]] | None = None) -> Iterator[tuple[Any, int]]:
     """``(record, offset after it)`` for each whole record from byte ``start`` (0, or an offset this
-    yielded before: the end of a record, where a later read can resume)."""
+    yielded before: the end of a record, where a later read can resume).
+
+    The log is written in 32 KiB blocks and no chunk crosses a block's end, so damage costs only the
+    records with a chunk in the damaged block: with a ``damaged`` list, the bytes from the start of
+    the first record lost to the first chunk decoded again are appended to it as ``(start, end)``
+    and the reading goes on (without one, ``ValueError``).
+    """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     with open(path, "rb") as fh:
@@ -52,39 +61,73 @@ def records_from(path: Path, start: int) -> Iterator[tuple[Any, int]]:
     pos = base
     end = base + len(data)
     pending: bytearray | None = None
+    pending_start = pos
+    lost_from: int | None = None  # where the bytes being skipped began
+    lost_why = ""
+
+    def damage(at: int, why: str) -> int:
+        """Skip the rest of the block holding byte ``at``; the offset to go on from."""
+        nonlocal pending, lost_from, lost_why
+        if damaged is None:
+            raise ValueError(f"{path}: {why} at byte {at}")
+        if lost_from is None:
+            lost_from, lost_why = (pending_start if pending is not None else at), why
+        pending = None
+        return at - at % _BLOCK_LEN + _BLOCK_LEN
+
     while pos < end:
         left = _BLOCK_LEN - pos % _BLOCK_LEN
         if left < _HEADER_LEN:
             pos += left
             continue
         if pos + _HEADER_LEN > end:
-            return
+            break
         rel = pos - base
         crc, length, kind = struct.unpack("<IHB", data[rel : rel + _HEADER_LEN])
         start_of_chunk = pos + _HEADER_LEN
+        if _HEADER_LEN + length > left:  # no chunk crosses a block's end
+            pos = damage(pos, "a chunk longer than its block")
+            continue
         if start_of_chunk + length > end:
-            return
+            break
         chunk = data[rel + _HEADER_LEN : rel + _HEADER_LEN + length]
         if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
-            if crc == 0 and length == 0 and kind == 0:  # zero-filled tail being written
-                return
-            raise ValueError(f"{path}: checksum mismatch at byte {pos}")
-        pos = start_of_chunk + length
+            if crc == 0 and length == 0 and kind == 0 and not any(data[rel:]):  # zero-filled tail being written
+                break
+            pos = damage(pos, "checksum mismatch")
+            continue
+        chunk_start, pos = pos, start_of_chunk + length
+        if lost_from is not None:
+            if kind in (_MIDDLE, _LAST):  # the rest of a record begun in the damaged block
+                continue
+            assert damaged is not None
+            damaged.append((lost_from, chunk_start))
+            lost_from = None
         if kind == _FULL:
             payload: bytes | None = chunk
+            pending_start = chunk_start
         elif kind == _FIRST:
-            pending, payload = bytearray(chunk), None
+            pending, payload, pending_start = bytearray(chunk), None, chunk_start
         elif kind == _MIDDLE and pending is not None:
             pending += chunk
             payload = None
         elif kind == _LAST and pending is not None:
             payload, pending = bytes(pending + chunk), None
         else:
-            raise ValueError(f"{path}: unexpected chunk type {kind} at byte {pos}")
+            pos = damage(chunk_start, f"unexpected chunk type {kind}")
+            continue
         if payload is not None:
             record = pb.Record()  # type: ignore[attr-defined]
-            record.ParseFromString(payload)
+            try:
+                record.ParseFromString(payload)
+            except DecodeError:  # whole and checksummed, yet not a record: it alone is lost
+                if damaged is None:
+                    raise ValueError(f"{path}: a record that does not decode at byte {pending_start}") from None
+                damaged.append((pending_start, pos))
+                continue
             yield record, pos
+    if lost_from is not None and damaged is not None:
+        damaged.append((lost_from, min(pos, end)))
 
 
 ManifestRow = tuple[str, str, int, str | None, str | None]

@@ -128,6 +128,9 @@ class RunRecords:
     started_at: float | None = None
     segments: list[Path] = field(default_factory=list)
     cut_segments: list[Path] = field(default_factory=list)
+    damaged: list[tuple[Path, int, int]] = field(default_factory=list)
+    """``(log, start, end)``: byte ranges of a segment's log that were damaged and skipped (the records
+    with a chunk there are lost; the rest of the run is read)."""
 
     @property
     def run_dir(self) -> Path:
@@ -202,7 +205,9 @@ class RunRecords:
         calls logged identical content)."""
         found: list[LoggedTable] = []
         entry_name = f"{key}.table.json"
-        for record in iter_records(self.path):
+        logs = [log_file_of(s) for s in self.segments[:-1]] + [self.path] if self.segments else [self.path]
+        records = (r for log in logs for r in iter_records(log, damaged=[]))  # damage: see ``damaged``
+        for record in records:
             if record.WhichOneof("record_type") != "artifact" or record.artifact.type != "run_table":
                 continue
             entries = _manifest_entries(record.artifact.manifest)
@@ -299,9 +304,16 @@ class RunReader:
     def read(self) -> RunRecords:
         """The run's records with those appended to the log since the last call added (the same object
         each time)."""
-        for record, end in records_from(self.log, self.offset):
+        damaged: list[tuple[int, int]] = []
+        for record, end in records_from(self.log, self.offset, damaged):
             _add_record(self.run, record)
             self.offset = end
+        for start, stop in damaged:  # a range at the tail is found again by the next read, maybe longer
+            known = [i for i, (log, s, _e) in enumerate(self.run.damaged) if log == self.log and s == start]
+            if known:
+                self.run.damaged[known[0]] = (self.log, start, stop)
+            else:
+                self.run.damaged.append((self.log, start, stop))
         self.run.config.pop("_wandb", None)
         return self.run
 
@@ -530,6 +542,7 @@ def summarize(run: RunRecords, text: bool = False) -> Any:
         "files": len(run.files),
         "segments": [str(p) for p in run.segments],
         "cut_segments": [str(p) for p in run.cut_segments],
+        "damaged": [{"log": str(log), "start": start, "end": end} for log, start, end in run.damaged],
     }
     if not text:
         return info_dict
@@ -541,6 +554,10 @@ def summarize(run: RunRecords, text: bool = False) -> Any:
     else:
         state = "still running"
     lines = [f"run {run.run_id} ({run.project}) at {run.run_dir}", f"  state: {state}"]
+    if run.damaged:
+        lines.append(f"  damaged ({len(run.damaged)} ranges skipped; the records there are lost, the rest is below):")
+        for log, start, end in run.damaged:
+            lines.append(f"    {log}: bytes {start}..{end} ({end - start} bytes)")
     if len(run.segments) > 1:
         lines.append(f"  segments ({len(run.segments)}, merged in start order):")
         for segment in run.segments:
