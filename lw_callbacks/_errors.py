@@ -204,7 +204,8 @@ def check_choice(owner: str, argument: str, value: Any, choices: Collection[T]) 
 class Option(Generic[T]):
     """A read-only option of a callback, set by its constructor.
 
-    Reading gives what the constructor kept (under ``_<name>`` on the instance); setting raises
+    Reading gives what the constructor kept (under ``_<name>`` on the instance, or ``<name>`` of the
+    core named by ``via``, which keeps the one copy the callback reads); setting raises
     ``AttributeError`` naming the constructor argument, since a changed option would not be checked
     or would disagree with what the callback already prepared::
 
@@ -212,13 +213,15 @@ class Option(Generic[T]):
             log_freq = Option[int]("Log every ``log_freq`` optimizer steps.")
     """
 
-    def __init__(self, doc: str = "") -> None:
+    def __init__(self, doc: str = "", *, via: str | None = None) -> None:
         self.__doc__ = doc
         self.name = ""
+        self.attr = ""
+        self.via = via  # the instance attribute holding the one copy (a core), or None: ``_<name>`` here
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
-        self.attr = "_" + name
+        self.attr = name if self.via else "_" + name
 
     @overload
     def __get__(self, obj: None, objtype: type | None = None) -> Option[T]: ...
@@ -229,7 +232,7 @@ class Option(Generic[T]):
     def __get__(self, obj: object | None, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        return getattr(obj, self.attr)
+        return getattr(getattr(obj, self.via) if self.via else obj, self.attr)
 
     def __set__(self, obj: object, value: Any) -> None:
         owner = type(obj).__name__

@@ -319,11 +319,21 @@ class FabricMetricSummaries:
         record_best_step: bool = True,
         warn_missing: bool = True,
     ) -> None:
-        parsed, hidden_keys = summary_arguments(summaries, False, hidden, False, record_best_step, warn_missing)
+        owner = type(self).__name__
+        parsed, hidden_keys = summary_arguments(summaries, False, hidden, False, record_best_step, warn_missing, owner)
         self.core = SummaryCore(
-            parsed, hidden=hidden_keys, record_best_step=bool(record_best_step), warn_missing=bool(warn_missing)
+            parsed, hidden=hidden_keys, record_best_step=record_best_step, warn_missing=warn_missing, owner=owner
         )
         self._observed = False
+
+    summaries = Option["dict[str, tuple[str, ...]]"](
+        "Metric name or suffix glob -> the aggregates W&B keeps for it (parsed).", via="core"
+    )
+    hidden = Option["bool | tuple[str, ...]"](
+        "``True`` / ``False``, or the names and suffix globs whose charts are hidden.", via="core"
+    )
+    record_best_step = Option[bool]("Whether ``<metric>.best_step`` / ``.best_epoch`` are written.", via="core")
+    warn_missing = Option[bool]("Whether entries that matched no logged metric are named in a warning.", via="core")
 
     def define_summaries(self, fabric: Any) -> None:
         """Define every entry on the run (global rank 0; a no-op elsewhere). Call it once, before logging."""
@@ -417,10 +427,21 @@ class FabricWatchModel:
         exclude: str | Sequence[str] | None = None,
         bins: int = 64,
     ) -> None:
-        include_patterns, exclude_patterns = histogram_arguments(log, log_freq, log_graph, include, exclude, bins)
-        self.core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins)
+        owner = type(self).__name__
+        include_patterns, exclude_patterns = histogram_arguments(
+            log, log_freq, log_graph, include, exclude, bins, owner
+        )
+        self.core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins, owner)
         self._handle: Any = None
         self._steps = 0
+
+    log_mode = Option[str]('What is logged: ``"gradients"``, ``"parameters"`` or ``"all"`` (the ``log`` argument).',
+                           via="core")
+    log_freq = Option[int]("Optimizer steps between two logs.", via="core")
+    log_graph = Option[bool]("Whether the module graph is logged from the first forward.", via="core")
+    include = Option["list[str] | None"]("Parameter-name patterns to watch (``None``: every one).", via="core")
+    exclude = Option["list[str] | None"]("Parameter-name patterns not to watch.", via="core")
+    bins = Option[int]("Bins per histogram.", via="core")
 
     @property
     def watched_names(self) -> list[str]:
@@ -432,8 +453,8 @@ class FabricWatchModel:
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         inner = getattr(optimizer, "optimizer", optimizer)  # Fabric's wrapper delegates step to it
         if not hasattr(inner, "register_step_pre_hook"):
-            raise ValueError(
-                f"FabricWatchModel.watch(optimizer=...): got {type(optimizer).__name__}, not a torch optimizer; "
+            raise ConfigurationError(
+                f"{type(self).__name__}.watch(optimizer=...): got {type(optimizer).__name__}, not a torch optimizer; "
                 "pass the optimizer returned by `fabric.setup(model, optimizer)`."
             )
         self.unwatch(fabric)

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from typing_extensions import override
 
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import ConfigurationError, Option
 from lw_callbacks._wandb import get_run, is_disabled, lightning_step
 from lw_callbacks.core.summaries import SUMMARY_KINDS, SummaryCore, SummaryValue, check_arguments
 
@@ -105,61 +105,34 @@ class MetricSummaries(Callback):
         warn_missing: bool = True,
     ) -> None:
         super().__init__()
+        owner = type(self).__name__
         parsed, hidden_keys = check_arguments(
-            summaries, from_callbacks, hidden, dataloader_suffixes, record_best_step, warn_missing
+            summaries, from_callbacks, hidden, dataloader_suffixes, record_best_step, warn_missing, owner
         )
-        self.from_callbacks = bool(from_callbacks)
+        self._from_callbacks = from_callbacks
         self._core = SummaryCore(
-            parsed, hidden=hidden_keys, dataloader_suffixes=bool(dataloader_suffixes),
-            record_best_step=bool(record_best_step), warn_missing=bool(warn_missing),
+            parsed, hidden=hidden_keys, dataloader_suffixes=dataloader_suffixes,
+            record_best_step=record_best_step, warn_missing=warn_missing, owner=owner,
         )
         # (step, epoch) of a training epoch end whose metrics Lightning logs after this callback's hook
         self._epoch_end: tuple[int, int] | None = None
 
-    @property
-    def summaries(self) -> dict[str, tuple[str, ...]]:
-        """Metric name or suffix glob -> the aggregates W&B keeps for it (parsed)."""
-        return self._core.summaries
-
-    @summaries.setter
-    def summaries(self, value: dict[str, tuple[str, ...]]) -> None:
-        self._core.summaries = value
-
-    @property
-    def hidden(self) -> bool | tuple[str, ...]:
-        """``True`` / ``False``, or the names and suffix globs whose charts are hidden."""
-        return self._core.hidden
-
-    @hidden.setter
-    def hidden(self, value: bool | tuple[str, ...]) -> None:
-        self._core.hidden = value
-
-    @property
-    def dataloader_suffixes(self) -> bool:
-        """Whether an entry also applies to its ``<name>/dataloader_idx_N`` keys."""
-        return self._core.dataloader_suffixes
-
-    @dataloader_suffixes.setter
-    def dataloader_suffixes(self, value: bool) -> None:
-        self._core.dataloader_suffixes = value
-
-    @property
-    def record_best_step(self) -> bool:
-        """Whether ``<metric>.best_step`` and ``<metric>.best_epoch`` are written at the end of fit."""
-        return self._core.record_best_step
-
-    @record_best_step.setter
-    def record_best_step(self, value: bool) -> None:
-        self._core.record_best_step = value
-
-    @property
-    def warn_missing(self) -> bool:
-        """Whether entries that matched no logged metric are named in a warning at the end of fit."""
-        return self._core.warn_missing
-
-    @warn_missing.setter
-    def warn_missing(self, value: bool) -> None:
-        self._core.warn_missing = value
+    from_callbacks = Option[bool]("Whether entries are derived from ModelCheckpoint / EarlyStopping.")
+    summaries = Option["dict[str, tuple[str, ...]]"](
+        "Metric name or suffix glob -> the aggregates W&B keeps for it (parsed).", via="_core"
+    )
+    hidden = Option["bool | tuple[str, ...]"](
+        "``True`` / ``False``, or the names and suffix globs whose charts are hidden.", via="_core"
+    )
+    dataloader_suffixes = Option[bool](
+        "Whether an entry also applies to its ``<name>/dataloader_idx_N`` keys.", via="_core"
+    )
+    record_best_step = Option[bool](
+        "Whether ``<metric>.best_step`` and ``<metric>.best_epoch`` are written at the end of fit.", via="_core"
+    )
+    warn_missing = Option[bool](
+        "Whether entries that matched no logged metric are named in a warning at the end of fit.", via="_core"
+    )
 
     @property
     @override

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lw_callbacks._errors import Option
 from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of, skip_pandas_import
 from lw_callbacks.core.histograms import GRAPH_KEY as GRAPH_KEY  # the summary key of the graph
 from lw_callbacks.core.histograms import HistogramCore, check_arguments
@@ -60,6 +61,8 @@ class WatchModel(Callback):
             the Trainer has no ``WandbLogger`` (under ``fast_dev_run`` nothing is logged and nothing
             is raised).
 
+    Options are read-only after construction (setting one raises ``AttributeError``).
+
     Example::
 
         >>> from lightning.pytorch import Trainer
@@ -97,63 +100,20 @@ class WatchModel(Callback):
         bins: int = 64,
     ) -> None:
         super().__init__()
-        include_patterns, exclude_patterns = check_arguments(log, log_freq, log_graph, include, exclude, bins)
-        self._core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins)
+        owner = type(self).__name__
+        include_patterns, exclude_patterns = check_arguments(log, log_freq, log_graph, include, exclude, bins, owner)
+        self._core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins, owner)
 
     # not ``log``: Lightning sets ``callback.log = pl_module.log`` on every callback at fit start
-    @property
-    def log_mode(self) -> str:
-        """What is logged: ``"gradients"``, ``"parameters"`` or ``"all"`` (the ``log`` argument)."""
-        return self._core.log_mode
-
-    @log_mode.setter
-    def log_mode(self, value: str) -> None:
-        self._core.log_mode = value
-
-    @property
-    def log_freq(self) -> int:
-        """Optimizer steps between two logs."""
-        return self._core.log_freq
-
-    @log_freq.setter
-    def log_freq(self, value: int) -> None:
-        self._core.log_freq = value
-
-    @property
-    def log_graph(self) -> bool:
-        """Whether the module graph is logged from the first training batch of each fit."""
-        return self._core.log_graph
-
-    @log_graph.setter
-    def log_graph(self, value: bool) -> None:
-        self._core.log_graph = value
-
-    @property
-    def include(self) -> list[str] | None:
-        """Parameter-name patterns to watch (``None``: every trainable parameter)."""
-        return self._core.include
-
-    @include.setter
-    def include(self, value: list[str] | None) -> None:
-        self._core.include = value
-
-    @property
-    def exclude(self) -> list[str] | None:
-        """Parameter-name patterns not to watch."""
-        return self._core.exclude
-
-    @exclude.setter
-    def exclude(self, value: list[str] | None) -> None:
-        self._core.exclude = value
-
-    @property
-    def bins(self) -> int:
-        """Bins per histogram."""
-        return self._core.bins
-
-    @bins.setter
-    def bins(self, value: int) -> None:
-        self._core.bins = value
+    log_mode = Option[str]('What is logged: ``"gradients"``, ``"parameters"`` or ``"all"`` (the ``log`` argument).',
+                           via="_core")
+    log_freq = Option[int]("Optimizer steps between two logs.", via="_core")
+    log_graph = Option[bool]("Whether the module graph is logged from the first training batch of each fit.",
+                             via="_core")
+    include = Option["list[str] | None"]("Parameter-name patterns to watch (``None``: every trainable parameter).",
+                                        via="_core")
+    exclude = Option["list[str] | None"]("Parameter-name patterns not to watch.", via="_core")
+    bins = Option[int]("Bins per histogram.", via="_core")
 
     @property
     def log_gradients(self) -> bool:

@@ -30,7 +30,7 @@ OWNER = "WatchModel"  # the name warnings give, for the Trainer callback and the
 
 
 def check_arguments(
-    log: Any, log_freq: Any, log_graph: Any, include: Any, exclude: Any, bins: Any
+    log: Any, log_freq: Any, log_graph: Any, include: Any, exclude: Any, bins: Any, owner: str = OWNER
 ) -> tuple[list[str] | None, list[str] | None]:
     """Validate ``WatchModel``'s arguments; returns ``include`` and ``exclude`` as lists of patterns.
 
@@ -39,24 +39,25 @@ def check_arguments(
     """
     if log not in LOG_CHOICES:
         raise ConfigurationError(
-            f"WatchModel(log={log!r}) is not supported: `log` must be one of "
-            f"{', '.join(repr(c) for c in LOG_CHOICES)}. To log nothing, leave WatchModel out of the callbacks."
+            f"{owner}(log={log!r}) is not supported: `log` must be one of "
+            f"{', '.join(repr(c) for c in LOG_CHOICES)}. To log nothing, leave {owner} out of the callbacks."
         )
     if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
         raise ConfigurationError(
-            f"WatchModel(log_freq={log_freq!r}) is not supported: `log_freq` must be an int >= 1 "
+            f"{owner}(log_freq={log_freq!r}) is not supported: `log_freq` must be an int >= 1 "
             "(the number of optimizer steps between two logs), e.g. log_freq=100."
         )
     if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
         raise ConfigurationError(
-            f"WatchModel(bins={bins!r}) is not supported: `bins` must be an int from 1 to {MAX_BINS} "
+            f"{owner}(bins={bins!r}) is not supported: `bins` must be an int from 1 to {MAX_BINS} "
             "(W&B keeps at most 512 bins per histogram), e.g. bins=64."
         )
     if not isinstance(log_graph, bool):
         raise ConfigurationError(
-            f"WatchModel(log_graph={log_graph!r}) is not supported: `log_graph` must be True or False."
+            f"{owner}(log_graph={log_graph!r}) is not supported: `log_graph` must be True or False, "
+            f"got {type(log_graph).__name__}."
         )
-    return _patterns("include", include), _patterns("exclude", exclude)
+    return _patterns("include", include, owner), _patterns("exclude", exclude, owner)
 
 
 class HistogramCore:
@@ -72,7 +73,9 @@ class HistogramCore:
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         bins: int = 64,
+        owner: str = OWNER,
     ) -> None:
+        self.owner = owner  # the class the user built, named in warnings
         self.log_mode = log_mode
         self.log_freq = log_freq
         self.log_graph = log_graph
@@ -120,7 +123,7 @@ class HistogramCore:
         if unmatched:
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             self._warnings.warn(
-                f"WatchModel: these patterns match no trainable parameter of {type(module).__name__}: "
+                f"{self.owner}: these patterns match no trainable parameter of {type(module).__name__}: "
                 f"{', '.join(unmatched)}. Parameter names look like: {shown or '(none)'}."
             )
         watched = [
@@ -132,7 +135,7 @@ class HistogramCore:
         if not watched:
             why = "it has no trainable parameter" if not trainable else "`include` / `exclude` leave none"
             self._warnings.warn(
-                f"WatchModel: nothing to watch in {type(module).__name__}: {why}. No histogram is logged."
+                f"{self.owner}: nothing to watch in {type(module).__name__}: {why}. No histogram is logged."
             )
         return watched
 
@@ -162,12 +165,12 @@ class HistogramCore:
             payload = histograms(tensors, self.bins)  # both kinds in one pass
         except Exception as err:  # a logging failure must never end a training run
             warn(
-                f"WatchModel: computing histograms at step {step} failed ({type(err).__name__}: {err}); "
+                f"{self.owner}: computing histograms at step {step} failed ({type(err).__name__}: {err}); "
                 "training goes on without them."
             )
             return
         if payload:
-            log(self._run, payload, step if wandb_step is None else wandb_step, OWNER)
+            log(self._run, payload, step if wandb_step is None else wandb_step, self.owner)
 
     # --------------------------------------------------------------------------------------- graph
 
@@ -199,7 +202,7 @@ class HistogramCore:
                         )
                     )
                 except Exception as err:  # a logging failure must never end a training run
-                    warn(f"WatchModel: describing {name} for the graph failed ({type(err).__name__}: {err}).")
+                    warn(f"{self.owner}: describing {name} for the graph failed ({type(err).__name__}: {err}).")
 
             return hook
 
@@ -216,9 +219,9 @@ class HistogramCore:
         if graph is None or self._run is None:
             return
         if not graph.nodes:
-            warn("WatchModel: no module ran in the first training batch, so no graph was logged.")
+            warn(f"{self.owner}: no module ran in the first training batch, so no graph was logged.")
             return
-        update_summary(self._run, {GRAPH_KEY: graph}, OWNER)
+        update_summary(self._run, {GRAPH_KEY: graph}, self.owner)
 
     def _disarm_graph(self) -> None:
         for handle in self._graph_handles:
@@ -234,7 +237,7 @@ class HistogramCore:
         self._run = None
 
 
-def _patterns(argument: str, value: str | Sequence[str] | None) -> list[str] | None:
+def _patterns(argument: str, value: str | Sequence[str] | None, owner: str = OWNER) -> list[str] | None:
     if value is None:
         return None
     try:
@@ -244,7 +247,7 @@ def _patterns(argument: str, value: str | Sequence[str] | None) -> list[str] | N
     bad = [p for p in patterns if not isinstance(p, str) or not p]
     if bad:
         raise ConfigurationError(
-            f"WatchModel({argument}={value!r}) is not supported: `{argument}` must be a parameter-name pattern "
+            f"{owner}({argument}={value!r}) is not supported: `{argument}` must be a parameter-name pattern "
             f"or a list of them (fnmatch style, e.g. {argument}=['layer_1.*', '*.bias']); got {bad!r}."
         )
     return patterns

@@ -55,6 +55,7 @@ def check_arguments(
     dataloader_suffixes: Any,
     record_best_step: Any,
     warn_missing: Any,
+    owner: str = OWNER,
 ) -> tuple[dict[str, tuple[str, ...]], bool | tuple[str, ...]]:
     """Validate ``MetricSummaries``' arguments; returns the parsed ``summaries`` and ``hidden``.
 
@@ -68,25 +69,27 @@ def check_arguments(
         ("warn_missing", warn_missing),
     ):
         if not isinstance(value, bool):
-            raise ConfigurationError(f"MetricSummaries({flag}={value!r}): `{flag}` must be True or False.")
+            raise ConfigurationError(
+                f"{owner}({flag}={value!r}): `{flag}` must be True or False, got {type(value).__name__}."
+            )
     if summaries is None and not from_callbacks:
         raise ConfigurationError(
-            "MetricSummaries: `summaries=None` with `from_callbacks=False` has nothing to define. Pass a "
-            'mapping such as `summaries={"val_acc": "max"}`, or keep `from_callbacks=True` to derive '
-            "summaries from the Trainer's ModelCheckpoint / EarlyStopping."
+            f"{owner}(summaries=None): there is nothing to define. Pass a mapping such as "
+            '`summaries={"val_acc": "max"}`'
+            + ("" if owner.startswith("Fabric") else ", or keep `from_callbacks=True` to derive summaries from "
+               "the Trainer's ModelCheckpoint / EarlyStopping")
+            + "."
         )
-    parsed = _parse_summaries(summaries)
+    parsed = _parse_summaries(summaries, owner)
     if isinstance(hidden, bool):
         return parsed, hidden
     if isinstance(hidden, str) or not isinstance(hidden, Sequence):
         raise ConfigurationError(
-            f"MetricSummaries: `hidden` must be True / False or a list of metric names or suffix globs, "
-            f"got {hidden!r}. Write `hidden=[{hidden!r}]` to hide one metric."
-            if isinstance(hidden, str)
-            else f"MetricSummaries: `hidden` must be True / False or a list of metric names or suffix globs, "
+            f"{owner}(hidden={hidden!r}): `hidden` must be True / False or a list of metric names or suffix globs, "
             f"got {type(hidden).__name__}."
+            + (f" Write `hidden=[{hidden!r}]` to hide one metric." if isinstance(hidden, str) else "")
         )
-    return parsed, tuple(_check_key(key, "hidden") for key in hidden)
+    return parsed, tuple(_check_key(key, "hidden", owner) for key in hidden)
 
 
 class SummaryCore:
@@ -103,7 +106,9 @@ class SummaryCore:
         dataloader_suffixes: bool = False,
         record_best_step: bool = True,
         warn_missing: bool = True,
+        owner: str = OWNER,
     ) -> None:
+        self.owner = owner  # the class the user built, named in warnings
         self.summaries: dict[str, tuple[str, ...]] = dict(summaries)
         self.hidden = hidden
         self.dataloader_suffixes = dataloader_suffixes
@@ -196,7 +201,7 @@ class SummaryCore:
             define_metric(run, name, summary=spec.as_arg(), hidden=spec.hidden, overwrite=name in self._defined)
         except Exception as err:  # a logging failure must never end a training run
             _errors.warn(
-                f"MetricSummaries: defining the W&B summary of {name!r} failed ({type(err).__name__}: {err}); "
+                f"{self.owner}: defining the W&B summary of {name!r} failed ({type(err).__name__}: {err}); "
                 "training goes on without it."
             )
             return
@@ -300,13 +305,13 @@ class SummaryCore:
                     payload[f"{key}.{label}_step"] = int(step)
                     if epoch is not None:  # a Fabric loop may give no epoch
                         payload[f"{key}.{label}_epoch"] = int(epoch)
-            update_summary(run, payload, OWNER)
+            update_summary(run, payload, self.owner)
         if warn and self.warn_missing:
             elsewhere = _run_keys(run)  # logged around Lightning, e.g. by LearningRateMonitor
             missing = [k for k in self._entry_names() if k not in self._seen and not _matches(k, elsewhere)]
             if missing:
                 _errors.warn(
-                    f"MetricSummaries: {missing} matched no metric logged during this fit, so W&B has no summary "
+                    f"{self.owner}: {missing} matched no metric logged during this fit, so W&B has no summary "
                     f"for them. Check the names against the keys logged with `self.log(...)` "
                     f"(logged here: {sorted(self._logged_keys())})."
                 )
@@ -351,32 +356,33 @@ def _explicit_spec(key: str, names: Mapping[str, Spec], globs: Mapping[str, Spec
     return globs[best] if best is not None else None
 
 
-def _check_key(key: Any, argument: str) -> str:
+def _check_key(key: Any, argument: str, owner: str = OWNER) -> str:
     if not isinstance(key, str) or not key:
         raise ConfigurationError(
-            f"MetricSummaries: every key of `{argument}` must be a non-empty metric name or suffix glob such as "
+            f"{owner}({argument}=...): every key of `{argument}` must be a non-empty metric name or suffix "
+            "glob such as "
             f"'val_acc' or 'val/*', got {key!r} ({type(key).__name__}). Write the metric's name as a string."
         )
     if key == STEP_KEY:
         raise ConfigurationError(
-            f"MetricSummaries: `{argument}` key {key!r} is the x-axis every metric is plotted against; it cannot "
+            f"{owner}({argument}=...): key {key!r} is the x-axis every metric is plotted against; it cannot "
             "have a summary. Remove it."
         )
     if key.startswith("_"):
         raise ConfigurationError(
-            f"MetricSummaries: `{argument}` key {key!r} starts with '_', which W&B keeps for its own keys "
+            f"{owner}({argument}=...): key {key!r} starts with '_', which W&B keeps for its own keys "
             "(`_step`, `_runtime`, ...). Use the name your LightningModule logs."
         )
     if "*" in key[:-1] or key == "*":
         raise ConfigurationError(
-            f"MetricSummaries: `{argument}` key {key!r} is not a suffix glob. W&B accepts '*' only at the end, after "
+            f"{owner}({argument}=...): key {key!r} is not a suffix glob. W&B accepts '*' only at the end, after "
             "a prefix ('val/*', 'train_*'); a bare '*' would replace WandbLogger's own rule for every key. List the "
             "metrics, or use a prefix."
         )
     return key
 
 
-def _parse_summary(key: str, value: Any) -> tuple[str, ...]:
+def _parse_summary(key: str, value: Any, owner: str = OWNER) -> tuple[str, ...]:
     accepted = ", ".join(repr(k) for k in SUMMARY_KINDS)
     if isinstance(value, str):
         items = [part.strip().lower() for part in value.split(",")]
@@ -384,12 +390,13 @@ def _parse_summary(key: str, value: Any) -> tuple[str, ...]:
         items = [part.strip().lower() for part in value]
     else:
         raise ConfigurationError(
-            f"MetricSummaries: the summary of {key!r} must be one of {accepted}, a list of them or a comma-separated "
+            f"{owner}(summaries=...): the summary of {key!r} must be one of {accepted}, a list of them "
+            "or a comma-separated "
             f"string such as 'min,max'; got {value!r}."
         )
     if not items or any(not part for part in items):
         raise ConfigurationError(
-            f"MetricSummaries: the summary of {key!r} is empty ({value!r}). Give one or several of {accepted}."
+            f"{owner}(summaries=...): the summary of {key!r} is empty ({value!r}). Give one or several of {accepted}."
         )
     for part in items:
         if part not in SUMMARY_KINDS:
@@ -399,31 +406,33 @@ def _parse_summary(key: str, value: Any) -> tuple[str, ...]:
             elif part == "copy":
                 hint = " ('copy' is deprecated in W&B: use 'last')"
             raise ConfigurationError(
-                f"MetricSummaries: unknown summary {part!r} for {key!r}{hint}. Accepted: {accepted}."
+                f"{owner}(summaries=...): unknown summary {part!r} for {key!r}{hint}. Accepted: {accepted}."
             )
     if "none" in items and len(set(items)) > 1:
         raise ConfigurationError(
-            f"MetricSummaries: the summary of {key!r} combines 'none' with {sorted(set(items) - {'none'})}; W&B "
+            f"{owner}(summaries=...): the summary of {key!r} combines 'none' with {sorted(set(items) - {'none'})}; W&B "
             "then keeps no summary at all. Use 'none' alone (leave the key out of the run summary) or drop it."
         )
     return tuple(kind for kind in SUMMARY_KINDS if kind in items)  # canonical order, no duplicates
 
 
-def _parse_summaries(summaries: Any) -> dict[str, tuple[str, ...]]:
+def _parse_summaries(summaries: Any, owner: str = OWNER) -> dict[str, tuple[str, ...]]:
     if summaries is None:
         return {}
     if not isinstance(summaries, Mapping):
         raise ConfigurationError(
-            "MetricSummaries: `summaries` must be a mapping of metric name or suffix glob to summary, such as "
+            f"{owner}(summaries={summaries!r}): `summaries` must be a mapping of metric name or suffix "
+            "glob to summary, such as "
             f'{{"val_acc": "max", "train/*": ["mean", "last"]}}; got {type(summaries).__name__}.'
         )
     if not summaries:
         raise ConfigurationError(
-            "MetricSummaries: `summaries` is an empty mapping, so there is nothing to define. Give at least one "
+            f"{owner}(summaries={{}}): `summaries` is an empty mapping, so there is nothing to define. Give at "
+            "least one "
             'entry such as {"val_acc": "max"}, or pass `summaries=None` to use only the summaries derived from the '
             "Trainer's ModelCheckpoint / EarlyStopping."
         )
-    return {_check_key(key, "summaries"): _parse_summary(key, value) for key, value in summaries.items()}
+    return {_check_key(key, "summaries", owner): _parse_summary(key, value, owner) for key, value in summaries.items()}
 
 
 def _run_keys(run: Any) -> set[str]:
