@@ -27,13 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.loggers.logger import DummyLogger
-
+from lw_callbacks import _compat
 from lw_callbacks._errors import PACKAGE, ConfigurationError, warn
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+    from lightning.pytorch.loggers import WandbLogger
 
 STEP_KEY = "trainer/global_step"
 
@@ -63,17 +62,18 @@ warning_cache = PACKAGE
 
 
 def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
-    """The first ``WandbLogger`` among the Trainer's loggers, or ``None``."""
+    """The first ``WandbLogger`` (of ``lightning.pytorch`` or ``pytorch_lightning``) among the Trainer's
+    loggers, or ``None``."""
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            return logger
+        if _compat.is_wandb_logger(logger):
+            return logger  # type: ignore[return-value]
     return None
 
 
 def logging_suppressed(trainer: pl.Trainer) -> bool:
     """True when the Trainer's loggers were replaced by ``DummyLogger`` (``fast_dev_run``): log nothing."""
     loggers = list(getattr(trainer, "loggers", ()))
-    return bool(loggers) and all(isinstance(lg, DummyLogger) for lg in loggers)
+    return bool(loggers) and all(_compat.is_dummy_logger(lg) for lg in loggers)
 
 
 def require_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger | None:
@@ -95,20 +95,12 @@ def require_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger | None:
     return logger
 
 
-def _is_wandb_logger(logger: Any) -> bool:
-    if isinstance(logger, WandbLogger):
-        return True
-    # wandb's Fabric logger; its module is loaded whenever such a logger exists (importing it warns)
-    fabric_module = sys.modules.get("wandb.integration.lightning.fabric")
-    fabric_logger = getattr(fabric_module, "WandbLogger", None)
-    return fabric_logger is not None and isinstance(logger, fabric_logger)
-
-
 def find_fabric_wandb_logger(fabric: Any) -> Any | None:
     """The first W&B logger among ``fabric.loggers``: wandb's Fabric ``WandbLogger``
-    (``wandb.integration.lightning.fabric``) or Lightning's ``WandbLogger``; ``None`` if there is none."""
+    (``wandb.integration.lightning.fabric``) or Lightning's ``WandbLogger`` (either namespace); ``None`` if
+    there is none."""
     for logger in getattr(fabric, "loggers", ()):
-        if _is_wandb_logger(logger):
+        if _compat.is_fabric_wandb_logger(logger):
             return logger
     return None
 
@@ -155,7 +147,7 @@ def run_of(logger: Any | None, global_rank: int) -> Any | None:
     Works with Lightning's ``WandbLogger`` and with wandb's Fabric ``WandbLogger`` (anything whose
     ``experiment`` is the run on rank 0). On rank 0 this starts the run if it has not started yet.
     """
-    if logger is None or global_rank != 0 or is_disabled() or isinstance(logger, DummyLogger):
+    if logger is None or global_rank != 0 or is_disabled() or _compat.is_dummy_logger(logger):
         return None
     run = logger.experiment
     if is_disabled(run) or not hasattr(run, "log"):

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
+from lw_callbacks import _compat
 from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_path, warn
 from lw_callbacks._wandb import get_run, lightning_step, require_wandb_logger
 from lw_callbacks.core import uploader as files
@@ -287,7 +288,7 @@ class UploadCheckpoints(Callback):
 
     def _without_helper(self, trainer: pl.Trainer) -> list[Callback]:
         callbacks: list[Callback] = list(getattr(trainer, "callbacks", []))
-        return [cb for cb in callbacks if not (isinstance(cb, _AfterCheckpoints) and cb.owner is self)]
+        return [cb for cb in callbacks if not (isinstance(cb, _AfterCheckpointsHook) and cb.owner is self)]
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -342,8 +343,16 @@ class UploadCheckpoints(Callback):
     # ------------------------------------------------------------------ setup helpers
     def _find_checkpoints(self, trainer: pl.Trainer) -> list[ModelCheckpoint]:
         if self.checkpoints is None:
-            return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
-        missing = [cb for cb in self.checkpoints if cb not in trainer.checkpoint_callbacks]
+            found = _compat.model_checkpoints(trainer)
+            for mc in _compat.foreign_checkpoints(trainer):
+                warn(
+                    f"{_OWNER}: {mc!r} is uploaded, but Lightning does not count it as a checkpoint callback of "
+                    f"this Trainer (`trainer.checkpoint_callback`, `ckpt_path='best'` do not see it)."
+                    + _compat.mix_hint(trainer, mc)
+                )
+            return found
+        every = _compat.model_checkpoints(trainer)
+        missing = [cb for cb in self.checkpoints if not any(cb is mc for mc in every)]
         if missing:
             raise ConfigurationError(
                 f"{_OWNER}(checkpoints=...) got {len(missing)} ModelCheckpoint(s) that are not among the Trainer's "
@@ -355,7 +364,7 @@ class UploadCheckpoints(Callback):
     def _names(self, run_id: str, trainer: pl.Trainer | None = None) -> list[str]:
         """The collection of each tracked ModelCheckpoint; unique among every UploadCheckpoints of the
         Trainer, or ``ConfigurationError``."""
-        every = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)] if trainer else []
+        every = _compat.model_checkpoints(trainer) if trainer else []
         names = self._names_among(run_id, every)
         if trainer is None:
             return names
@@ -405,7 +414,7 @@ class UploadCheckpoints(Callback):
         ``Checkpoint`` itself, so Lightning still adds its default ``ModelCheckpoint``.
         """
         callbacks = self._without_helper(trainer)
-        callbacks.append(_AfterCheckpoints(self))
+        callbacks.append(_after_checkpoints(self, _compat.namespace_of(trainer)))
         setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: a hook loop already running keeps the old one
         if self not in callbacks or not self._tracked:
             return
@@ -435,7 +444,7 @@ class UploadCheckpoints(Callback):
         if not found.segments_read:
             return
         known, queued, started = found.known, found.queued, found.started
-        every = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        every = _compat.model_checkpoints(trainer)
         for index, mc in enumerate(self._tracked):
             named = {os.path.realpath(p) for p in _files_on_disk(mc, every, None, glob=False)}
             for path in _files_on_disk(mc, every, started):
@@ -643,20 +652,36 @@ def _files_on_disk(
     return [p for p in dict.fromkeys(found) if os.path.isfile(p)]
 
 
-class _AfterCheckpoints(Checkpoint):
-    """Runs ``UploadCheckpoints``'s scan where Lightning runs checkpoint callbacks: last."""
+class _AfterCheckpointsHook:
+    """Runs ``UploadCheckpoints``'s scan where Lightning runs checkpoint callbacks: last. Mixed into the
+    ``Checkpoint`` class of the Trainer's own package (:func:`_after_checkpoints`), so that a Trainer of
+    either package runs it last."""
 
     def __init__(self, owner: UploadCheckpoints) -> None:
         self.owner = owner
 
     @property
-    @override
     def state_key(self) -> str:
         return f"_AfterCheckpoints[{self.owner.state_key}]"
 
-    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.owner._scan(trainer)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # ddp_spawn pickles the Trainer's callbacks
+        return (_after_checkpoints, (self.owner, _compat.namespace_of(self)))
+
+
+_HELPER_CLASSES: dict[type, type] = {}
+
+
+def _after_checkpoints(owner: UploadCheckpoints, namespace: str | None) -> Callback:
+    """A ``_AfterCheckpointsHook`` that is a ``Checkpoint`` of ``namespace``'s package."""
+    roots = ("pytorch_lightning",) if namespace == "pytorch_lightning" else ("lightning.pytorch",)
+    base = _compat.classes("callbacks", "Checkpoint", roots)[0]
+    cls = _HELPER_CLASSES.get(base)
+    if cls is None:
+        cls = _HELPER_CLASSES[base] = type("_AfterCheckpoints", (_AfterCheckpointsHook, base), {})
+    return cls(owner)
 
 
 def _same_file(path: str | os.PathLike[str] | None, real: str) -> bool:

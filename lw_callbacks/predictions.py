@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lw_callbacks import _wandb
+from lw_callbacks import _compat, _wandb
 from lw_callbacks._errors import WarnOnce, warn
 from lw_callbacks.core.samples import STAGES as STAGES  # public here too: lw_callbacks.predictions.STAGES
 from lw_callbacks.core.samples import SampleCore, check_arguments
@@ -388,8 +388,7 @@ class LogPredictionSamples(Callback):
 # ---------------------------------------------------------------------- helpers
 def _shards_parameters(strategy: Any) -> bool:
     """Whether a strategy splits the parameters across ranks (FSDP, DeepSpeed, model parallel)."""
-    names = {cls.__name__ for cls in type(strategy).__mro__}
-    return bool(names & {"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
+    return _compat.has_class_named(strategy, "FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
 def _why_no_batch(trainer: pl.Trainer, stage: str, idx: int) -> str | None:

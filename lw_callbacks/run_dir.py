@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lw_callbacks import _compat
 from lw_callbacks._errors import ConfigurationError
 from lw_callbacks._wandb import require_wandb_logger, run_of, warning_cache
 from lw_callbacks.core.run_info import (
@@ -246,9 +247,7 @@ class ShareRunDir(Callback):
     def _redirect_checkpoints(self, trainer: pl.Trainer) -> None:
         assert self.run_dir is not None
         target = str(self.run_dir / "checkpoints")
-        for callback in trainer.checkpoint_callbacks:
-            if not isinstance(callback, ModelCheckpoint):
-                continue
+        for callback in _compat.model_checkpoints(trainer):
             if callback.dirpath is None:
                 self._redirected.add(id(callback))
             if id(callback) in self._redirected:  # again on a later fit, into that fit's run

@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lw_callbacks import _compat
 from lw_callbacks._errors import ConfigurationError, Option
 from lw_callbacks._wandb import get_run, is_disabled, lightning_step
 from lw_callbacks.core.summaries import SUMMARY_KINDS, SummaryCore, SummaryValue, check_arguments
@@ -266,7 +267,7 @@ def _derived(callbacks: Sequence[Any]) -> dict[str, tuple[set[str], str]]:
     ``ModelCheckpoint`` and ``EarlyStopping`` with a ``monitor``."""
     derived: dict[str, tuple[set[str], str]] = {}
     for callback in callbacks:
-        if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and callback.monitor:
+        if (_compat.is_model_checkpoint(callback) or _compat.is_early_stopping(callback)) and callback.monitor:
             mode = getattr(callback, "mode", None)
             if mode in ("min", "max"):
                 derived.setdefault(callback.monitor, (set(), type(callback).__name__))[0].add(mode)

@@ -64,13 +64,19 @@ def isolated_wandb(root: Path) -> Iterator[Path]:
 REPO = Path(__file__).parent.parent
 
 
-def make_logger(save_dir: Path | str = "runs", **kwargs: Any) -> WandbLogger:
-    """An offline ``WandbLogger`` writing under ``save_dir`` (relative to the test's cwd)."""
+def make_logger(save_dir: Path | str = "runs", namespace: str = "lightning.pytorch", **kwargs: Any) -> WandbLogger:
+    """An offline ``WandbLogger`` writing under ``save_dir`` (relative to the test's cwd), of the
+    ``namespace`` package (``"lightning.pytorch"`` or ``"pytorch_lightning"``)."""
     # Absolute: wandb's service process outlives a test and would resolve a relative path against
     # the folder the first test of the session ran in.
     path = Path(save_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     kwargs.setdefault("project", "lw-tests")
+    if namespace != "lightning.pytorch":
+        import importlib
+
+        logger_class: Any = importlib.import_module(f"{namespace}.loggers").WandbLogger
+        return logger_class(save_dir=str(path), **kwargs)  # type: ignore[no-any-return]
     return WandbLogger(save_dir=str(path), **kwargs)
 
 

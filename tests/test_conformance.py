@@ -29,22 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import modules
 import pytest
 import torch
 import wandb
 from harness import make_logger
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import (
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    RichProgressBar,
-    StochasticWeightAveraging,
-)
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.tuner import Tuner
-from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from lw_callbacks import (
     LogPredictionSamples,
@@ -54,6 +46,7 @@ from lw_callbacks import (
     WatchModel,
     restore_checkpoint,
 )
+from lw_callbacks._compat import is_model_checkpoint, namespace_of
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import RunRecords, find_runs, read_run
 
@@ -67,95 +60,20 @@ def md5_b64(path: str | Path) -> str:
     return base64.b64encode(hashlib.md5(Path(path).read_bytes()).digest()).decode()
 
 
-# ---------------------------------------------------------------------- module patterns
-class DictBatches(DigitsDataModule):
-    """Batches as dicts ``{"image": x, "label": y}``."""
-
-    @staticmethod
-    def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return {"image": torch.stack([x for x, _ in items]), "label": torch.stack([y for _, y in items])}
-
-    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self._collate)
-
-
-class DictOutputs(DigitsClassifier):
-    """Dict batches in, dict step outputs out (``{"loss", "logits"}``)."""
-
-    def _dict_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
-        logits = self(batch["image"])
-        loss = F.cross_entropy(logits, batch["label"])
-        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=stage != "train")
-        self.log(f"{stage}_acc", (logits.argmax(1) == batch["label"]).float().mean(), on_epoch=stage != "train")
-        return {"loss": loss, "logits": logits.detach()}
-
-    def training_step(self, batch: Any, batch_idx: int) -> Any:
-        return self._dict_step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Any:
-        return self._dict_step(batch, "val")
-
-
-class TwoValModel(DigitsClassifier):
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        return self._step(batch, "val")[1]
-
-
-class TwoValLoaders(DigitsDataModule):
-    def val_dataloader(self) -> list[DataLoader]:  # type: ignore[override]
-        return [super().val_dataloader(), super().val_dataloader()]
-
-
-class ManualTwoOptimizers(DigitsClassifier):
-    """Manual optimization with two optimizers: ``trainer.global_step`` grows by 2 per batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        opt_a, opt_b = self.optimizers()  # type: ignore[misc]
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        opt_a.zero_grad()
-        opt_b.zero_grad()
-        self.manual_backward(loss)
-        opt_a.step()
-        opt_b.step()
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        first = list(self.layer_1.parameters())
-        rest = [p for n, p in self.named_parameters() if not n.startswith("layer_1.")]
-        return torch.optim.SGD(first, lr=0.05), torch.optim.SGD(rest, lr=0.05)
-
-
-class EpochEndMetrics(DigitsClassifier):
-    """Logs from ``on_train_epoch_end`` and ``on_validation_epoch_end``, as many modules do."""
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train_epoch_score", float(self.current_epoch % 2) + 0.5 * self.current_epoch)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val_epoch_score", torch.tensor(float(self.current_epoch)))
-
-
-class Tunable(DigitsClassifier):
-    """What ``Tuner.lr_find`` / ``scale_batch_size`` need: ``lr`` and ``batch_size`` attributes."""
-
-
 # ---------------------------------------------------------------------- rows
 @dataclass
 class Row:
+    """A setting. Factories take the namespace's classes (:func:`modules.api`) or its modules
+    (:func:`modules.of`), so each row runs with ``lightning.pytorch`` and with ``pytorch_lightning``."""
+
     id: str
     trainer: dict[str, Any] = field(default_factory=dict)
-    model: Callable[[], LightningModule] = DigitsClassifier
-    datamodule: Callable[[], Any] = lambda: DigitsDataModule(batch_size=32)
-    checkpoints: Callable[[], list[ModelCheckpoint]] = lambda: [
-        ModelCheckpoint(dirpath="ckpt", monitor="val_acc", mode="max", save_top_k=2, save_last=True)
+    model: str = "DigitsClassifier"  # a class of tests/modules.py (or of lw_callbacks.demo)
+    datamodule: Callable[[Any], Any] = lambda m: m.DigitsDataModule(batch_size=32)
+    checkpoints: Callable[[Any], list[Any]] = lambda L: [
+        L.ModelCheckpoint(dirpath="ckpt", monitor="val_acc", mode="max", save_top_k=2, save_last=True)
     ]
-    extra: Callable[[], list[Callback]] = list
+    extra: Callable[[Any], list[Any]] = lambda L: []
     action: str = "fit"
     logs: bool = True  # False: nothing may reach W&B (fast_dev_run)
     val_key: str = "val_acc"  # a metric logged once per validation run
@@ -166,12 +84,16 @@ class Row:
     upload_first: bool = False  # UploadCheckpoints listed before the ModelCheckpoint
 
 
+def no_checkpoints(L: Any) -> list[Any]:
+    return []
+
+
 ROWS = [
     Row("defaults"),
     Row("fast_dev_run", trainer={"fast_dev_run": True}, logs=False),
     Row("fast_dev_run_3", trainer={"fast_dev_run": 3}, logs=False),
     Row("limit_val_batches_0", trainer={"limit_val_batches": 0},
-        checkpoints=lambda: [ModelCheckpoint(dirpath="ckpt", monitor="train_loss", save_top_k=2)],
+        checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="train_loss", save_top_k=2)],
         val_key=""),
     Row("no_sanity_check", trainer={"num_sanity_val_steps": 0}),
     Row("full_sanity_check", trainer={"num_sanity_val_steps": -1}),
@@ -183,32 +105,35 @@ ROWS = [
     Row("max_steps_mid_epoch", trainer={"max_steps": 7, "max_epochs": -1}),
     Row("accumulate_grad_batches_3", trainer={"accumulate_grad_batches": 3, "limit_train_batches": 6}),
     Row("gradient_clipping", trainer={"gradient_clip_val": 0.5}),
-    Row("manual_optimization_two_optimizers", model=ManualTwoOptimizers),
+    Row("manual_optimization_two_optimizers", model="ManualTwoOptimizers"),
     Row("bf16_mixed", trainer={"precision": "bf16-mixed"}),
     Row("deterministic", trainer={"deterministic": True}),
     Row("profiler_simple", trainer={"profiler": "simple"}),
-    Row("two_val_dataloaders", model=TwoValModel, datamodule=lambda: TwoValLoaders(batch_size=32),
-        checkpoints=lambda: [ModelCheckpoint(dirpath="ckpt", monitor="val_acc/dataloader_idx_0", mode="max")],
+    Row("two_val_dataloaders", model="TwoValModel", datamodule=lambda m: m.TwoValLoaders(batch_size=32),
+        checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="val_acc/dataloader_idx_0", mode="max")],
         val_key="val_acc/dataloader_idx_0", summaries={"dataloader_suffixes": True}),
-    Row("dict_batches_and_outputs", model=DictOutputs, datamodule=lambda: DictBatches(batch_size=32)),
-    Row("metrics_from_epoch_end_hooks", model=EpochEndMetrics,
-        checkpoints=lambda: [ModelCheckpoint(dirpath="ckpt", monitor="train_epoch_score", mode="max", save_top_k=2)],
+    Row("dict_batches_and_outputs", model="DictOutputs", datamodule=lambda m: m.DictBatches(batch_size=32)),
+    Row("metrics_from_epoch_end_hooks", model="EpochEndMetrics",
+        checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="train_epoch_score", mode="max",
+                                                 save_top_k=2)],
         summaries={"summaries": {"val_epoch_score": "max"}}, trainer={"max_epochs": 3}),
-    Row("metrics_from_another_callback", extra=lambda: [LearningRateMonitor()],
+    Row("metrics_from_another_callback", extra=lambda L: [L.LearningRateMonitor()],
         summaries={"summaries": {"lr-*": "last"}}),
     Row("fit_twice", action="fit_twice"),
-    Row("validate_alone", action="validate", checkpoints=list),
-    Row("test_alone", action="test", checkpoints=list, val_key="test_acc",
+    Row("validate_alone", action="validate", checkpoints=no_checkpoints),
+    Row("test_alone", action="test", checkpoints=no_checkpoints, val_key="test_acc",
         predictions={"stages": ["test"]}),
-    Row("predict_alone", action="predict", checkpoints=list, val_key="", predictions={"stages": ["predict"]}),
-    Row("lr_find_before_fit", model=Tunable, action="lr_find"),
-    Row("scale_batch_size_before_fit", model=Tunable, action="scale_batch_size"),
-    Row("lightning_default_checkpoint", checkpoints=list),
-    Row("no_monitor_every_n_train_steps", checkpoints=lambda: [ModelCheckpoint(dirpath="ckpt", every_n_train_steps=3)]),
+    Row("predict_alone", action="predict", checkpoints=no_checkpoints, val_key="",
+        predictions={"stages": ["predict"]}),
+    Row("lr_find_before_fit", model="Tunable", action="lr_find"),
+    Row("scale_batch_size_before_fit", model="Tunable", action="scale_batch_size"),
+    Row("lightning_default_checkpoint", checkpoints=no_checkpoints),
+    Row("no_monitor_every_n_train_steps",
+        checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", every_n_train_steps=3)]),
     Row("upload_listed_before_checkpoint", upload_first=True, action="fit_then_test_best"),
-    Row("beside_lightning_callbacks", trainer={"enable_progress_bar": True}, extra=lambda: [
-        EarlyStopping(monitor="val_loss", patience=5), LearningRateMonitor(), RichProgressBar(),
-        StochasticWeightAveraging(swa_lrs=1e-2, swa_epoch_start=1)]),
+    Row("beside_lightning_callbacks", trainer={"enable_progress_bar": True}, extra=lambda L: [
+        L.EarlyStopping(monitor="val_loss", patience=5), L.LearningRateMonitor(), L.RichProgressBar(),
+        L.StochasticWeightAveraging(swa_lrs=1e-2, swa_epoch_start=1)]),
     Row("csv_and_wandb_loggers", loggers="csv+wandb"),
 ]
 
@@ -228,9 +153,9 @@ class Probe(Callback):
 class Outcome:
     row: Row
     variant: str
-    trainer: Trainer
+    trainer: Any  # a Trainer of either namespace
     callbacks: dict[str, Callback]
-    checkpoints: list[ModelCheckpoint]
+    checkpoints: list[Any]
     probe: Probe
     ours: list[str]  # this package's warnings
     records: RunRecords | None
@@ -247,27 +172,29 @@ def build_callbacks(row: Row, variant: str) -> dict[str, Callback]:
     return made if variant == "all" else {variant: made[variant]}
 
 
-def run_row(row: Row, variant: str) -> Outcome:
+def run_row(row: Row, variant: str, namespace: str = "lightning.pytorch") -> Outcome:
     torch.manual_seed(0)
+    L, M = modules.api(namespace), modules.of(namespace)
     ours = build_callbacks(row, variant)
-    checkpoints = row.checkpoints()
+    checkpoints = row.checkpoints(L)
     probe = Probe()
     mine = list(ours.values())
     listed = [*mine, *checkpoints] if row.upload_first else [*checkpoints, *mine]
-    logger: Any = make_logger()
+    logger: Any = make_logger(namespace=namespace)
     if row.loggers == "csv+wandb":
-        logger = [CSVLogger("csv"), logger]
+        logger = [L.CSVLogger("csv"), logger]
     options: dict[str, Any] = {
         "max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2,
         "limit_predict_batches": 2, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
         "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": "lightning",
     }
     options.update(row.trainer)
-    model, dm = row.model(), row.datamodule()
+    model, dm = getattr(M, row.model)(), row.datamodule(M)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = Trainer(logger=logger, callbacks=[*listed, *row.extra(), probe], **options)
-        act(row, trainer, model, dm)
+        trainer = L.Trainer(logger=logger, callbacks=[*listed, *row.extra(L), probe], **options)
+        assert namespace_of(trainer) == namespace_of(logger if row.loggers == "wandb" else logger[-1]) == namespace
+        act(row, trainer, model, dm, L.Tuner)
     messages = [str(w.message) for w in caught]
     found = [m for m in messages if any(name in m for name in OURS)]
     wandb.finish()
@@ -277,7 +204,7 @@ def run_row(row: Row, variant: str) -> Outcome:
     return Outcome(row, variant, trainer, ours, checkpoints, probe, found, records)
 
 
-def act(row: Row, trainer: Trainer, model: LightningModule, dm: Any) -> None:
+def act(row: Row, trainer: Any, model: Any, dm: Any, tuner: type = Tuner) -> None:
     if row.action == "fit":
         trainer.fit(model, datamodule=dm)
     elif row.action == "fit_twice":
@@ -294,10 +221,10 @@ def act(row: Row, trainer: Trainer, model: LightningModule, dm: Any) -> None:
     elif row.action == "predict":
         trainer.predict(model, datamodule=dm)
     elif row.action == "lr_find":
-        Tuner(trainer).lr_find(model, datamodule=dm, num_training=6, min_lr=1e-4, max_lr=1e-1)
+        tuner(trainer).lr_find(model, datamodule=dm, num_training=6, min_lr=1e-4, max_lr=1e-1)
         trainer.fit(model, datamodule=dm)
     elif row.action == "scale_batch_size":
-        Tuner(trainer).scale_batch_size(model, datamodule=dm, max_trials=2, steps_per_trial=2, init_val=16)
+        tuner(trainer).scale_batch_size(model, datamodule=dm, max_trials=2, steps_per_trial=2, init_val=16)
         trainer.fit(model, datamodule=dm)
     else:  # pragma: no cover - a typo in a row
         raise AssertionError(row.action)
@@ -391,7 +318,7 @@ def check_summaries(out: Outcome, rec: RunRecords) -> None:
 
 
 def kept_files(out: Outcome) -> list[Path]:
-    mcs = [cb for cb in out.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    mcs = [cb for cb in out.trainer.checkpoint_callbacks if is_model_checkpoint(cb)]
     files: list[Path] = []
     for mc in mcs:
         if mc.dirpath and os.path.isdir(mc.dirpath):
@@ -402,7 +329,7 @@ def kept_files(out: Outcome) -> list[Path]:
 def check_uploads(out: Outcome, rec: RunRecords) -> None:
     upload = out.callbacks["UploadCheckpoints"]
     assert isinstance(upload, UploadCheckpoints)
-    mcs = [cb for cb in out.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    mcs = [cb for cb in out.trainer.checkpoint_callbacks if is_model_checkpoint(cb)]
     assert mcs, "UploadCheckpoints must not hide Lightning's ModelCheckpoints"
     assert out.trainer.checkpoint_callback is mcs[0]
     pairs = []
@@ -418,7 +345,7 @@ def check_uploads(out: Outcome, rec: RunRecords) -> None:
 def check_best(out: Outcome, rec: RunRecords) -> None:
     upload = out.callbacks["UploadCheckpoints"]
     assert isinstance(upload, UploadCheckpoints)
-    mcs = [cb for cb in out.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    mcs = [cb for cb in out.trainer.checkpoint_callbacks if is_model_checkpoint(cb)]
     for mc, collection in zip(mcs, upload.collection_names, strict=False):
         if not mc.best_model_path or out.row.action not in ("fit", "fit_twice", "lr_find", "scale_batch_size",
                                                             "fit_then_test_best"):
@@ -435,10 +362,17 @@ def check_best(out: Outcome, rec: RunRecords) -> None:
             assert best_step in steps_of(rec, "predictions/table"), "no samples at the best step"
 
 
-@pytest.mark.parametrize("variant", ["all", *(pytest.param(a, marks=pytest.mark.alone) for a in ALONE)])
+# The all-five rows run under both Lightning namespaces; each callback alone under lightning.pytorch.
+VARIANTS = [
+    *(pytest.param("all", ns, id=f"all-{ns}") for ns in modules.NAMESPACES),
+    *(pytest.param(a, "lightning.pytorch", id=a, marks=pytest.mark.alone) for a in ALONE),
+]
+
+
+@pytest.mark.parametrize(("variant", "namespace"), VARIANTS)
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_conformance(row: Row, variant: str) -> None:
-    check(run_row(row, variant))
+def test_conformance(row: Row, variant: str, namespace: str) -> None:
+    check(run_row(row, variant, namespace))
 
 
 # ------------------------------------------------------------ bad settings: early, clear, never after training

@@ -88,7 +88,7 @@ def _check(records: RunRecords, reports: list[dict[str, Any]]) -> None:
     assert len({r["restored"] for r in reports}) == 1
 
 
-@pytest.mark.parametrize("kind", ["fabric", "lightning"])
+@pytest.mark.parametrize("kind", ["fabric", "lightning", "pytorch_lightning"])
 def test_every_feature_in_one_process(kind: str) -> None:
     report = _loop().train(1, kind, "runs")
     wandb.finish()

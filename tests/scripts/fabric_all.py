@@ -1,6 +1,7 @@
 """Every Fabric entry point in one small Fabric loop; each rank reports what it saw.
 
-usage: fabric_all.py DEVICES LOGGER SAVE_DIR   (LOGGER: fabric | lightning)
+usage: fabric_all.py DEVICES LOGGER SAVE_DIR   (LOGGER: fabric | lightning | pytorch_lightning; the last runs
+the standalone packages: a `lightning_fabric.Fabric` with a `pytorch_lightning` WandbLogger)
 Also imported by tests/test_fabric.py to run the same loop in-process with one device.
 """
 
@@ -31,6 +32,10 @@ def make_logger(kind: str, save_dir: str) -> Any:
         from wandb.integration.lightning.fabric import WandbLogger
 
         return WandbLogger(project="lw-tests", save_dir=save_dir)
+    if kind == "pytorch_lightning":
+        from pytorch_lightning.loggers import WandbLogger as StandaloneWandbLogger
+
+        return StandaloneWandbLogger(project="lw-tests", save_dir=save_dir)
     from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
     return LightningWandbLogger(project="lw-tests", save_dir=save_dir)
@@ -42,7 +47,13 @@ def train(devices: int, kind: str, save_dir: str, epochs: int = 3) -> dict[str, 
     watch = FabricWatchModel(log="all", log_freq=2, log_graph=True)
     callbacks = [FabricPredictionSamples(num_samples=6, class_names=[str(i) for i in range(10)]),
                  FabricMetricSummaries({"val_acc": "max", "train/*": ["mean", "last"]}), watch, upload, share]
-    fabric = L.Fabric(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+    if kind == "pytorch_lightning":
+        import lightning_fabric
+
+        fabric_class: Any = lightning_fabric.Fabric
+    else:
+        fabric_class = L.Fabric
+    fabric = fabric_class(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                       loggers=[make_logger(kind, os.path.abspath(save_dir))], callbacks=callbacks)
     fabric.launch()
     fabric.seed_everything(0)

@@ -1,0 +1,293 @@
+"""LightningModules written the way users write them, for the tests of every callback, in both namespaces.
+
+Each class here is plain user code (no import of this package's callbacks, no ``wandb``). Tests take
+them from :func:`of`, which gives this module as written (``lightning.pytorch``) or its twin for the
+standalone ``pytorch_lightning`` package: the same source compiled with the other package's imports
+(``lightning.pytorch`` -> ``pytorch_lightning``, ``lightning.fabric`` -> ``lightning_fabric``, and
+``lw_callbacks.demo`` twinned the same way), so a ``pytorch_lightning`` Trainer gets modules it accepts.
+:func:`api` gives the Trainer-side classes of a namespace (``Trainer``, ``ModelCheckpoint``,
+``WandbLogger``, ...), so a test is written once and parametrized over :data:`NAMESPACES`.
+
+Add a module by writing a class below; keep it tiny (the digits model, a few batches).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+
+NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
+
+__all__ = [
+    "NAMESPACES",
+    "DictBatches",
+    "DictOutputs",
+    "EpochEndMetrics",
+    "LogDictTorchmetrics",
+    "ManualTwoOptimizers",
+    "OnStepOnEpoch",
+    "PerStepGAN",
+    "SlashNames",
+    "Tunable",
+    "TwoValLoaders",
+    "TwoValModel",
+    "api",
+    "of",
+]
+
+
+# ---------------------------------------------------------------------- batch and output shapes
+class DictBatches(DigitsDataModule):
+    """Batches as dicts ``{"image": x, "label": y}``."""
+
+    @staticmethod
+    def _collate(items: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        return {"image": torch.stack([x for x, _ in items]), "label": torch.stack([y for _, y in items])}
+
+    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=self._collate)
+
+
+class DictOutputs(DigitsClassifier):
+    """Dict batches in, dict step outputs out (``{"loss", "logits"}``)."""
+
+    def _dict_step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"])
+        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=stage != "train")
+        self.log(f"{stage}_acc", (logits.argmax(1) == batch["label"]).float().mean(), on_epoch=stage != "train")
+        return {"loss": loss, "logits": logits.detach()}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return self._dict_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return self._dict_step(batch, "val")
+
+
+class TwoValModel(DigitsClassifier):
+    """Two validation dataloaders: Lightning adds ``/dataloader_idx_N`` to the keys."""
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._step(batch, "val")[1]
+
+
+class TwoValLoaders(DigitsDataModule):
+    def val_dataloader(self) -> list[DataLoader]:  # type: ignore[override]
+        return [super().val_dataloader(), super().val_dataloader()]
+
+
+class ManualTwoOptimizers(DigitsClassifier):
+    """Manual optimization with two optimizers: ``trainer.global_step`` grows by 2 per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        opt_a, opt_b = self.optimizers()  # type: ignore[misc]
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        self.manual_backward(loss)
+        opt_a.step()
+        opt_b.step()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        first = list(self.layer_1.parameters())
+        rest = [p for n, p in self.named_parameters() if not n.startswith("layer_1.")]
+        return torch.optim.SGD(first, lr=0.05), torch.optim.SGD(rest, lr=0.05)
+
+
+class EpochEndMetrics(DigitsClassifier):
+    """Logs from ``on_train_epoch_end`` and ``on_validation_epoch_end``, as many modules do."""
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train_epoch_score", float(self.current_epoch % 2) + 0.5 * self.current_epoch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_epoch_score", torch.tensor(float(self.current_epoch)))
+
+
+class Tunable(DigitsClassifier):
+    """What ``Tuner.lr_find`` / ``scale_batch_size`` need: ``lr`` and ``batch_size`` attributes."""
+
+
+# ---------------------------------------------------------------------- logging styles
+class OnStepOnEpoch(DigitsClassifier):
+    """Every metric logged with ``on_step=True, on_epoch=True`` (Lightning's image-classifier example):
+    W&B receives ``<name>_step`` and ``<name>_epoch``, ``callback_metrics`` hold ``<name>``."""
+
+    def _step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        preds = logits.argmax(dim=1)
+        self.log(f"{stage}_loss", loss, on_step=True, on_epoch=True)
+        self.log(f"{stage}_acc", (preds == y).float().mean(), on_step=True, on_epoch=True)
+        return loss, preds
+
+
+class LogDictTorchmetrics(DigitsClassifier):
+    """``self.log_dict`` of torchmetrics ``Metric`` objects (Lightning computes and resets them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import torchmetrics
+
+        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes=10, average="micro")
+        self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes=10, average="micro")
+        self.val_loss = torchmetrics.MeanMetric()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log_dict({"train_loss": loss, "train_acc": self.train_acc}, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.val_loss(F.cross_entropy(logits, y))
+        self.log_dict({"val_acc": self.val_acc, "val_loss": self.val_loss}, on_epoch=True, sync_dist=True)
+        return logits.argmax(dim=1)
+
+
+class SlashNames(DigitsClassifier):
+    """Slash-separated names (``train/loss``, ``val/acc``): W&B groups them into sections."""
+
+    def _step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        preds = logits.argmax(dim=1)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step)
+        self.log(f"{stage}/acc", (preds == y).float().mean(), on_step=on_step, on_epoch=not on_step)
+        return loss, preds
+
+
+class PerStepGAN(LightningModule):
+    """A GAN's shape: manual optimization, a generator and a discriminator with one optimizer each,
+    ``g_loss`` and ``d_loss`` logged on every step (``trainer.global_step`` grows by 2 per batch).
+    Trains on the digits (8x8) from 16-dim noise; ``validation_step`` logs nothing per validation."""
+
+    def __init__(self, latent: int = 16) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.latent = latent
+        self.generator = nn.Sequential(nn.Linear(latent, 32), nn.ReLU(), nn.Linear(32, 64), nn.Sigmoid())
+        self.discriminator = nn.Sequential(nn.Linear(64, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.generator(z).reshape(-1, 1, 8, 8)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        real, _ = batch
+        real = real.reshape(real.shape[0], -1)
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        z = torch.randn(real.shape[0], self.latent, generator=None)
+        fake = self.generator(z)
+        ones = torch.ones(real.shape[0], 1)
+        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+        d_real = F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
+        d_fake = F.binary_cross_entropy_with_logits(self.discriminator(fake.detach()), torch.zeros_like(ones))
+        d_loss = (d_real + d_fake) / 2
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.log_dict({"g_loss": g_loss, "d_loss": d_loss})
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, _ = batch
+        return self(torch.randn(x.shape[0], self.latent))
+
+    def configure_optimizers(self) -> Any:
+        return (torch.optim.Adam(self.generator.parameters(), lr=2e-3),
+                torch.optim.Adam(self.discriminator.parameters(), lr=2e-3))
+
+
+# ---------------------------------------------------------------------- namespaces
+_RENAMES = (
+    ("lightning.pytorch", "pytorch_lightning"),
+    ("lightning.fabric", "lightning_fabric"),
+)
+
+
+def _twin(name: str, path: Path, namespace: str, extra: tuple[tuple[str, str], ...] = ()) -> types.ModuleType:
+    """Compile ``path``'s source as module ``name`` with the imports of ``namespace``'s packages."""
+    if name in sys.modules:
+        return sys.modules[name]
+    source = path.read_text()
+    if namespace == "pytorch_lightning":
+        for old, new in (*_RENAMES, *extra):
+            source = source.replace(old, new)
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module  # dataclasses and pickle look classes up there
+    try:
+        exec(compile(source, str(path), "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def of(namespace: str = "lightning.pytorch") -> Any:
+    """This module for ``namespace``: itself for ``"lightning.pytorch"``, its twin for ``"pytorch_lightning"``
+    (with ``.DigitsClassifier`` and ``.DigitsDataModule`` of the twin of ``lw_callbacks.demo``)."""
+    if namespace not in NAMESPACES:
+        raise ValueError(f"namespace must be one of {NAMESPACES}, got {namespace!r}")
+    if namespace == "lightning.pytorch":
+        return sys.modules[__name__]
+    demo = importlib.import_module("lw_callbacks.demo")
+    assert demo.__file__ is not None
+    twin_demo = "_twin_pytorch_lightning_demo"
+    _twin(twin_demo, Path(demo.__file__), namespace)
+    return _twin("_twin_pytorch_lightning_modules", Path(__file__), namespace, (("lw_callbacks.demo", twin_demo),))
+
+
+def api(namespace: str = "lightning.pytorch") -> Any:
+    """The Trainer-side classes of ``namespace`` as attributes: ``Trainer``, ``LightningModule``,
+    ``Callback``, ``ModelCheckpoint``, ``EarlyStopping``, ``LearningRateMonitor``, ``RichProgressBar``,
+    ``StochasticWeightAveraging``, ``WandbLogger``, ``CSVLogger``, ``Tuner``, and ``name`` (the namespace)."""
+    if namespace not in NAMESPACES:
+        raise ValueError(f"namespace must be one of {NAMESPACES}, got {namespace!r}")
+    root = importlib.import_module(namespace)
+    callbacks = importlib.import_module(f"{namespace}.callbacks")
+    loggers = importlib.import_module(f"{namespace}.loggers")
+    tuner = importlib.import_module(f"{namespace}.tuner")
+    return types.SimpleNamespace(
+        name=namespace,
+        Trainer=root.Trainer,
+        LightningModule=root.LightningModule,
+        Callback=root.Callback,
+        ModelCheckpoint=callbacks.ModelCheckpoint,
+        EarlyStopping=callbacks.EarlyStopping,
+        LearningRateMonitor=callbacks.LearningRateMonitor,
+        RichProgressBar=callbacks.RichProgressBar,
+        StochasticWeightAveraging=callbacks.StochasticWeightAveraging,
+        WandbLogger=loggers.WandbLogger,
+        CSVLogger=loggers.CSVLogger,
+        Tuner=tuner.Tuner,
+    )
