@@ -93,8 +93,9 @@ def test_a_model_checkpoint_of_the_other_package_is_uploaded_and_named_in_one_wa
 )
 def test_mixes_lightning_refuses_fail_before_any_callback_runs(trainer_ns: str, other: str) -> None:
     """A LightningModule of the other package: Lightning's own TypeError at `fit`, before `setup` of any
-    callback (nothing logged, no run). A ModelCheckpoint of the other package beside Lightning's default
-    one: Lightning's RuntimeError at `Trainer(...)`. The README names both fixes."""
+    callback (nothing logged, no run). A ModelCheckpoint of the other package with the default state key
+    (no monitor) beside Lightning's default one: Lightning's RuntimeError at `Trainer(...)`. The README
+    names both fixes."""
     T = modules.api(trainer_ns)
     callbacks = all_five()
     trainer = T.Trainer(logger=make_logger(namespace=trainer_ns), callbacks=callbacks, **SMALL)
@@ -102,7 +103,7 @@ def test_mixes_lightning_refuses_fail_before_any_callback_runs(trainer_ns: str, 
         trainer.fit(modules.of(other).DigitsClassifier(), datamodule=modules.of(trainer_ns).DigitsDataModule())
     assert not find_runs("runs") if Path("runs").exists() else True
     with pytest.raises(RuntimeError, match=re.escape("more than one stateful callback of type `ModelCheckpoint`")):
-        T.Trainer(logger=False, callbacks=[modules.api(other).ModelCheckpoint(monitor="val_acc")], **SMALL)
+        T.Trainer(logger=False, callbacks=[modules.api(other).ModelCheckpoint()], **SMALL)
 
 
 def test_one_place_knows_both_packages() -> None:
