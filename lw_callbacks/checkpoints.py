@@ -568,7 +568,7 @@ def check_checkpoints(owner: str, checkpoints: Any) -> list[ModelCheckpoint] | N
     """
     if checkpoints is None:
         return None
-    if _is_model_checkpoint(checkpoints):
+    if _compat.is_model_checkpoint(checkpoints):
         return [checkpoints]
     fix = ("pass the ModelCheckpoint callbacks themselves, e.g. `checkpoints=[ModelCheckpoint(monitor='val_loss')]` "
            "(the same instances as in `Trainer(callbacks=...)`), or None for every ModelCheckpoint of the Trainer")
@@ -579,21 +579,13 @@ def check_checkpoints(owner: str, checkpoints: Any) -> list[ModelCheckpoint] | N
         )
     if not checkpoints:
         raise ConfigurationError(f"{owner}(checkpoints=[]): an empty list uploads nothing; {fix}.")
-    bad = [cb for cb in checkpoints if not _is_model_checkpoint(cb)]
+    bad = [cb for cb in checkpoints if not _compat.is_model_checkpoint(cb)]
     if bad:
         raise ConfigurationError(
             f"{owner}(checkpoints={list(checkpoints)!r}): {bad[0]!r} ({type(bad[0]).__name__}) is not a "
             f"ModelCheckpoint; {fix}."
         )
     return list(checkpoints)
-
-
-def _is_model_checkpoint(obj: Any) -> bool:
-    """A ``ModelCheckpoint`` of either Lightning namespace (or a subclass)."""
-    return any(
-        cls.__name__ == "ModelCheckpoint" and cls.__module__.startswith(("lightning.pytorch.", "pytorch_lightning."))
-        for cls in type(obj).__mro__
-    )
 
 
 def _default_names(run_id: str, every: list[ModelCheckpoint]) -> dict[int, str]:
