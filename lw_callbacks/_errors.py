@@ -232,7 +232,10 @@ class Option(Generic[T]):
     def __get__(self, obj: object | None, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        return getattr(getattr(obj, self.via) if self.via else obj, self.attr)
+        holder = obj
+        for part in self.via.split(".") if self.via else ():
+            holder = getattr(holder, part)
+        return getattr(holder, self.attr)
 
     def __set__(self, obj: object, value: Any) -> None:
         owner = type(obj).__name__

@@ -194,7 +194,9 @@ class FabricPredictionSamples:
         sample_rate: int | None = None,
         decode: Callable[[list[int]], str] | str | None = None,
     ) -> None:
-        task_opts = TaskOptions(task, box_format, normalized_boxes, score_threshold, sample_rate, decode)
+        task_opts = TaskOptions(
+            task, box_format, normalized_boxes, score_threshold, sample_rate, decode, owner=type(self).__name__
+        )
         names, stages = sample_arguments(
             num_samples, 1, key, class_names, log_images, log_table, log_scores, STAGES, False,
             input_key, target_key, output_key, 0, task_opts,
@@ -202,8 +204,7 @@ class FabricPredictionSamples:
         self.core = SampleCore(
             task_opts, num_samples=num_samples, key=key, class_names=names, log_images=log_images,
             log_table=log_table, log_scores=log_scores, stages=stages, input_key=input_key,
-            target_key=target_key, output_key=output_key, task=task, box_format=box_format,
-            normalized_boxes=normalized_boxes, sample_rate=sample_rate, decode=decode,
+            target_key=target_key, output_key=output_key,
         )
         self._fingerprints: dict[str, str] = {}
 
@@ -233,16 +234,16 @@ class FabricPredictionSamples:
                 ``outputs`` and no ``model``.
         """
         if stage not in STAGES:
-            raise ValueError(
-                f"FabricPredictionSamples.log_prediction_samples(stage={stage!r}): stage must be one of {list(STAGES)}."
+            raise ConfigurationError(
+                f"{type(self).__name__}.log_prediction_samples(stage={stage!r}): stage must be one of {list(STAGES)}."
             )
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         core = self.core
         core.resolve()  # a dotted decode path, imported once
         x, y, n = core.read_batch(stage, batch, outputs)  # every rank checks, so bad input fails alike
         if model is None and not core.has_predictions(stage, outputs, n):
-            raise ValueError(
-                "FabricPredictionSamples.log_prediction_samples: `outputs` holds no predictions "
+            raise ConfigurationError(
+                f"{type(self).__name__}.log_prediction_samples: `outputs` holds no predictions "
                 f"(got {type(outputs).__name__}) and no `model` was given to compute them. Pass the model's "
                 "outputs on this batch (labels (N,), logits (N, C), or a dict with 'preds' / 'logits'), or `model=`."
             )

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lw_callbacks import _compat, _wandb
-from lw_callbacks._errors import WarnOnce, warn
+from lw_callbacks._errors import Option, WarnOnce, warn
 from lw_callbacks.core.samples import STAGES as STAGES  # public here too: lw_callbacks.predictions.STAGES
 from lw_callbacks.core.samples import SampleCore, check_arguments
 from lw_callbacks.core.tasks import InputError, TaskOptions
@@ -19,15 +19,13 @@ __all__ = ["LogPredictionSamples"]
 
 
 def _option(name: str, doc: str) -> Any:
-    """A public option of the callback, kept by its core (read and set there)."""
+    """A read-only option of the callback, kept by its core (the one copy the engine reads)."""
+    return Option[Any](doc, via="_core")
 
-    def get(self: LogPredictionSamples) -> Any:
-        return getattr(self._core, name)
 
-    def put(self: LogPredictionSamples, value: Any) -> None:
-        setattr(self._core, name, value)
-
-    return property(get, put, doc=doc)
+def _task_option(name: str, doc: str) -> Any:
+    """A read-only task option, kept by the core's checked task options."""
+    return Option[Any](doc, via="_core.task_opts")
 
 
 class LogPredictionSamples(Callback):
@@ -205,7 +203,9 @@ class LogPredictionSamples(Callback):
         decode: Callable[[list[int]], str] | str | None = None,
     ) -> None:
         super().__init__()
-        task_opts = TaskOptions(task, box_format, normalized_boxes, score_threshold, sample_rate, decode)
+        task_opts = TaskOptions(
+            task, box_format, normalized_boxes, score_threshold, sample_rate, decode, owner=type(self).__name__
+        )
         names, stage_tuple = check_arguments(
             num_samples, every_n_epochs, key, class_names, log_images, log_table, log_scores, stages,
             log_sanity_check, input_key, target_key, output_key, dataloader_idx, task_opts,
@@ -213,14 +213,16 @@ class LogPredictionSamples(Callback):
         self._core = SampleCore(
             task_opts, num_samples=num_samples, key=key, class_names=names, log_images=log_images,
             log_table=log_table, log_scores=log_scores, stages=stage_tuple, input_key=input_key,
-            target_key=target_key, output_key=output_key, task=task, box_format=box_format,
-            normalized_boxes=normalized_boxes, sample_rate=sample_rate, decode=decode, owner=type(self).__name__,
+            target_key=target_key, output_key=output_key,
         )
-        self.every_n_epochs = every_n_epochs
-        self.log_sanity_check = log_sanity_check
-        self.dataloader_idx = dataloader_idx
+        self._every_n_epochs = every_n_epochs
+        self._log_sanity_check = log_sanity_check
+        self._dataloader_idx = dataloader_idx
         self._warnings = WarnOnce()
 
+    every_n_epochs = Option[int]("Log every ``every_n_epochs``-th validation epoch.")
+    log_sanity_check = Option[bool]("Whether the sanity check's validation is logged.")
+    dataloader_idx = Option[int]("Which evaluation dataloader the samples come from.")
     num_samples = _option("num_samples", "How many examples are logged.")
     key = _option("key", "The panel section of validation (``key_<stage>`` for the other stages).")
     class_names = _option("class_names", "Names for labels ``0 .. C-1`` (a list), or ``None``.")
@@ -231,12 +233,12 @@ class LogPredictionSamples(Callback):
     input_key = _option("input_key", "Key of the input in dict batches, or ``None``.")
     target_key = _option("target_key", "Key of the target in dict batches, or ``None``.")
     output_key = _option("output_key", "Key of the predictions in dict step outputs, or ``None``.")
-    task = _option("task", "The ``task`` argument as given.")
-    box_format = _option("box_format", "The ``box_format`` argument as given.")
-    normalized_boxes = _option("normalized_boxes", "The ``normalized_boxes`` argument as given.")
-    score_threshold = _option("score_threshold", "Predicted boxes scoring below this are left out.")
-    sample_rate = _option("sample_rate", "Samples per second of audio inputs, or ``None``.")
-    decode = _option("decode", "The ``decode`` argument as given (a callable, a dotted path, or ``None``).")
+    task = _task_option("task", "The ``task`` argument as given.")
+    box_format = _task_option("box_format", "The ``box_format`` argument as given.")
+    normalized_boxes = _task_option("normalized_boxes", "The ``normalized_boxes`` argument as given.")
+    score_threshold = _task_option("score_threshold", "Predicted boxes scoring below this are left out.")
+    sample_rate = _task_option("sample_rate", "Samples per second of audio inputs, or ``None``.")
+    decode = _task_option("decode", "The ``decode`` argument as given (a callable, a dotted path, or ``None``).")
 
     @property
     @override
@@ -263,7 +265,7 @@ class LogPredictionSamples(Callback):
             st = self._core.states[name]
             why = None if st.ran else _why_no_batch(trainer, name, self.dataloader_idx)
             if why is not None:
-                self._warnings.warn(f"LogPredictionSamples: the {name} loop ran no batch ({why}); nothing was logged.")
+                self._warnings.warn(f"{type(self).__name__}: the {name} loop ran no batch ({why}); nothing was logged.")
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -369,7 +371,7 @@ class LogPredictionSamples(Callback):
                 raise  # nothing has trained yet: stop now, with the message
             core.disable(stage)
             warn(
-                f"{err} LogPredictionSamples logs no more {stage} samples in this fit (training goes on); fix "
+                f"{err} {type(self).__name__} logs no more {stage} samples in this fit (training goes on); fix "
                 "the setting, and keep the sanity check (num_sanity_val_steps > 0) to catch this before training."
             )
 

@@ -514,10 +514,9 @@ def _quiet_lightning() -> Iterator[None]:
     logger.setLevel(level)
 
 
-def test_state_key_follows_an_edited_option() -> None:
+def test_state_key_names_the_options_which_are_read_only() -> None:
     a, b = LogPredictionSamples(key="a"), LogPredictionSamples(key="b")
-    first = a.state_key
-    a.key = "b"
-    assert a.state_key == b.state_key != first
-    a.key = "a"
-    assert a.state_key == first
+    assert a.state_key != b.state_key == LogPredictionSamples(key="b").state_key
+    with pytest.raises(AttributeError, match=r"LogPredictionSamples\.key is read-only.*key='b'"):
+        a.key = "b"
+    assert a.key == "a"

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
 from lw_callbacks import _wandb
-from lw_callbacks._errors import ConfigurationError, WarnOnce, warn
+from lw_callbacks._errors import ConfigurationError, WarnOnce, check_bool, check_int, check_names, check_str, warn
 from lw_callbacks.core import tasks
 from lw_callbacks.core.tasks import InputError
 
@@ -108,55 +108,39 @@ def check_arguments(
     Raises:
         ConfigurationError: naming the argument, the accepted values and an example.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    owner = task_opts.owner
+    check_int(owner, "num_samples", num_samples, minimum=1, example="16")
+    check_int(owner, "every_n_epochs", every_n_epochs, minimum=1, example="1")
+    if isinstance(stages, str):
+        stage_list = [stages]
+    elif isinstance(stages, (list, tuple)):
+        stage_list = list(stages)
+    else:
         raise ConfigurationError(
-            f"LogPredictionSamples(num_samples={num_samples!r}): num_samples must be an integer >= 1 "
-            "(how many examples to log each epoch), e.g. num_samples=16."
+            f"{owner}(stages={stages!r}): stages must be a stage name or a list of them, from {list(STAGES)}, "
+            f"got {type(stages).__name__}, e.g. stages=['validation', 'test']."
         )
-    if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-        raise ConfigurationError(
-            f"LogPredictionSamples(every_n_epochs={every_n_epochs!r}): every_n_epochs must be an integer "
-            ">= 1 (1 logs every validation epoch, 5 every fifth), e.g. every_n_epochs=1."
-        )
-    stage_list = [stages] if isinstance(stages, str) else list(stages)
     unknown = [s for s in stage_list if s not in STAGES]
     if unknown or not stage_list:
         raise ConfigurationError(
-            f"LogPredictionSamples(stages={stages!r}): unknown stage(s) {unknown or stage_list}; accepted "
+            f"{owner}(stages={stages!r}): unknown stage(s) {unknown or stage_list}; accepted "
             f"stages are {list(STAGES)}, e.g. stages=['validation', 'test']."
         )
-    if not isinstance(key, str) or not key:
-        raise ConfigurationError(
-            f"LogPredictionSamples(key={key!r}): key must be a non-empty string, e.g. key='predictions'."
-        )
+    check_str(owner, "key", key, example="'predictions'")
     if class_names is not None:
-        if isinstance(class_names, str) or not isinstance(class_names, Sequence):
-            raise ConfigurationError(
-                f"LogPredictionSamples(class_names={class_names!r}): class_names must be a list of strings, "
-                "one per class in label order, e.g. class_names=['cat', 'dog'] (a single string is not split)."
-            )
-        class_names = list(class_names)
-        if not all(isinstance(n, str) for n in class_names):
-            raise ConfigurationError(
-                f"LogPredictionSamples(class_names={class_names!r}): class_names must be a list of strings, "
-                "one per class in label order, e.g. class_names=['cat', 'dog']."
-            )
-    if isinstance(dataloader_idx, bool) or not isinstance(dataloader_idx, int) or dataloader_idx < 0:
-        raise ConfigurationError(
-            f"LogPredictionSamples(dataloader_idx={dataloader_idx!r}): dataloader_idx must be an integer >= 0."
-        )
+        class_names = list(check_names(owner, "class_names", class_names, example="['cat', 'dog']") or ())
+    check_int(owner, "dataloader_idx", dataloader_idx, minimum=0, example="0")
     for flag, value in (
         ("log_images", log_images),
         ("log_table", log_table),
         ("log_scores", log_scores),
         ("log_sanity_check", log_sanity_check),
     ):
-        if not isinstance(value, bool):
-            raise ConfigurationError(f"LogPredictionSamples({flag}={value!r}): `{flag}` must be True or False.")
+        check_bool(owner, flag, value)
     for name, key_value in (("input_key", input_key), ("target_key", target_key), ("output_key", output_key)):
         if key_value is not None and (not isinstance(key_value, str) or not key_value):
             raise ConfigurationError(
-                f"LogPredictionSamples({name}={key_value!r}): `{name}` must be a key of your dict batches / step "
+                f"{owner}({name}={key_value!r}): `{name}` must be a key of your dict batches / step "
                 f"outputs (a non-empty string), or None to use the usual names."
             )
     return class_names, tuple(dict.fromkeys(stage_list))
@@ -192,15 +176,9 @@ class SampleCore:
         input_key: str | None = None,
         target_key: str | None = None,
         output_key: str | None = None,
-        task: str = "auto",
-        box_format: str = "xyxy",
-        normalized_boxes: bool = False,
-        sample_rate: int | None = None,
-        decode: Callable[[list[int]], str] | str | None = None,
-        owner: str = "LogPredictionSamples",
     ) -> None:
-        self.task_opts = task_opts
-        self.owner = owner  # the class named in the warnings of failed W&B writes
+        self.task_opts = task_opts  # the task arguments, checked: the one copy the engine reads
+        self.owner = task_opts.owner  # the class the user built, named in errors and warnings
         self.num_samples = num_samples
         self.key = key
         self.class_names = class_names
@@ -211,13 +189,6 @@ class SampleCore:
         self.input_key = input_key
         self.target_key = target_key
         self.output_key = output_key
-        # The task arguments as given (task_opts holds the checked ones the engine reads).
-        self.task = task
-        self.box_format = box_format
-        self.normalized_boxes = normalized_boxes
-        self.score_threshold = task_opts.score_threshold
-        self.sample_rate = sample_rate
-        self.decode = decode
         self.states: dict[str, StageState] = {s: StageState() for s in stages}
         self.sharded = False
         self._warnings = WarnOnce()
@@ -274,7 +245,7 @@ class SampleCore:
         st = self.states[stage]
         st.ran = True
         x, y = self._split_batch(batch)
-        n = _batch_len(x)
+        n = _batch_len(x, self.owner)
         if not st.checked:
             self._check_first(stage, x, y, outputs, n, self._input_key_of(batch))
             st.checked = True
@@ -292,7 +263,7 @@ class SampleCore:
             raise
         except Exception as err:  # a logging problem never ends training
             self._warnings.warn(
-                f"LogPredictionSamples: could not read the {stage} samples of this batch "
+                f"{self.owner}: could not read the {stage} samples of this batch "
                 f"({type(err).__name__}: {err}); they are left out of the log."
             )
 
@@ -302,21 +273,21 @@ class SampleCore:
             y_key = self.target_key or next((k for k in _TARGET_KEYS if k in batch), None)
             if x_key is None or x_key not in batch:
                 raise InputError(
-                    f"LogPredictionSamples: the batch is a dict with keys {sorted(map(str, batch))} and no input under "
+                    f"{self.owner}: the batch is a dict with keys {sorted(map(str, batch))} and no input under "
                     f"{[self.input_key] if self.input_key else list(_INPUT_KEYS)}. Pass "
-                    "LogPredictionSamples(input_key=..., target_key=...) naming your keys. Accepted batches: "
+                    f"{self.owner}(input_key=..., target_key=...) naming your keys. Accepted batches: "
                     f"{_ACCEPTED_BATCH}."
                 )
             if self.target_key is not None and self.target_key not in batch:
                 raise InputError(
-                    f"LogPredictionSamples(target_key={self.target_key!r}): the batch dict has keys "
+                    f"{self.owner}(target_key={self.target_key!r}): the batch dict has keys "
                     f"{sorted(map(str, batch))}; pass the key that holds the targets (or target_key=None)."
                 )
             return batch[x_key], (batch[y_key] if y_key is not None else None)
         given = [f"{n}={v!r}" for n, v in (("input_key", self.input_key), ("target_key", self.target_key)) if v]
         if given:
             raise InputError(
-                f"LogPredictionSamples({', '.join(given)}): the batch is a {type(batch).__name__}, not a dict, so "
+                f"{self.owner}({', '.join(given)}): the batch is a {type(batch).__name__}, not a dict, so "
                 f"there is no key to look up ({tasks.describe(batch)}). Remove {' and '.join(given)} (a tuple batch is "
                 "read as `(x, y, ...)`), or make the batches dicts."
             )
@@ -327,7 +298,7 @@ class SampleCore:
         if isinstance(batch, (Tensor, np.ndarray)) or (isinstance(batch, list) and batch):
             return batch, None
         raise InputError(
-            f"LogPredictionSamples: cannot read a batch of type {type(batch).__name__}"
+            f"{self.owner}: cannot read a batch of type {type(batch).__name__}"
             f"{tasks.describe(batch)}. Accepted batches: {_ACCEPTED_BATCH}."
         )
 
@@ -360,28 +331,28 @@ class SampleCore:
             tasks.check_text(x, self.task_opts, stage)
             st.input_kind = "text"
         else:
-            st.input_kind = _input_kind(x)
+            st.input_kind = _input_kind(x, self.owner)
         if tasks.is_strings(raw):  # generated text: shown as it is
             if len(raw) != n:
                 raise InputError(
-                    f"LogPredictionSamples: the {stage} step returned {len(raw)} strings for a batch of {n} examples."
+                    f"{self.owner}: the {stage} step returned {len(raw)} strings for a batch of {n} examples."
                 )
             return
         if self.sharded and self._output_tensor(outputs, n, stage) is None:
             raise InputError(
-                f"LogPredictionSamples: the {stage} step returned no predictions, and under a strategy that shards "
+                f"{self.owner}: the {stage} step returned no predictions, and under a strategy that shards "
                 "the parameters (FSDP, DeepSpeed, model parallel) running the module's forward on rank 0 alone "
                 f"would wait forever for the other ranks. Return the predictions from the {stage} step, as one of: "
                 f"{_ACCEPTED_OUTPUT.split(', or nothing usable')[0]}."
             )
         if y is not None and _batch_len(y) != n:
             raise InputError(
-                f"LogPredictionSamples: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
+                f"{self.owner}: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
                 f"targets ({tasks.describe(y)}); inputs and targets must have the same first dimension."
             )
         value = self._output_tensor(outputs, n, stage)
         if st.task == "regression":
-            tasks.check_regression(value, y, n, stage)
+            tasks.check_regression(value, y, n, stage, self.owner)
             return
         if st.task == "text" and tasks.decode_rows(value, self.task_opts) is not None:
             return  # token ids to decode, not class scores
@@ -398,7 +369,7 @@ class SampleCore:
         for what, top in needed:
             if top >= k:
                 raise InputError(
-                    f"LogPredictionSamples(class_names=<{k} names>): the first {stage} batch holds {what} up to "
+                    f"{self.owner}(class_names=<{k} names>): the first {stage} batch holds {what} up to "
                     f"class {top}, which needs at least {top + 1} class names. Pass one name per class in label "
                     "order, or class_names=None to show the numbers."
                 )
@@ -419,29 +390,29 @@ class SampleCore:
         task = st.task
         if not _looks_like_images(x):
             raise InputError(
-                f"LogPredictionSamples(task={task!r}): the {stage} inputs are a {tasks.describe(x)}, not images; "
+                f"{self.owner}(task={task!r}): the {stage} inputs are a {tasks.describe(x)}, not images; "
                 f"{task} needs image inputs (N, C, H, W) / (N, H, W) / (N, H, W, C) or a list of images."
             )
         st.input_kind = "image"
         if y is not None and _batch_len(y) != n:
             raise InputError(
-                f"LogPredictionSamples: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
+                f"{self.owner}: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
                 f"targets ({tasks.describe(y)}); inputs and targets must have the same first dimension."
             )
         if task == "segmentation":
             value = raw if isinstance(raw, Tensor) and raw.ndim > 0 else None
             if raw is not None and value is None and not (isinstance(raw, Tensor) and raw.ndim == 0):
                 raise InputError(
-                    f"LogPredictionSamples(task='segmentation'): the {stage} step returned a {tasks.describe(raw)}; "
+                    f"{self.owner}(task='segmentation'): the {stage} step returned a {tasks.describe(raw)}; "
                     "expected masks (N, H, W) of class ids or scores (N, C, H, W), a dict holding them, or nothing "
                     "(the callback then runs the module's forward on the chosen samples)."
                 )
-            tasks.check_segmentation(x, y, value, n, stage, self.class_names)
+            tasks.check_segmentation(x, y, value, n, stage, self.class_names, self.owner)
         else:
             value = raw if tasks.is_detections(raw) else None
             if raw is not None and value is None and not (isinstance(raw, Tensor) and raw.ndim == 0):
                 raise InputError(
-                    f"LogPredictionSamples(task='detection'): the {stage} step returned a {tasks.describe(raw)}; "
+                    f"{self.owner}(task='detection'): the {stage} step returned a {tasks.describe(raw)}; "
                     "expected a list of one dict per image with 'boxes', 'labels' and 'scores' (as torchvision "
                     "detection models return), a dict holding it, or nothing (the callback then runs the module's "
                     "forward)."
@@ -449,7 +420,7 @@ class SampleCore:
             tasks.check_detection(x, y, value, n, stage, self.task_opts, self.class_names)
         if self.sharded and value is None:
             raise InputError(
-                f"LogPredictionSamples: the {stage} step returned no predictions, and under a strategy that shards "
+                f"{self.owner}: the {stage} step returned no predictions, and under a strategy that shards "
                 "the parameters (FSDP, DeepSpeed, model parallel) running the module's forward on rank 0 alone "
                 f"would wait forever for the other ranks. Return the {task} predictions from the {stage} step."
             )
@@ -463,7 +434,7 @@ class SampleCore:
             if found is None:
                 if self.output_key is not None:
                     raise InputError(
-                        f"LogPredictionSamples(output_key={self.output_key!r}): the {stage} step returned a dict "
+                        f"{self.owner}(output_key={self.output_key!r}): the {stage} step returned a dict "
                         f"with keys {sorted(map(str, outputs))}; pass the key holding predictions, or output_key=None."
                     )
                 return None
@@ -474,7 +445,7 @@ class SampleCore:
             value = torch.from_numpy(value)
         if not isinstance(value, Tensor):
             return None  # e.g. (loss, something): not predictions; run forward
-        _check_prediction_shape(value, n, stage, "step output")
+        _check_prediction_shape(value, n, stage, "step output", self.owner)
         return value
 
     # ------------------------------------------------------------------ choosing samples
@@ -497,7 +468,7 @@ class SampleCore:
         )
         if shuffled and warn_shuffle:
             warn(
-                f"LogPredictionSamples: the {stage} dataloader shuffles, so the examples at the chosen positions "
+                f"{self.owner}: the {stage} dataloader shuffles, so the examples at the chosen positions "
                 "change every epoch. Use shuffle=False for evaluation loaders to follow the same samples."
             )
 
@@ -592,7 +563,7 @@ class SampleCore:
                     rows = next((rows[k] for k in ("out", *_OUTPUT_KEYS) if k in rows), rows)
                 if not isinstance(rows, Tensor) or rows.ndim not in (3, 4) or rows.shape[0] != len(local):
                     raise InputError(
-                        f"LogPredictionSamples(task='segmentation'): pl_module(x) on the chosen {stage} samples "
+                        f"{self.owner}(task='segmentation'): pl_module(x) on the chosen {stage} samples "
                         f"returned a {tasks.describe(rows)}; expected masks (k, H, W) or scores (k, C, H, W)."
                     )
                 preds = list(tasks.mask_rows(rows, range(len(local))))
@@ -604,7 +575,7 @@ class SampleCore:
                 found = self._forward_raw(module, x, local, stage)
                 if not tasks.is_detections(found) or len(found) != len(local):
                     raise InputError(
-                        f"LogPredictionSamples(task='detection'): pl_module(x) on the chosen {stage} samples returned "
+                        f"{self.owner}(task='detection'): pl_module(x) on the chosen {stage} samples returned "
                         f"a {tasks.describe(found)}; expected a list of dicts with 'boxes', 'labels', 'scores'."
                     )
             preds = [
@@ -636,7 +607,7 @@ class SampleCore:
                 out = module(chosen)
         except Exception as err:
             raise InputError(
-                f"LogPredictionSamples: the {stage} step returned no predictions, so the callback ran the module "
+                f"{self.owner}: the {stage} step returned no predictions, so the callback ran the module "
                 f"forward on the chosen samples ({tasks.describe(chosen)}), which failed: {type(err).__name__}: {err}. "
                 f"Return predictions from the step, as one of: {_ACCEPTED_OUTPUT}."
             ) from err
@@ -653,10 +624,10 @@ class SampleCore:
             out = out[0]
         if not isinstance(out, Tensor):
             raise InputError(
-                f"LogPredictionSamples: pl_module(x) on the chosen {stage} samples returned "
+                f"{self.owner}: pl_module(x) on the chosen {stage} samples returned "
                 f"{type(out).__name__}; expected logits / probabilities (N, C) or labels (N,)."
             )
-        _check_prediction_shape(out, len(local), stage, "forward output")
+        _check_prediction_shape(out, len(local), stage, "forward output", self.owner)
         return out.detach().cpu()
 
     # ------------------------------------------------------------------ logging (rank 0)
@@ -674,7 +645,7 @@ class SampleCore:
             self._log(stage, run, samples, step)
         except Exception as err:  # a logging failure never ends training
             warn(
-                f"LogPredictionSamples: building the {stage} samples for W&B failed ({type(err).__name__}: {err}); "
+                f"{self.owner}: building the {stage} samples for W&B failed ({type(err).__name__}: {err}); "
                 "training goes on without them."
             )
 
@@ -717,7 +688,7 @@ class SampleCore:
             if not is_image:
                 if st.input_kind not in ("text", "audio"):
                     self._warnings.warn(
-                        f"LogPredictionSamples: the {stage} inputs are not images ({st.input_kind}); "
+                        f"{self.owner}: the {stage} inputs are not images ({st.input_kind}); "
                         "they go into the table only, with no image panel."
                     )
                 return
@@ -756,7 +727,7 @@ class SampleCore:
         with_scores = self.log_scores and 0 < n_classes <= _MAX_SCORE_COLUMNS
         if self.log_scores and n_classes > _MAX_SCORE_COLUMNS:
             self._warnings.warn(
-                f"LogPredictionSamples: {n_classes} classes is more than {_MAX_SCORE_COLUMNS}; the table holds "
+                f"{self.owner}: {n_classes} classes is more than {_MAX_SCORE_COLUMNS}; the table holds "
                 "no per-class score columns."
             )
         if with_scores:
@@ -859,11 +830,11 @@ def _captioned(logged: Any, display: Any, caption: str) -> Any:
     return wandb.Image(display, caption=caption)
 
 
-def _batch_len(x: Any) -> int:
+def _batch_len(x: Any, owner: str = "LogPredictionSamples") -> int:
     if isinstance(x, (Tensor, np.ndarray)):
         if x.ndim == 0:
             raise InputError(
-                f"LogPredictionSamples: the batch input is a scalar ({tasks.describe(x)}); expected a first (batch) "
+                f"{owner}: the batch input is a scalar ({tasks.describe(x)}); expected a first (batch) "
                 f"dimension. Accepted batches: {_ACCEPTED_BATCH}."
             )
         return int(x.shape[0])
@@ -871,7 +842,7 @@ def _batch_len(x: Any) -> int:
         return len(x)
     except TypeError:
         raise InputError(
-            f"LogPredictionSamples: cannot tell the batch size of a {type(x).__name__}. Accepted batches: "
+            f"{owner}: cannot tell the batch size of a {type(x).__name__}. Accepted batches: "
             f"{_ACCEPTED_BATCH}."
         ) from None
 
@@ -894,7 +865,7 @@ def _image_layout(shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def _input_kind(x: Any) -> str:
+def _input_kind(x: Any, owner: str = "LogPredictionSamples") -> str:
     if isinstance(x, (Tensor, np.ndarray)):
         shape = tuple(x.shape)
         if len(shape) <= 2:
@@ -902,7 +873,7 @@ def _input_kind(x: Any) -> str:
         if len(shape) in (3, 4) and _image_layout(shape[1:]) is not None:
             return "image"
         raise InputError(
-            f"LogPredictionSamples: the batch input is a {tasks.describe(x)}, which is neither an image batch "
+            f"{owner}: the batch input is a {tasks.describe(x)}, which is neither an image batch "
             "(N, C, H, W) / (N, H, W) / (N, H, W, C) with 1, 3 or 4 channels, nor values per example (N,) / (N, D)."
         )
     if isinstance(x, (list, tuple)) and x:
@@ -933,10 +904,10 @@ def take(x: Any, local: list[int], keep_device: bool = False) -> Any:
     return [x[i] for i in local]
 
 
-def _check_prediction_shape(value: Tensor, n: int, stage: str, what: str) -> None:
+def _check_prediction_shape(value: Tensor, n: int, stage: str, what: str, owner: str = "LogPredictionSamples") -> None:
     if value.ndim == 0 or value.ndim > 2 or value.shape[0] != n:
         raise InputError(
-            f"LogPredictionSamples: the {stage} {what} is a {tasks.describe(value)}, but the batch holds {n} examples. "
+            f"{owner}: the {stage} {what} is a {tasks.describe(value)}, but the batch holds {n} examples. "
             f"Accepted: {_ACCEPTED_OUTPUT}."
         )
 

@@ -60,11 +60,12 @@ class TaskOptions:
     score_threshold: float = 0.3
     sample_rate: int | None = None
     decode: Callable[..., Any] | str | None = None
+    owner: str = "LogPredictionSamples"  # the class the user built, named in messages
     _decode: Callable[..., Any] | None = field(default=None, repr=False)
     _audio_dir: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        owner = "LogPredictionSamples"
+        owner = self.owner
         if self.task not in TASKS:
             raise ConfigurationError(
                 f"{owner}(task={self.task!r}): task must be one of {list(TASKS)}; 'auto' tells it from the first "
@@ -108,7 +109,7 @@ class TaskOptions:
     def resolve(self) -> None:
         """Import a ``decode`` given as a dotted path (at ``setup``)."""
         if isinstance(self.decode, str) and self._decode is None:
-            self._decode = resolve_dotted(self.decode)
+            self._decode = resolve_dotted(self.decode, self.owner)
 
     @property
     def decoder(self) -> Callable[..., Any] | None:
@@ -120,7 +121,7 @@ class TaskOptions:
         return str(self._audio_dir.name)
 
 
-def resolve_dotted(path: str) -> Callable[..., Any]:
+def resolve_dotted(path: str, owner: str = "LogPredictionSamples") -> Callable[..., Any]:
     """The object at ``package.module.attr.attr``: the longest importable module prefix, then attributes."""
     parts = path.split(".")
     err: Exception | None = None
@@ -141,7 +142,7 @@ def resolve_dotted(path: str) -> Callable[..., Any]:
         err = TypeError(f"{path} is a {type(obj).__name__}, not callable")
         break
     raise ConfigurationError(
-        f"LogPredictionSamples(decode={path!r}): cannot import it ({type(err).__name__}: {err}). Pass the dotted "
+        f"{owner}(decode={path!r}): cannot import it ({type(err).__name__}: {err}). Pass the dotted "
         "path of a callable that turns one sample's token ids into a string, e.g. "
         "'my_project.data.tokenizer.decode', importable where training runs."
     )
@@ -184,15 +185,15 @@ def guess(opts: TaskOptions, x: Any, y: Any, out: Any, x_key: str | None, image:
 def check_audio(x: Any, opts: TaskOptions, stage: str) -> None:
     if opts.sample_rate is None:
         raise InputError(
-            f"LogPredictionSamples: the {stage} inputs are audio ({describe(x)}) but the sample rate is missing; "
-            "pass LogPredictionSamples(sample_rate=<samples per second>), e.g. sample_rate=16000."
+            f"{opts.owner}: the {stage} inputs are audio ({describe(x)}) but the sample rate is missing; "
+            f"pass {opts.owner}(sample_rate=<samples per second>), e.g. sample_rate=16000."
         )
     rows = x if isinstance(x, (list, tuple)) else [x[i] for i in range(len(x))]
     for i, a in enumerate(rows):
         shape = tuple(a.shape) if isinstance(a, (Tensor, np.ndarray)) else None
         if shape is None or not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)) or shape[-1] < 1:
             raise InputError(
-                f"LogPredictionSamples(task='audio'): sample {i} of the first {stage} batch is a waveform of shape "
+                f"{opts.owner}(task='audio'): sample {i} of the first {stage} batch is a waveform of shape "
                 f"{shape} (batch {describe(x)}); expected one channel, 1-D (T,) or (1, T): a batch (N, T) or "
                 "(N, 1, T), or a list of such waveforms."
             )
@@ -204,12 +205,12 @@ def check_text(x: Any, opts: TaskOptions, stage: str) -> None:
     if isinstance(x, Tensor) and not x.is_floating_point() and x.ndim == 2:
         if opts.decoder is None:
             raise InputError(
-                f"LogPredictionSamples(task='text'): the {stage} inputs are token ids ({describe(x)}) and no "
+                f"{opts.owner}(task='text'): the {stage} inputs are token ids ({describe(x)}) and no "
                 "decode is given; pass decode=<tokenizer.decode> (or its dotted import path) to show them as text."
             )
         return
     raise InputError(
-        f"LogPredictionSamples(task='text'): the {stage} inputs are a {describe(x)}; expected a list of strings, "
+        f"{opts.owner}(task='text'): the {stage} inputs are a {describe(x)}; expected a list of strings, "
         "or token ids (N, L) with decode=."
     )
 
@@ -248,13 +249,13 @@ def write_wav(sample: Any, sid: int, opts: TaskOptions) -> str:
 
 
 # ---------------------------------------------------------------------- regression
-def check_regression(value: Tensor | None, y: Any, n: int, stage: str) -> None:
+def check_regression(value: Tensor | None, y: Any, n: int, stage: str, owner: str = "LogPredictionSamples") -> None:
     for what, v in (("step output", value), ("target", y)):
         if v is None:
             continue
         if not isinstance(v, Tensor) or not (v.ndim == 1 or (v.ndim == 2 and v.shape[1] == 1)) or v.shape[0] != n:
             raise InputError(
-                f"LogPredictionSamples(task='regression'): the {stage} {what} is a {describe(v)} for a batch of {n}; "
+                f"{owner}(task='regression'): the {stage} {what} is a {describe(v)} for a batch of {n}; "
                 "expected one number per example, (N,) or (N, 1)."
             )
 
@@ -285,7 +286,8 @@ def _mask_hw(v: Tensor) -> tuple[int, int]:
 
 
 def check_segmentation(
-    x: Any, y: Any, value: Tensor | None, n: int, stage: str, class_names: list[str] | None
+    x: Any, y: Any, value: Tensor | None, n: int, stage: str, class_names: list[str] | None,
+    owner: str = "LogPredictionSamples",
 ) -> None:
     for i in range(n):
         hw = image_hw(x[i])
@@ -294,12 +296,12 @@ def check_segmentation(
                 continue
             if not isinstance(v, Tensor) or v.ndim not in (3, 4) or v.shape[0] != n:
                 raise InputError(
-                    f"LogPredictionSamples(task='segmentation'): the {stage} {what}s are a {describe(v)} for a batch "
+                    f"{owner}(task='segmentation'): the {stage} {what}s are a {describe(v)} for a batch "
                     f"of {n} images; expected class ids (N, H, W) or scores (N, C, H, W)."
                 )
             if _mask_hw(v) != hw:
                 raise InputError(
-                    f"LogPredictionSamples(task='segmentation'): sample {i} of the first {stage} batch: the {what} is "
+                    f"{owner}(task='segmentation'): sample {i} of the first {stage} batch: the {what} is "
                     f"{_mask_hw(v)[0]}x{_mask_hw(v)[1]} but the image is {hw[0]}x{hw[1]} (inputs {describe(x)}, "
                     f"{what}s {describe(v)}); a mask must have its image's height and width."
                 )
@@ -316,12 +318,12 @@ def check_segmentation(
     for what, top in tops:
         if top >= _MAX_MASK_CLASSES:
             raise InputError(
-                f"LogPredictionSamples(task='segmentation'): the first {stage} batch holds {what} class {top}; W&B "
+                f"{owner}(task='segmentation'): the first {stage} batch holds {what} class {top}; W&B "
                 f"masks hold at most {_MAX_MASK_CLASSES} classes (ids 0..255)."
             )
         if class_names is not None and top >= len(class_names):
             raise InputError(
-                f"LogPredictionSamples(class_names=<{len(class_names)} names>): the first {stage} batch holds "
+                f"{owner}(class_names=<{len(class_names)} names>): the first {stage} batch holds "
                 f"{what} masks up to class {top}, which needs at least {top + 1} class names. Pass one name per "
                 "class in id order, or class_names=None to show the numbers."
             )
@@ -413,7 +415,7 @@ def check_detection(
             continue
         if not is_detections(v) or len(v) != n:
             raise InputError(
-                f"LogPredictionSamples(task='detection'): the {stage} {what} is a {describe(v)} for a batch of {n} "
+                f"{opts.owner}(task='detection'): the {stage} {what} is a {describe(v)} for a batch of {n} "
                 "images; expected a list of one dict per image with 'boxes' (K, 4) and 'labels' (K,) (and "
                 "'scores' (K,) for predictions), as torchvision detection models use."
             )
@@ -423,19 +425,19 @@ def check_detection(
             shape = tuple(boxes.shape) if isinstance(boxes, (Tensor, np.ndarray)) else None
             if shape is None or len(shape) != 2 or shape[1] != 4 or labels is None or len(labels) != k:
                 raise InputError(
-                    f"LogPredictionSamples(task='detection'): sample {i} of the first {stage} batch: {what} boxes "
+                    f"{opts.owner}(task='detection'): sample {i} of the first {stage} batch: {what} boxes "
                     f"{describe(boxes)} and labels {describe(labels)}; expected 'boxes' (K, 4) and 'labels' (K,)."
                 )
             scores = d.get("scores")
             if scores is not None and len(scores) != k:
                 raise InputError(
-                    f"LogPredictionSamples(task='detection'): sample {i} of the first {stage} batch: {k} boxes but "
+                    f"{opts.owner}(task='detection'): sample {i} of the first {stage} batch: {k} boxes but "
                     f"scores {describe(scores)}."
                 )
             ids = [int(a) for a in _numbers(labels)]
             if class_names is not None and ids and max(ids) >= len(class_names):
                 raise InputError(
-                    f"LogPredictionSamples(class_names=<{len(class_names)} names>): sample {i} of the first {stage} "
+                    f"{opts.owner}(class_names=<{len(class_names)} names>): sample {i} of the first {stage} "
                     f"batch has {what} label {max(ids)}, which needs at least {max(ids) + 1} class names."
                 )
             if what == "targets" and k:
@@ -447,7 +449,7 @@ def check_detection(
                         given = [round(float(c), 4) for c in _numbers(boxes[j])]
                         fmt = f"box_format={opts.box_format!r}, normalized_boxes={opts.normalized_boxes}"
                         raise InputError(
-                            f"LogPredictionSamples(task='detection'): sample {i} of the first {stage} batch: "
+                            f"{opts.owner}(task='detection'): sample {i} of the first {stage} batch: "
                             f"ground-truth box {j} {given} is ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) in pixels "
                             f"under {fmt}, outside the {w}x{h} (width x height) image. Pass the box_format / "
                             "normalized_boxes your boxes use."
