@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_futures
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,13 @@ class UploadCheckpoints(Callback):
     uploaded again, and a ``last.ckpt`` symlink (``save_last="link"``) is not uploaded apart from its
     target; a ``last.ckpt`` copy saved at the same step as a top-k file holds the same weights and is
     skipped.
+
+    Under ``Trainer(plugins=[AsyncCheckpointIO()])`` the files are written later, on the plugin's
+    writer thread: each hand-over runs there, right after the writes submitted before it, with the
+    metadata and aliases captured when ``ModelCheckpoint`` saved the file; nothing is read before its
+    write has finished, and the end of fit waits for the writes (at most ``flush_timeout``). A
+    checkpoint that ``ModelCheckpoint`` names but that is gone before it could be handed over gets one
+    warning naming it.
 
     A crash loses nothing that was saved. A staged file and its note stay until W&B holds the
     version durably: offline, until the artifact record is in the run's ``.wandb`` log on disk (an
@@ -183,6 +193,8 @@ class UploadCheckpoints(Callback):
         self._handed_step: dict[int, int] = {}
         self._fit_start_ns = 0
         self._run_id = ""
+        self._async: _AsyncSaves | None = None
+        self._warned: set[str] = set()
 
     name = Option[str | None]("The collection name template, or ``None`` for the default names.")
     aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.")
@@ -222,6 +234,7 @@ class UploadCheckpoints(Callback):
         self._fit_start_ns = time.time_ns() - 50_000_000  # file mtimes use a coarse clock
         self._fingerprints.clear()
         self._handed_step.clear()
+        self._async = _AsyncSaves.find(trainer.strategy)
         if run is None or not self._tracked:
             if run is not None:
                 warn(
@@ -265,6 +278,7 @@ class UploadCheckpoints(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._scan(trainer)
+        self._wait_for_saves("fit ended")
         self.publisher.flush("fit ended", self._end_of_fit_timeout(trainer))
         self.publisher.share_logged(trainer.global_rank == 0, trainer.strategy.broadcast)
 
@@ -274,6 +288,7 @@ class UploadCheckpoints(Callback):
             return
         try:
             self._scan(trainer)
+            self._wait_for_saves(f"fit stopped with {type(exception).__name__}")
         finally:
             self.publisher.flush(f"fit stopped with {type(exception).__name__}")
             self.publisher.keep_logged()
@@ -283,6 +298,7 @@ class UploadCheckpoints(Callback):
         if stage != "fit":
             return
         if self.publisher.uploader is not None:
+            self._wait_for_saves("teardown")
             self.publisher.flush("teardown")
         setattr(trainer, "callbacks", self._without_helper(trainer))  # noqa: B010 - see _run_after_checkpoints
 
@@ -469,7 +485,8 @@ class UploadCheckpoints(Callback):
                 is_last = bool(mc.last_model_path) and os.path.realpath(mc.last_model_path) == real and not any(
                     os.path.realpath(p) == real for p in mc.best_k_models
                 )
-                self._hand_over(trainer, index, mc, path, real, sig, is_last, fresh=False, unclaimed=real not in named)
+                moment = _Moment.of(trainer, mc)
+                self._hand_over(moment, index, mc, path, real, sig, is_last, fresh=False, unclaimed=real not in named)
 
     # ------------------------------------------------------------------ hand-over (training thread)
     def _scan(self, trainer: pl.Trainer) -> None:
@@ -492,36 +509,68 @@ class UploadCheckpoints(Callback):
                 warn(f"{_OWNER}: could not hand over checkpoints of {mc!r} ({type(err).__name__}: {err}).")
 
     def _scan_one(self, trainer: pl.Trainer, index: int, mc: ModelCheckpoint) -> None:
-        paths = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
+        """Note what ``mc`` names now, with the moment's metadata, and hand the new files over: at once,
+        or, under a checkpoint IO that writes later (``AsyncCheckpointIO``), on its writer thread once
+        every save submitted so far has finished."""
+        moment = _Moment.of(trainer, mc)
+        if self._async is not None and self._async.submit(self._take, index, mc, moment):
+            return
+        self._take(index, mc, moment)
+
+    def _wait_for_saves(self, why: str) -> None:
+        """Under an asynchronous checkpoint IO, wait (at most ``flush_timeout``) until the saves submitted
+        so far are written and handed over."""
+        if self._async is not None and not self._async.wait(self.flush_timeout):
+            rank_zero_warn(
+                f"{_OWNER}: asynchronous checkpoint writes were still running {self.flush_timeout:g}s after {why} "
+                "(flush_timeout); the checkpoints they write are not uploaded by this fit (the next fit of this run "
+                "uploads them from disk)."
+            )
+
+    def _take(self, index: int, mc: ModelCheckpoint, moment: _Moment) -> None:
+        if self.publisher.uploader is None:  # a write that finished after the fit's flush
+            for path in moment.paths:
+                if not self.publisher.ledger.files.get(os.path.realpath(path)):
+                    self._not_uploaded(path, "its asynchronous write finished after the fit's last flush")
+            return
         found = []
-        for path in dict.fromkeys(str(p) for p in paths if p):
+        for path in moment.paths:
             real = os.path.realpath(path)
             try:
                 st = os.stat(real)
             except OSError:
+                if real not in self.publisher.ledger.files:  # else handed over before it was deleted
+                    self._not_uploaded(path, "it was deleted before it could be handed over (it does not exist)")
                 continue
             sig = files.signature(st)
             if not os.path.isfile(real) or self.publisher.ledger.is_known(real, sig):
                 continue
             found.append((st.st_mtime_ns, path, real, sig))
         for _, path, real, sig in sorted(found):
-            is_last = bool(mc.last_model_path) and path == str(mc.last_model_path) and path not in mc.best_k_models
+            is_last = path in moment.last
             fresh = sig[3] >= self._fit_start_ns
             if not fresh and self.publisher.state_loaded:
                 # Saved by the fit this one resumes from, which handed it over (it was uploaded, or
                 # its staged copy is picked up from the staging folder by `_recover_leftovers`).
                 self.publisher.ledger.note(real, sig, SKIPPED, reason="saved before the resumed fit")
                 continue
-            if is_last and fresh and self._handed_step.get(index) == trainer.global_step:
+            if is_last and fresh and self._handed_step.get(index) == moment.global_step:
                 self.publisher.ledger.note(real, sig, SKIPPED, reason="same step as a top-k checkpoint")
                 continue
-            self._hand_over(trainer, index, mc, path, real, sig, is_last, fresh)
+            self._hand_over(moment, index, mc, path, real, sig, is_last, fresh)
             if not is_last and fresh:
-                self._handed_step[index] = trainer.global_step
+                self._handed_step[index] = moment.global_step
+
+    def _not_uploaded(self, path: str, why: str) -> None:
+        """One warning per checkpoint that a ModelCheckpoint reports and this callback does not upload."""
+        if path in self._warned:
+            return
+        self._warned.add(path)
+        rank_zero_warn(f"{_OWNER}: {path} is not uploaded: {why}.")
 
     def _hand_over(
         self,
-        trainer: pl.Trainer,
+        moment: _Moment,
         index: int,
         mc: ModelCheckpoint,
         path: str,
@@ -533,20 +582,20 @@ class UploadCheckpoints(Callback):
     ) -> None:
         assert self.publisher.uploader is not None
         collection = self.collection_names[index]
-        score = _score_of(trainer, mc, path, fresh)
-        epoch = trainer.current_epoch if fresh else None
+        score = moment.score_of(path, fresh)
+        epoch = moment.epoch if fresh else None
         # `step` is the `trainer/global_step` Lightning logged this fit's metrics at when the file was
         # saved (one axis with the metrics, `best_step` and the samples); `global_step` counts optimizer
         # steps, as ModelCheckpoint's file names do.
-        step = lightning_step(trainer) if fresh else None
+        step = moment.step if fresh else None
         metadata = version_metadata(
             path, score=score, monitor=mc.monitor, mode=mc.mode, epoch=epoch,
-            global_step=trainer.global_step if fresh else None, is_last=is_last, step={"step": step},
-            extra={"ModelCheckpoint": _settings(mc)},
+            global_step=moment.global_step if fresh else None, is_last=is_last, step={"step": step},
+            extra={"ModelCheckpoint": moment.settings},
         )
         aliases = version_aliases(epoch, step, self.aliases)
         # Without a monitor, Lightning's best (`best_model_path`, what `ckpt_path="best"` loads) is the newest save.
-        best = mc.monitor is None and not is_last and _same_file(mc.best_model_path, real)
+        best = mc.monitor is None and not is_last and _same_file(moment.best_model_path, real)
         self.publisher.stage_and_submit(
             path, real, sig, collection, score, metadata, aliases, unclaimed=unclaimed, best=best
         )
@@ -680,14 +729,90 @@ def _same_file(path: str | os.PathLike[str] | None, real: str) -> bool:
     return bool(path) and os.path.realpath(str(path)) == real
 
 
-def _score_of(trainer: pl.Trainer, mc: ModelCheckpoint, path: str, fresh: bool) -> float | None:
-    if mc.monitor is None:
+class _AsyncSaves:
+    """Work run on an asynchronous checkpoint IO's writer thread (``AsyncCheckpointIO``, either namespace).
+
+    Its saves run in order on a one-worker executor and each returns once its file is complete, so
+    work submitted to that executor after a save runs once the file is whole, off the training thread.
+    """
+
+    def __init__(self, io: Any) -> None:
+        self.io = io
+        self.futures: list[Future[None]] = []
+
+    @staticmethod
+    def find(strategy: Any) -> _AsyncSaves | None:
+        io = getattr(strategy, "checkpoint_io", None)
+        for _ in range(8):  # wrappers of wrappers
+            if io is None:
+                return None
+            if callable(getattr(io, "_ensure_setup", None)) and hasattr(io, "_executor"):
+                return _AsyncSaves(io)
+            io = getattr(io, "checkpoint_io", None)
         return None
-    if path in mc.best_k_models:
-        return as_float(mc.best_k_models[path])
-    if fresh:
-        return as_float(trainer.callback_metrics.get(mc.monitor))
-    return None
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Run ``fn(*args)`` after every save submitted so far; False when it cannot (run it yourself)."""
+        try:
+            self.io._ensure_setup()
+            future = self.io._executor.submit(self._run, fn, *args)
+        except Exception:  # shut down, or not the executor we know
+            return False
+        self.futures = [f for f in self.futures if not f.done()]
+        self.futures.append(future)
+        return True
+
+    @staticmethod
+    def _run(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as err:  # a hand-over problem never stops training
+            rank_zero_warn(f"{_OWNER}: could not hand over a checkpoint written asynchronously ({type(err).__name__}: "
+                           f"{err}).")
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for the work submitted so far; True when it is all done within ``timeout`` s."""
+        pending = [f for f in self.futures if not f.done()]
+        if pending:
+            wait_for_futures(pending, timeout)
+        self.futures = [f for f in self.futures if not f.done()]
+        return not self.futures
+
+
+@dataclass
+class _Moment:
+    """What a ModelCheckpoint names and the trainer's counters at one hook, captured on the training
+    thread: the hand-over may run later, on an asynchronous checkpoint IO's writer thread."""
+
+    paths: list[str]
+    last: set[str]
+    best_k: dict[str, float | None]
+    best_model_path: str
+    monitor: str | None
+    current: float | None
+    epoch: int
+    step: int
+    global_step: int
+    settings: dict[str, Any]
+
+    @classmethod
+    def of(cls, trainer: pl.Trainer, mc: ModelCheckpoint) -> _Moment:
+        named = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
+        paths = list(dict.fromkeys(str(p) for p in named if p))
+        best_k = {str(p): as_float(v) for p, v in mc.best_k_models.items()}
+        last = {str(mc.last_model_path)} - set(best_k) if mc.last_model_path else set()
+        current = as_float(trainer.callback_metrics.get(mc.monitor)) if mc.monitor else None
+        return cls(
+            paths, last, best_k, str(mc.best_model_path or ""), mc.monitor, current, trainer.current_epoch,
+            lightning_step(trainer), trainer.global_step, _settings(mc),
+        )
+
+    def score_of(self, path: str, fresh: bool) -> float | None:
+        if self.monitor is None:
+            return None
+        if path in self.best_k:
+            return self.best_k[path]
+        return self.current if fresh else None
 
 
 def _settings(mc: ModelCheckpoint) -> dict[str, Any]:

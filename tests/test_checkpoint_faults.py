@@ -101,8 +101,9 @@ CASES = [
     ("term", 2, None, ()),
     ("int", 2, None, ()),
     ("c", 1, -signal.SIGKILL, ("--epochs", "2", "--pad-mb", "300")),  # 300 MB checkpoints
+    ("async", 3, -signal.SIGKILL, ("--async-io", "--pad-mb", "40")),  # while AsyncCheckpointIO writes the 3rd
 ]
-IDS = ["a", "b", "c", "d", "term", "int", "c-300MB"]
+IDS = ["a", "b", "c", "d", "term", "int", "c-300MB", "async"]
 
 
 def kill_and_resume(root: Path, case: tuple[str, int, int | None, tuple[str, ...]]) -> dict[str, Any]:

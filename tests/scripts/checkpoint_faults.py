@@ -11,6 +11,11 @@ FAULT is where the fit is stopped, at the AT-th occurrence (1 = first):
     d     SIGKILL during the end-of-fit flush (uploads slowed so that some are pending)
     term  SIGTERM at the AT-th hand-over
     int   SIGINT (Ctrl+C) at the AT-th hand-over
+    async SIGKILL while AsyncCheckpointIO writes its AT-th checkpoint (with --async-io)
+
+With --async-io checkpoints are written by ``AsyncCheckpointIO`` on a slow disk (training runs ahead
+of the writes), without ``last.ckpt`` (Lightning cannot link to a file not written yet); a resume
+starts from the newest checkpoint on disk.
 
 SIGKILL goes to the whole process group (the training process and W&B's service process), as a
 scheduler or the OOM killer ends a job: nothing gets to write anything after it.
@@ -107,6 +112,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--pad-mb", type=int, default=0)
     parser.add_argument("--staging", default=None)
+    parser.add_argument("--async-io", action="store_true")
     args = parser.parse_args()
 
     import torch
@@ -130,8 +136,24 @@ def main() -> None:
     inject(args.fault, args.at)
     seed_everything(0)
     ckpt_dir = Path(args.ckpt_dir)
+    plugins: list[Any] = []
+    if args.async_io:
+        from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+
+        class SlowDisk(TorchCheckpointIO):
+            calls = 0
+
+            def save_checkpoint(self, checkpoint: Any, path: Any, storage_options: Any = None) -> None:
+                SlowDisk.calls += 1
+                if args.fault == "async" and SlowDisk.calls == args.at:
+                    threading.Timer(0.25, kill_all).start()  # while this checkpoint is being written
+                time.sleep(0.2)
+                super().save_checkpoint(checkpoint, path, storage_options)
+
+        plugins.append(AsyncCheckpointIO(SlowDisk()))
     mc = ModelCheckpoint(
-        dirpath=ckpt_dir, monitor="val_acc", mode="max", save_top_k=2, save_last="link", filename="{epoch}-{step}"
+        dirpath=ckpt_dir, monitor="val_acc", mode="max", save_top_k=2, save_last=False if args.async_io else "link",
+        filename="{epoch}-{step}",
     )
     upload = UploadCheckpoints(staging_dir=args.staging, progress_bar=False)
     logger = WandbLogger(save_dir=args.save_dir, project="lw-tests", id=args.run_id, resume="allow")
@@ -148,10 +170,12 @@ def main() -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=args.save_dir,
+        plugins=plugins,
     )
-    trainer.fit(
-        Padded(args.pad_mb), datamodule=DigitsDataModule(batch_size=32), ckpt_path="last" if args.resume else None
-    )
+    ckpt_path: str | None = "last" if args.resume else None
+    if args.resume and args.async_io:
+        ckpt_path = str(max(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns))
+    trainer.fit(Padded(args.pad_mb), datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
     names = list(upload.collection_names)
     wandb.finish()
     wait_for_cleanups()
