@@ -521,7 +521,7 @@ class UploadCheckpoints(Callback):
         """Under an asynchronous checkpoint IO, wait (at most ``flush_timeout``) until the saves submitted
         so far are written and handed over."""
         if self._async is not None and not self._async.wait(self.flush_timeout):
-            rank_zero_warn(
+            warn(
                 f"{_OWNER}: asynchronous checkpoint writes were still running {self.flush_timeout:g}s after {why} "
                 "(flush_timeout); the checkpoints they write are not uploaded by this fit (the next fit of this run "
                 "uploads them from disk)."
@@ -566,7 +566,7 @@ class UploadCheckpoints(Callback):
         if path in self._warned:
             return
         self._warned.add(path)
-        rank_zero_warn(f"{_OWNER}: {path} is not uploaded: {why}.")
+        warn(f"{_OWNER}: {path} is not uploaded: {why}.")
 
     def _hand_over(
         self,
@@ -767,7 +767,7 @@ class _AsyncSaves:
         try:
             fn(*args)
         except Exception as err:  # a hand-over problem never stops training
-            rank_zero_warn(f"{_OWNER}: could not hand over a checkpoint written asynchronously ({type(err).__name__}: "
+            warn(f"{_OWNER}: could not hand over a checkpoint written asynchronously ({type(err).__name__}: "
                            f"{err}).")
 
     def wait(self, timeout: float) -> bool:
