@@ -314,6 +314,68 @@ def test_histogram_drops_non_finite_values_and_handles_edge_cases() -> None:
     assert sum(sparse.histogram) == 10 and sparse.histogram[0] == 8 and sparse.bins[0] == 0.0
 
 
+def _histc_reference(tensor: torch.Tensor, bins: int) -> tuple[list[int], list[float]] | None:
+    """What ``wandb.watch`` computes: ``torch.histc`` with the finite min and max, ``linspace`` edges."""
+    flat = (tensor.to_dense() if tensor.is_sparse else tensor).detach().float().reshape(-1)
+    flat = flat[torch.isfinite(flat)]
+    if flat.numel() == 0:
+        return None
+    lo, hi = flat.min().item(), flat.max().item()
+    if lo == hi:
+        return [flat.numel()], [lo, hi]
+    return torch.histc(flat, bins, lo, hi).long().tolist(), torch.linspace(lo, hi, bins + 1).tolist()
+
+
+@pytest.mark.parametrize("bins", [1, 7, 64, 512])
+def test_histograms_equal_histc_with_the_finite_min_and_max(bins: int) -> None:
+    """Every size the histogram path treats its own way (tiny tensors grouped, large ones chunked),
+    every dtype and kind of value: the counts are torch.histc's, the edges its linspace's."""
+    gen = torch.Generator().manual_seed(bins)
+    nan, inf = float("nan"), float("inf")
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    with_nan = randn(50_000)
+    with_nan[torch.rand(50_000, generator=gen) < 0.01] = nan
+    with_nan[:3] = torch.tensor([inf, -inf, nan])
+    sparse = torch.sparse_coo_tensor(torch.tensor([[5, 900, 70_000]]), torch.tensor([-3.0, 0.5, 9.0]), (100_000,))
+    cases = {
+        "large": randn(300_000) * 1e-3 + 5.0,  # more than a chunk, far from 0
+        "large_transposed": randn(400, 300).t(),  # not contiguous
+        "small": randn(100) * 1e3,
+        "tiny": randn(3),
+        "one": torch.tensor([4.0]),
+        "constant": torch.full((7,), 2.5),
+        "constant_large": torch.full((70_000,), -1.0),
+        "nan_inf": torch.tensor([1.0, nan, 3.0, inf, -inf, 2.0]),
+        "large_nan_inf": with_nan,
+        "all_nan": torch.tensor([nan, nan]),
+        "all_inf_large": torch.full((40_000,), inf),
+        "empty": torch.zeros(0),
+        "float16": randn(1000).half(),
+        "bfloat16": randn(40_000).bfloat16(),
+        "float64": randn(500).double(),
+        "sparse_small": torch.sparse_coo_tensor([[1, 3]], [2.0, 4.0], (10,)),
+        "sparse_large": sparse,
+        "sparse_empty": torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long), torch.zeros(0), (6,)),
+        "ties": torch.tensor([0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0]),  # values on the edges
+        "parameter": nn.Parameter(randn(20, 20)),
+    }
+    named = list(cases.items())
+    hists = histograms(named, bins)
+    for key, tensor in named:
+        expected = _histc_reference(tensor, bins)
+        if expected is None:
+            assert key not in hists, key
+            continue
+        counts, edges = expected
+        assert hists[key].histogram == counts, key
+        assert len(hists[key].bins) == len(edges), key
+        assert hists[key].bins == pytest.approx(edges, rel=2**-23, abs=0.0), key  # 1 float32 rounding
+    assert sum(hists["sparse_large"].histogram) == 100_000
+
+
 # ---------------------------------------------------------------------------------- CLI and processes
 
 
