@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import harness  # noqa: E402  (sets the W&B folders and offline mode before wandb is imported)
+import harness  # noqa: E402, F401  (sets the W&B folders and offline mode before wandb is imported)
 
 SIZES = ("cnn", "mlp", "many")
 STEPS = {"cnn": 12, "mlp": 4, "many": 12}  # optimizer steps per fit, each one a log step
@@ -225,8 +225,8 @@ def row(s: dict[str, Any]) -> str:
     return (
         f"| {LABELS[s['size']]} | {s['rounds']} | {1000 * s['watch_model_s']:.1f} ms | "
         f"{1000 * s['wandb_watch_s']:.1f} ms | {s['ratio_min']:.2f} / **{s['ratio']:.2f}** / {s['ratio_max']:.2f} | "
-        f"{s['watch_model_gbs']:.2f} | {s['wandb_watch_gbs']:.2f} | {s['aminmax_gbs']:.2f} | "
-        f"{s['watch_model_gbs'] / s['aminmax_gbs']:.2f} | {first} |"
+        f"{s['watch_model_gbs']:.3g} | {s['wandb_watch_gbs']:.3g} | {s['aminmax_gbs']:.3g} | "
+        f"{s['watch_model_gbs'] / s['aminmax_gbs']:.2g} | {first} |"
     )
 
 
