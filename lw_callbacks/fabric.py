@@ -70,6 +70,7 @@ from lw_callbacks._errors import (
     Option,
     check_bool,
     check_choice,
+    check_int,
     check_path,
     check_str,
     warn,
@@ -605,13 +606,22 @@ class FabricUploadCheckpoints:
 
         Raises:
             FileNotFoundError: on global rank 0, when ``path`` does not exist.
-            ValueError: ``path`` is a folder (sharded checkpoint).
-            ConfigurationError: a bad alias; on global rank 0, ``metadata`` that is not
+            ConfigurationError: ``path`` is a folder (sharded checkpoint) or not a path; ``step`` /
+                ``epoch`` not an int >= 0; a bad alias; on global rank 0, ``metadata`` that is not
                 JSON-serializable (:class:`~lw_callbacks.ConfigurationError`, raised before anything
                 is marked, so the corrected call for the same file uploads it).
         """
+        call = f"{type(self).__name__}.upload_checkpoint"
+        check_path(call, "path", path, allow_none=False)
+        check_int(call, "step", step, minimum=0, allow_none=True, example="100")
+        check_int(call, "epoch", epoch, minimum=0, allow_none=True, example="3")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ConfigurationError(
+                f"{call}(metadata={metadata!r}): metadata must be a dict of JSON-serializable values or None, "
+                f"got {type(metadata).__name__}, e.g. metadata={{'lr': 0.01}}."
+            )
+        extra = list(check_aliases(aliases, call))
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
-        extra = list(check_aliases(aliases, f"{type(self).__name__}.upload_checkpoint"))
         publisher = self.publisher
         if self.collection_name is None:  # first call: every rank learns the name (one broadcast)
             run = run_of(logger, fabric.global_rank)
@@ -623,13 +633,13 @@ class FabricUploadCheckpoints:
             return
         real = os.path.realpath(path)
         if os.path.isdir(real):
-            raise ValueError(
-                f"FabricUploadCheckpoints.upload_checkpoint(path={str(path)!r}) is a folder (a sharded checkpoint); "
+            raise ConfigurationError(
+                f"{call}(path={str(path)!r}) is a folder (a sharded checkpoint); "
                 "upload a single-file checkpoint, e.g. FSDPStrategy(state_dict_type='full')."
             )
         if not os.path.isfile(real):
             raise FileNotFoundError(
-                f"FabricUploadCheckpoints.upload_checkpoint(path={str(path)!r}): no such file on global rank 0; "
+                f"{call}(path={str(path)!r}): no such file on global rank 0; "
                 "pass the path given to `fabric.save(path, state)`, after that call."
             )
         value = as_float(score)
@@ -642,13 +652,13 @@ class FabricUploadCheckpoints:
             json.dumps(meta, allow_nan=False)
         except (TypeError, ValueError) as err:
             raise ConfigurationError(
-                f"FabricUploadCheckpoints.upload_checkpoint(metadata=...) must be JSON-serializable (str, numbers, "
+                f"{call}(metadata=...) must be JSON-serializable (str, numbers, "
                 f"bools, None, lists and dicts of them; no NaN): {err}. Convert values first, e.g. "
                 "`float(tensor)` or `str(path)`."
             ) from None
         if publisher.uploader is None:
             publisher.ledger.collection(self.collection_name, self.monitor, self.mode)
-            publisher.begin(self._run, logger, owner="FabricUploadCheckpoints")
+            publisher.begin(self._run, logger, owner=type(self).__name__)
         try:
             sig = files.signature(os.stat(real))
             if publisher.ledger.is_known(real, sig):
@@ -657,7 +667,7 @@ class FabricUploadCheckpoints:
             score_for_best = value if self.monitor is not None else None
             publisher.stage_and_submit(str(path), real, sig, self.collection_name, score_for_best, meta, all_aliases)
         except Exception as err:  # a hand-over problem never stops training
-            warn(f"FabricUploadCheckpoints: could not hand over {path} ({type(err).__name__}: {err}).")
+            warn(f"{type(self).__name__}: could not hand over {path} ({type(err).__name__}: {err}).")
 
     def training_done(self, fabric: Any) -> None:
         """Flush pending uploads and share what was logged with every rank (a broadcast: call on every rank).
@@ -727,8 +737,10 @@ class FabricShareRunDir:
     """
 
     def __init__(self, set_env: bool = True) -> None:
-        self._set_env = check_flag("set_env", set_env)
+        self._set_env = check_flag("set_env", set_env, type(self).__name__)
         self.core = SharedRun()
+
+    set_env = Option[bool]("Whether ``WANDB_DIR`` is set on every rank to rank 0's W&B folder.")
 
     def share_run_dir(self, fabric: Any) -> Path | None:
         """Broadcast rank 0's run folder to every rank; returns it (``None`` when W&B is disabled)."""

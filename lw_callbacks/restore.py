@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from lw_callbacks._errors import ConfigurationError, check_path, check_seconds
 from lw_callbacks._wandb import active_run, public_api, run_is_offline
 from lw_callbacks.core import uploader
 from lw_callbacks.core.publish import LOGGED, sanitize
@@ -69,7 +70,9 @@ def restore_checkpoint(
     Raises:
         LookupError: no collection ``name``, or it has no such alias or version; the message lists
             what exists.
-        ValueError: ``ref`` is malformed, or the staged file's md5 differs from the recorded digest.
+        ConfigurationError: ``ref``, ``run_dir``, ``root`` or ``timeout`` is not what it accepts (before
+            any I/O).
+        ValueError: the staged file's md5 differs from the recorded digest.
         FileNotFoundError: no run to read, or the staged file is gone (after ``wandb sync``?).
 
     Example::
@@ -99,7 +102,11 @@ def restore_checkpoint(
         path = restore_checkpoint("model-abc123-val_acc:best", run_dir="wandb/offline-run-20260101_120000-abc123")
         path = restore_checkpoint("my-team/digits/model-abc123-val_acc:best")
     """
+    owner = "restore_checkpoint"
     entity_project, name, tag = _parse_ref(ref)
+    run_dir = check_path(owner, "run_dir", run_dir)
+    root = check_path(owner, "root", root)
+    timeout = check_seconds(owner, "timeout", timeout, allow_zero=True, example="30") or 0.0
     out_root = Path(root) if root is not None else Path(os.environ.get("WANDB_ARTIFACT_DIR") or "artifacts")
     mode = os.environ.get("WANDB_MODE", "").lower()
     if run_dir is None and entity_project and mode not in ("offline", "dryrun", "disabled"):
@@ -111,11 +118,14 @@ def restore_checkpoint(
 
 def _parse_ref(ref: str) -> tuple[str, str, str]:
     if not isinstance(ref, str) or not ref.strip():
-        raise ValueError(f"restore_checkpoint(ref={ref!r}): expected 'entity/project/name:alias' or 'name:alias'.")
+        raise ConfigurationError(
+            f"restore_checkpoint(ref={ref!r}): ref must be a non-empty string, 'entity/project/name:alias' or "
+            "'name:alias', e.g. 'model-abc123-val_acc:best'."
+        )
     path, _, tag = ref.strip().rpartition(":") if ":" in ref else (ref.strip(), "", "latest")
     parts = path.split("/")
     if len(parts) > 3 or not all(parts) or not tag:
-        raise ValueError(
+        raise ConfigurationError(
             f"restore_checkpoint(ref={ref!r}): expected 'entity/project/name:alias', 'project/name:alias', "
             "'name:alias' or 'name' (alias 'latest'), e.g. 'model-abc123-val_acc:best'."
         )

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lw_callbacks import _compat
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import ConfigurationError, Option, check_seconds
 from lw_callbacks._wandb import require_wandb_logger, run_of, warning_cache
 from lw_callbacks.core.run_info import (
     SharedRun,
@@ -137,11 +137,16 @@ class ShareRunDir(Callback):
         self, checkpoints_in_run_dir: bool = False, set_env: bool = True, apply_config_to_hparams: bool = False
     ) -> None:
         super().__init__()
-        self.checkpoints_in_run_dir = check_flag("checkpoints_in_run_dir", checkpoints_in_run_dir)
-        self.set_env = check_flag("set_env", set_env)
-        self.apply_config_to_hparams = check_flag("apply_config_to_hparams", apply_config_to_hparams)
+        owner = type(self).__name__
+        self._checkpoints_in_run_dir = check_flag("checkpoints_in_run_dir", checkpoints_in_run_dir, owner)
+        self._set_env = check_flag("set_env", set_env, owner)
+        self._apply_config_to_hparams = check_flag("apply_config_to_hparams", apply_config_to_hparams, owner)
         self._shared = SharedRun()
         self._redirected: set[int] = set()
+
+    checkpoints_in_run_dir = Option[bool]("Whether ModelCheckpoints without ``dirpath`` save into the run's folder.")
+    set_env = Option[bool]("Whether ``WANDB_DIR`` is set on every rank to rank 0's W&B folder.")
+    apply_config_to_hparams = Option[bool]("Whether the run's config is set into ``pl_module.hparams`` at setup.")
 
     @property
     def run_dir(self) -> Path | None:
@@ -306,6 +311,13 @@ def shared_run_config(logger: Any, timeout: float = 300.0) -> dict[str, Any]:
         model = Net(hidden=config["hidden"], lr=config["lr"])
         Trainer(logger=logger, strategy="ddp", devices=2).fit(model, datamodule=dm)
     """
+    check_seconds("shared_run_config", "timeout", timeout, example="300")
+    if not (_compat.is_wandb_logger(logger) or _compat.is_fabric_wandb_logger(logger)):
+        raise ConfigurationError(
+            f"shared_run_config(logger={logger!r}): logger must be the W&B logger you give to the Trainer "
+            "(lightning's `WandbLogger`) or to Fabric (wandb's Fabric `WandbLogger`), got "
+            f"{type(logger).__name__}, e.g. `shared_run_config(WandbLogger(project='digits'))`."
+        )
     global _calls
     _calls += 1
     inherited = _inherited_config()

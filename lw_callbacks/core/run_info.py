@@ -13,23 +13,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lw_callbacks._errors import ConfigurationError, warn
+from lw_callbacks._errors import check_bool, warn
 from lw_callbacks._wandb import run_folder, warning_cache
 
 __all__ = ["SharedRun", "check_flag", "describe_run", "pack_config", "run_config", "sweep_values", "unpack_config"]
 
 
-def check_flag(name: str, value: Any) -> bool:
+def check_flag(name: str, value: Any, owner: str = "ShareRunDir") -> bool:
     """``value`` if it is a ``bool``.
 
     Raises:
-        ConfigurationError: otherwise, naming ``ShareRunDir``'s argument ``name``.
+        ConfigurationError: otherwise, naming ``owner``'s argument ``name``.
     """
-    if not isinstance(value, bool):
-        raise ConfigurationError(
-            f"ShareRunDir: `{name}` must be True or False, got {value!r} ({type(value).__name__})."
-        )
-    return value
+    return check_bool(owner, name, value)
 
 
 def _plain(value: Any) -> Any:
