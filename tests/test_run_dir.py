@@ -237,7 +237,8 @@ def test_a_module_built_in_init_is_told_it_keeps_its_old_values(sweep: Callable[
 
 @pytest.mark.parametrize("argument", ["checkpoints_in_run_dir", "set_env", "apply_config_to_hparams"])
 def test_arguments_must_be_bools(argument: str) -> None:
-    with pytest.raises(MisconfigurationException, match=rf"^ShareRunDir\({argument}='no'\): {argument} must be True or False"):
+    pattern = rf"^ShareRunDir\({argument}='no'\): {argument} must be True or False"
+    with pytest.raises(MisconfigurationException, match=pattern):
         ShareRunDir(**{argument: "no"})
 
 
