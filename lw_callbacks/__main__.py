@@ -5,6 +5,10 @@ their step range, summary, metric definitions, artifact versions with aliases, a
 holding several segments of one resumed run is shown as one run, merged as ``wandb sync`` will; a
 segment whose process was killed is read up to where its log was cut, and named; a damaged block of a
 log is skipped, its byte range shown, and the rest read.
+
+``python -m lw_callbacks export RUN_DIR --to csv|parquet --out DIR``: the history, every logged table
+and the runs table of the runs under RUN_DIR as files (needs the ``pandas`` extra; parquet needs
+``pyarrow``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect.add_argument(
         "--partial", action="store_true", help="do not wait for the exit record of a run that is still running"
     )
+    exporter = sub.add_parser("export", help="write the history, tables and runs table as CSV or parquet files")
+    exporter.add_argument("path", help="a run folder, or a folder holding runs")
+    exporter.add_argument("--to", choices=("csv", "parquet"), default="csv", help="the file format (default csv)")
+    exporter.add_argument("--out", required=True, help="the folder to write into (created)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from lw_callbacks.records.export import export
+
+        try:
+            for written in export(Path(args.path), Path(args.out), args.to):
+                print(written)
+        except (FileNotFoundError, ValueError, ImportError, IncompleteRunError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
 
     path = Path(args.path)
     runs = find_runs(path) if path.is_dir() else []

@@ -29,12 +29,16 @@ folder holding one run. For example, a small offline run and what its log holds:
     >>> records.resolve_artifact("model-demo", "best").metadata["score"]
     0.9
 
-The same reader backs ``python -m lw_callbacks inspect RUN_DIR``.
+The same reader backs ``python -m lw_callbacks inspect RUN_DIR`` and ``python -m lw_callbacks export``.
+With the ``pandas`` extra (``pip install "lw-callbacks[pandas]"``), the records come as DataFrames
+shaped as W&B's public API gives them online: :meth:`RunRecords.history_frame`,
+:meth:`RunRecords.table_frame`, :func:`samples_frame` and :func:`runs_frame`.
 """
 
 from __future__ import annotations
 
 from lw_callbacks.records._log import iter_records, scan_artifact_digests, scan_log
+from lw_callbacks.records.frames import runs_frame, samples_frame
 from lw_callbacks.records.run import (  # noqa: F401  (names not in __all__: for the package's other modules)
     STEP_KEY,
     ArtifactEntry,
@@ -64,6 +68,8 @@ __all__ = [
     "iter_records",
     "read_resumed",
     "read_run",
+    "runs_frame",
+    "samples_frame",
     "scan_artifact_digests",
     "scan_log",
     "segments_of",

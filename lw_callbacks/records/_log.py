@@ -22,6 +22,7 @@ _IDENT = 0xBEE1
 _HEADER_LEN = 7
 _BLOCK_LEN = 32 * 1024
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+_KIND_CRC = [zlib.crc32(bytes([kind])) for kind in range(256)]  # the crc of the type byte, continued
 
 
 def iter_records(path: str | Path, damaged: list[tuple[int, int]] | None = None) -> Iterator[Any]:
@@ -55,79 +56,94 @@ def records_from(path: Path, start: int, damaged: list[tuple[int, int]] | None =
         magic, ident, version = struct.unpack("<4sHB", header)
         if magic != _MAGIC or ident != _IDENT or version != 0:
             raise ValueError(f"{path} is not a W&B transaction log (header {header!r})")
-        base = max(start, _HEADER_LEN)
-        fh.seek(base)
-        data = fh.read()
-    pos = base
-    end = base + len(data)
-    pending: bytearray | None = None
-    pending_start = pos
-    lost_from: int | None = None  # where the bytes being skipped began
-    lost_why = ""
+        pos = max(start, _HEADER_LEN)
+        fh.seek(pos)
+        # One block at a time (no chunk crosses a block's end): a log of any size is read in 32 KiB.
+        pending: bytearray | None = None
+        pending_start = pos
+        lost_from: int | None = None  # where the bytes being skipped began
 
-    def damage(at: int, why: str) -> int:
-        """Skip the rest of the block holding byte ``at``; the offset to go on from."""
-        nonlocal pending, lost_from, lost_why
-        if damaged is None:
-            raise ValueError(f"{path}: {why} at byte {at}")
-        if lost_from is None:
-            lost_from, lost_why = (pending_start if pending is not None else at), why
-        pending = None
-        return at - at % _BLOCK_LEN + _BLOCK_LEN
+        def damage(at: int, why: str) -> None:
+            nonlocal pending, lost_from
+            if damaged is None:
+                raise ValueError(f"{path}: {why} at byte {at}")
+            if lost_from is None:
+                lost_from = pending_start if pending is not None else at
+            pending = None
 
-    while pos < end:
-        left = _BLOCK_LEN - pos % _BLOCK_LEN
-        if left < _HEADER_LEN:
-            pos += left
-            continue
-        if pos + _HEADER_LEN > end:
-            break
-        rel = pos - base
-        crc, length, kind = struct.unpack("<IHB", data[rel : rel + _HEADER_LEN])
-        start_of_chunk = pos + _HEADER_LEN
-        if _HEADER_LEN + length > left:  # no chunk crosses a block's end
-            pos = damage(pos, "a chunk longer than its block")
-            continue
-        if start_of_chunk + length > end:
-            break
-        chunk = data[rel + _HEADER_LEN : rel + _HEADER_LEN + length]
-        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
-            if crc == 0 and length == 0 and kind == 0 and not any(data[rel:]):  # zero-filled tail being written
+        ended = False  # the log ends here, maybe in the middle of what the writer is writing
+        while not ended:
+            block_end = pos - pos % _BLOCK_LEN + _BLOCK_LEN
+            block = fh.read(block_end - pos)
+            if not block:
                 break
-            pos = damage(pos, "checksum mismatch")
-            continue
-        chunk_start, pos = pos, start_of_chunk + length
-        if lost_from is not None:
-            if kind in (_MIDDLE, _LAST):  # the rest of a record begun in the damaged block
-                continue
-            assert damaged is not None
-            damaged.append((lost_from, chunk_start))
-            lost_from = None
-        if kind == _FULL:
-            payload: bytes | None = chunk
-            pending_start = chunk_start
-        elif kind == _FIRST:
-            pending, payload, pending_start = bytearray(chunk), None, chunk_start
-        elif kind == _MIDDLE and pending is not None:
-            pending += chunk
-            payload = None
-        elif kind == _LAST and pending is not None:
-            payload, pending = bytes(pending + chunk), None
-        else:
-            pos = damage(chunk_start, f"unexpected chunk type {kind}")
-            continue
-        if payload is not None:
-            record = pb.Record()  # type: ignore[attr-defined]
-            try:
-                record.ParseFromString(payload)
-            except DecodeError:  # whole and checksummed, yet not a record: it alone is lost
-                if damaged is None:
-                    raise ValueError(f"{path}: a record that does not decode at byte {pending_start}") from None
-                damaged.append((pending_start, pos))
-                continue
-            yield record, pos
-    if lost_from is not None and damaged is not None:
-        damaged.append((lost_from, min(pos, end)))
+            base, stop = pos, pos + len(block)
+            while True:
+                left = block_end - pos
+                if left < _HEADER_LEN:  # padding
+                    ended = stop < block_end
+                    pos = block_end if not ended else pos
+                    break
+                if pos + _HEADER_LEN > stop:
+                    ended = True
+                    break
+                rel = pos - base
+                crc, length, kind = struct.unpack_from("<IHB", block, rel)
+                if _HEADER_LEN + length > left:  # no chunk crosses a block's end
+                    damage(pos, "a chunk longer than its block")
+                    pos = block_end
+                    ended = stop < block_end
+                    break
+                if pos + _HEADER_LEN + length > stop:
+                    ended = True
+                    break
+                chunk = block[rel + _HEADER_LEN : rel + _HEADER_LEN + length]
+                if zlib.crc32(chunk, _KIND_CRC[kind]) != crc:
+                    if crc == 0 and length == 0 and kind == 0 and not any(block[rel:]):
+                        if stop < block_end or not fh.read(1):  # a zero-filled tail being written
+                            ended = True
+                            break
+                        fh.seek(block_end)
+                    damage(pos, "checksum mismatch")
+                    pos = block_end
+                    ended = stop < block_end
+                    break
+                chunk_start, pos = pos, pos + _HEADER_LEN + length
+                if lost_from is not None:
+                    if kind in (_MIDDLE, _LAST):  # the rest of a record begun in the damaged block
+                        continue
+                    assert damaged is not None
+                    damaged.append((lost_from, chunk_start))
+                    lost_from = None
+                if kind == _FULL:
+                    payload: bytes | None = chunk
+                    pending_start = chunk_start
+                elif kind == _FIRST:
+                    pending, payload, pending_start = bytearray(chunk), None, chunk_start
+                elif kind == _MIDDLE and pending is not None:
+                    pending += chunk
+                    payload = None
+                elif kind == _LAST and pending is not None:
+                    payload, pending = bytes(pending + chunk), None
+                else:
+                    damage(chunk_start, f"unexpected chunk type {kind}")
+                    pos = block_end
+                    ended = stop < block_end
+                    break
+                if payload is not None:
+                    record = pb.Record()  # type: ignore[attr-defined]
+                    try:
+                        record.ParseFromString(payload)
+                    except DecodeError:  # whole and checksummed, yet not a record: it alone is lost
+                        if damaged is None:
+                            raise ValueError(f"{path}: a record that does not decode at byte {pending_start}") from None
+                        damaged.append((pending_start, pos))
+                        continue
+                    yield record, pos
+            if pos != fh.tell() and not ended:
+                fh.seek(pos)
+        if lost_from is not None and damaged is not None:
+            damaged.append((lost_from, max(lost_from, min(pos, fh.seek(0, 2)))))
 
 
 ManifestRow = tuple[str, str, int, str | None, str | None]

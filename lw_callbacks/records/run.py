@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ class RunRecords:
     segments: list[Path] = field(default_factory=list)
     cut_segments: list[Path] = field(default_factory=list)
     damaged: list[tuple[Path, int, int]] = field(default_factory=list)
+    history_rows: int = 0
+    """How many history rows the log holds (also when ``history`` was not kept: ``keep_history=False``)."""
     """``(log, start, end)``: byte ranges of a segment's log that were damaged and skipped (the records
     with a chunk there are lost; the rest of the run is read)."""
 
@@ -218,6 +221,67 @@ class RunRecords:
             found.append(LoggedTable(key, record.artifact.name, record.artifact.client_id, data, entries))
         return found
 
+    def iter_history(self, keys: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Each history row, one at a time, read again from the log: for a run too big for memory.
+
+        Rows are flattened as in :meth:`history_frame` (nested keys joined with ".", media as file
+        paths, ``_step`` continued across the segments of a resumed run), like W&B's ``scan_history``.
+
+        Args:
+            keys: only the rows holding every one of these keys, with only them (and W&B's ``_step``,
+                ``_runtime`` and ``_timestamp``); ``None`` for every row and key.
+        """
+        from lw_callbacks.records.frames import iter_history_rows
+
+        return iter_history_rows(self, keys)
+
+    def history_frame(self, keys: list[str] | None = None, x_axis: str | None = STEP_KEY) -> Any:
+        """The run's history as a DataFrame, as ``wandb.Api().run(path).history(pandas=True)`` gives it
+        for an online run (every row: nothing sampled).
+
+        One row per history row, in log order; the columns are W&B's ``_step``, ``_runtime`` and
+        ``_timestamp`` and every logged key, nested keys joined with "." (``{"val": {"acc": 1}}`` is
+        ``val.acc``), a missing cell NaN (or None); a media value (image, table, audio) is the path of
+        its file in the run's folder, a list of images a list of paths, a histogram its dict. For a
+        run resumed offline (:func:`read_resumed`), the segments follow one another and ``_step``
+        continues across them, as W&B numbers the rows of a resumed run. The rows are decoded again
+        from the log straight into columns, so the frame is the only copy of them
+        (``read_run(..., keep_history=False)`` keeps none in ``history`` either).
+
+        Args:
+            keys: only the rows holding every one of these keys (and the x-axis), with only them
+                and W&B's ``_`` columns; ``None`` for everything.
+            x_axis: the column to index by (``None``: a plain row index).
+
+        Returns:
+            A ``pandas.DataFrame``.
+
+        Raises:
+            ImportError: pandas is not installed (``pip install "lw-callbacks[pandas]"``).
+            KeyError: no such ``x_axis`` in the history (the message lists the keys).
+
+        Example::
+
+            frame = read_run("runs/wandb/offline-run-20260101_120000-abc123").history_frame()
+            frame["val_acc"].dropna()  # val_acc by trainer/global_step
+        """
+        from lw_callbacks.records.frames import history_frame
+
+        return history_frame(self, keys, x_axis)
+
+    def table_frame(self, key: str, index: int = -1) -> Any:
+        """A logged ``wandb.Table`` as a DataFrame: the ``index``-th one logged under ``key``
+        (``-1``: the last), with image / audio / mask cells as the paths of their files.
+
+        Raises:
+            ImportError: pandas is not installed (``pip install "lw-callbacks[pandas]"``).
+            KeyError: no table under ``key`` (the message lists the table keys).
+            IndexError: fewer tables than ``index`` asks for.
+        """
+        from lw_callbacks.records.frames import table_frame
+
+        return table_frame(self, key, index)
+
 
 def _item_path(item: Any) -> list[str]:
     return list(item.nested_key) if item.nested_key else [item.key]
@@ -290,7 +354,7 @@ class RunReader:
             untouched).
     """
 
-    def __init__(self, log: Path, into: RunRecords | None = None) -> None:
+    def __init__(self, log: Path, into: RunRecords | None = None, keep_history: bool = True) -> None:
         if into is None:
             run = RunRecords(path=log)
         else:  # a later segment of the same run continues the earlier ones
@@ -299,6 +363,7 @@ class RunReader:
         run.segments.append(log.parent)
         self.log = log
         self.run = run
+        self.keep_history = keep_history
         self.offset = 0  # after the last whole record read (0: nothing read yet)
 
     def read(self) -> RunRecords:
@@ -306,7 +371,7 @@ class RunReader:
         each time)."""
         damaged: list[tuple[int, int]] = []
         for record, end in records_from(self.log, self.offset, damaged):
-            _add_record(self.run, record)
+            _add_record(self.run, record, self.keep_history)
             self.offset = end
         for start, stop in damaged:  # a range at the tail is found again by the next read, maybe longer
             known = [i for i, (log, s, _e) in enumerate(self.run.damaged) if log == self.log and s == start]
@@ -318,7 +383,7 @@ class RunReader:
         return self.run
 
 
-def _add_record(run: RunRecords, record: Any) -> None:
+def _add_record(run: RunRecords, record: Any, keep_history: bool = True) -> None:
     kind = record.WhichOneof("record_type")
     if kind == "run":
         r = record.run
@@ -331,6 +396,9 @@ def _add_record(run: RunRecords, record: Any) -> None:
     elif kind == "config":
         _apply_updates(run.config, record.config)
     elif kind == "history":
+        run.history_rows += 1
+        if not keep_history:
+            return
         row: dict[str, Any] = {}
         for item in record.history.item:
             _set_path(row, _item_path(item), json.loads(item.value_json))
@@ -397,7 +465,9 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: (_started(p), str(p)))
 
 
-def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = True) -> RunRecords:
+def read_run(
+    path: str | Path, *, timeout: float = 10.0, require_exit: bool = True, keep_history: bool = True
+) -> RunRecords:
     """Decode a run's log.
 
     Args:
@@ -406,6 +476,8 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
             log's tail is on disk, so a missing tail is taken as "not yet" and read again.
         require_exit: with ``False``, a run still in progress is returned as far as it is written
             (``complete`` is then ``False``) instead of raising.
+        keep_history: with ``False``, the history rows are counted (``history_rows``) but not kept:
+            for a long run read with :meth:`RunRecords.history_frame` or ``iter_history``.
 
     Raises:
         FileNotFoundError: no run there.
@@ -414,17 +486,19 @@ def read_run(path: str | Path, *, timeout: float = 10.0, require_exit: bool = Tr
         IncompleteRunError: ``require_exit`` and no ``exit`` record within ``timeout``.
     """
     log = log_file_of(Path(path))
-    run = _decode_waiting(log, timeout, require_exit)
+    run = _decode_waiting(log, timeout, require_exit, keep_history=keep_history)
     if not run.complete:
         run.cut_segments.append(run.run_dir)
     return run
 
 
-def _decode_waiting(log: Path, timeout: float, require_exit: bool, into: RunRecords | None = None) -> RunRecords:
+def _decode_waiting(
+    log: Path, timeout: float, require_exit: bool, into: RunRecords | None = None, keep_history: bool = True
+) -> RunRecords:
     """Decode ``log`` (continuing ``into``, left untouched), then what is appended to it, until its exit
     record is there."""
     deadline = time.monotonic() + timeout
-    reader = RunReader(log, into)
+    reader = RunReader(log, into, keep_history)
     while True:
         run = reader.read()
         if run.complete or time.monotonic() >= deadline:
@@ -460,13 +534,17 @@ def segments_of(root: str | Path, run_id: str | None = None) -> list[Path]:
     return segments
 
 
-def read_segments(segments: list[Path], *, timeout: float = 10.0, require_exit: bool = False) -> RunRecords:
+def read_segments(
+    segments: list[Path], *, timeout: float = 10.0, require_exit: bool = False, keep_history: bool = True
+) -> RunRecords:
     """Merge the given segments of one run, in the order given (see :func:`read_resumed`)."""
     merged: RunRecords | None = None
     for index, segment in enumerate(segments):
         newest = index == len(segments) - 1
         # An earlier segment ended before the next one began: no exit record means it was cut.
-        merged = _decode_waiting(log_file_of(Path(segment)), timeout if newest else 0, require_exit and newest, merged)
+        merged = _decode_waiting(
+            log_file_of(Path(segment)), timeout if newest else 0, require_exit and newest, merged, keep_history
+        )
         if not merged.complete:
             merged.cut_segments.append(merged.run_dir)
     if merged is None:
@@ -475,7 +553,12 @@ def read_segments(segments: list[Path], *, timeout: float = 10.0, require_exit: 
 
 
 def read_resumed(
-    root: str | Path, run_id: str | None = None, *, timeout: float = 10.0, require_exit: bool = False
+    root: str | Path,
+    run_id: str | None = None,
+    *,
+    timeout: float = 10.0,
+    require_exit: bool = False,
+    keep_history: bool = True,
 ) -> RunRecords:
     """One view of a run that was resumed offline, merged from its segments.
 
@@ -497,7 +580,8 @@ def read_resumed(
         IncompleteRunError: ``require_exit`` and the newest segment has no ``exit`` record within
             ``timeout``.
     """
-    return read_segments(segments_of(root, run_id), timeout=timeout, require_exit=require_exit)
+    segments = segments_of(root, run_id)
+    return read_segments(segments, timeout=timeout, require_exit=require_exit, keep_history=keep_history)
 
 
 def summarize(run: RunRecords, text: bool = False) -> Any:
