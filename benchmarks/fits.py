@@ -51,13 +51,22 @@ def _callbacks(arm: str) -> list[Any]:
             ShareRunDir(), MetricSummaries(), WatchModel(), LogPredictionSamples(), UploadCheckpoints()
         ],
         "guide": lambda: [GuideSamples()],
+        "empty": lambda: [_empty(0)()],
+        "five_empty": lambda: [_empty(i)() for i in range(5)],
     }
     return make[arm]()
 
 
+def _empty(index: int) -> type:
+    """An empty ``Callback`` subclass of its own (``Empty<index>``): what Lightning's dispatch alone costs."""
+    from lightning.pytorch import Callback
+
+    return type(f"Empty{index}", (Callback,), {})
+
+
 ARMS = (
     "bare", "share_run_dir", "metric_summaries", "watch_model", "prediction_samples",
-    "prediction_samples_no_images", "upload_checkpoints", "all_five", "guide",
+    "prediction_samples_no_images", "upload_checkpoints", "all_five", "guide", "empty", "five_empty",
 )
 
 
@@ -234,29 +243,35 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
 
     clock = HookClock()
     marks: dict[str, Any] = {"epoch_start": [], "media": []}
+    # The fast-steps case times the whole step, so nothing wraps the hooks and no mark runs per batch.
+    per_step = case == "steps"
 
     class Marks(Callback):
         """Notes time, CPU and hook seconds at each training epoch start, and the run folder's bytes."""
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            marks["epoch_start"].append([time.perf_counter(), cpu_seconds(), clock.total, clock.cpu])
-
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            clock.step = trainer.global_step
+            marks["epoch_start"].append([time.perf_counter(), cpu_seconds(), clock.total, clock.cpu,
+                                         time.thread_time(), trainer.global_step])
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:  # before the tested callbacks' own
-            marks["train_end"] = [time.perf_counter(), cpu_seconds(), clock.total, clock.cpu]
+            marks["train_end"] = [time.perf_counter(), cpu_seconds(), clock.total, clock.cpu,
+                                  time.thread_time(), trainer.global_step]
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if not trainer.sanity_checking:
                 marks["media"].append(_tree_bytes(run_folder / "files" / "media"))
 
+    class StepMarks(Marks):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            clock.step = trainer.global_step
+
     tested = _callbacks(arm)
-    for cb in tested:
-        clock.wrap(cb)
+    if not per_step:
+        for cb in tested:
+            clock.wrap(cb)
     trainer = Trainer(
         logger=logger,
-        callbacks=[Marks(), ModelCheckpoint(monitor="val_acc", mode="max"), *tested],
+        callbacks=[Marks() if per_step else StepMarks(), ModelCheckpoint(monitor="val_acc", mode="max"), *tested],
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
@@ -296,6 +311,8 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
         "context_switches": [b - a for a, b in zip(switches0, switches1, strict=True)],
         "wall_steady": end[0] - steady[0],
         "cpu_steady": end[1] - steady[1],
+        "thread_cpu_steady": end[4] - steady[4],  # the training thread's CPU over the steady epochs
+        "steps_steady": end[5] - steady[5],
         "hooks": clock.total,
         "hooks_steady": end[2] - steady[2],
         "hooks_cpu": clock.cpu,
@@ -311,7 +328,7 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("arm", choices=ARMS)
-    parser.add_argument("--case", default="cnn", choices=("cnn", "digits"))
+    parser.add_argument("--case", default="cnn", choices=("cnn", "digits", "steps"))
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):

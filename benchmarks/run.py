@@ -23,9 +23,10 @@ Cases: ``cnn``, a CIFAR-sized CNN (321,290 parameters, 3x32x32 synthetic images,
 and 20 validation batches per epoch, 3 epochs, ``log_every_n_steps=50``), every arm: by default
 in two groups of rounds, ``bare``, ``all_five`` and ``guide``, then ``bare`` and each callback
 alone (10 rounds each); ``digits``, the
-half-second digits fit as a smoke case, ``bare`` and ``all_five``. ``--quick`` (under 5 minutes): the
-CNN cut to 2 epochs of 20 steps and 4 validation batches, arms ``bare``, ``all_five`` and ``guide``,
-2 rounds, and one digits round.
+half-second digits fit as a smoke case, ``bare`` and ``all_five``; ``steps``, fast steps of about a
+millisecond (``benchmarks/bench_steps.py``: the callbacks' extra CPU per step, against empty callbacks).
+``--quick`` (under 5 minutes): the CNN cut to 2 epochs of 20 steps and 4 validation batches, arms
+``bare``, ``all_five`` and ``guide``, 2 rounds, one digits round, and one round of fast steps.
 ``--micro`` also runs the in-process cases of ``benchmarks/bench_*.py`` (checkpoint hand-over,
 validation on 20,000 images, ShareRunDir under DDP); ``--only bench_NAME`` runs just those.
 
@@ -249,6 +250,11 @@ def _log_steps(rec: dict[str, Any], hook: str, every: int) -> list[float]:
 def tables(records: Sequence[dict[str, Any]]) -> str:
     lines: list[str] = []
     for case in dict.fromkeys(_table(rec) for rec in records):
+        if case == "steps":  # per-step extras, not CPU ratios of whole fits
+            import bench_steps
+
+            lines.append(bench_steps.table(records))
+            continue
         arms = _by(records, case)
         bare = arms.get("bare", [])
         first = next(iter(arms.values()))[0]
@@ -445,7 +451,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="rounds per case (default 10; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a shorter CNN, five arms, 2 rounds: under 5 minutes")
     parser.add_argument("--arms", nargs="*", default=None, choices=FULL_ARMS, help="arms of the CNN case")
-    parser.add_argument("--cases", nargs="*", default=("cnn", "digits"), choices=("cnn", "digits"))
+    parser.add_argument("--cases", nargs="*", default=("cnn", "digits", "steps"), choices=("cnn", "digits", "steps"))
     parser.add_argument("--micro", action="store_true", help="also run benchmarks/bench_*.py (in-process cases)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these bench_*.py modules, e.g. bench_watch")
     parser.add_argument("--schedule", choices=("together", "sequential"), default=None,
@@ -491,6 +497,11 @@ def main() -> None:
             run_case_together("cnn", ("bare", *EACH_ALONE), rounds, False, records, save, "cnn, each callback alone")
         elif case == "cnn":
             runner("cnn", arms, rounds, args.quick, records, save)
+        elif case == "steps":
+            import bench_steps
+
+            steps_arms = bench_steps.QUICK_ARMS if args.quick else bench_steps.ARMS
+            run_case_together("steps", steps_arms, 1 if args.quick else rounds, args.quick, records, save, "steps")
         else:
             runner("digits", ("bare", "all_five"), 1 if args.quick else rounds, False, records, save)
     print(tables(records), flush=True)
@@ -504,7 +515,7 @@ def _micro(rounds: int, only: Sequence[str] | None) -> None:
 
     print("\n" + harness.HEADER, flush=True)
     for path in sorted(HERE.glob("bench_*.py")):
-        if only is None or path.stem in only:
+        if (only is None and path.stem != "bench_steps") or (only is not None and path.stem in only):
             importlib.import_module(path.stem).cases(rounds)
 
 
