@@ -219,6 +219,7 @@ class LogPredictionSamples(Callback):
         self._log_sanity_check = log_sanity_check
         self._dataloader_idx = dataloader_idx
         self._warnings = WarnOnce()
+        self._state_key = self._generate_state_key(key=self.key, stages=self.stages)
 
     every_n_epochs = Option[int]("Log every ``every_n_epochs``-th validation epoch.")
     log_sanity_check = Option[bool]("Whether the sanity check's validation is logged.")
@@ -243,7 +244,8 @@ class LogPredictionSamples(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(key=self.key, stages=self.stages)
+        # Lightning reads it on every hook call; it names read-only options, so it was built once, in __init__.
+        return self._state_key
 
     def section(self, stage: str) -> str:
         """The panel section a stage logs under: ``key`` for validation, ``key_<stage>`` otherwise."""

@@ -117,6 +117,8 @@ class MetricSummaries(Callback):
         )
         # (step, epoch) of a training epoch end whose metrics Lightning logs after this callback's hook
         self._epoch_end: tuple[int, int] | None = None
+        # Lightning reads state_key on every hook call; it names no option, so it is built here, once.
+        self._state_key = self._generate_state_key()
 
     from_callbacks = Option[bool]("Whether entries are derived from ModelCheckpoint / EarlyStopping.")
     summaries = Option["dict[str, tuple[str, ...]]"](
@@ -139,8 +141,8 @@ class MetricSummaries(Callback):
     @override
     def state_key(self) -> str:
         # One instance per Trainer (checked at setup); the options may change before a resume and the
-        # saved best steps still apply, so no option is part of the key.
-        return self._generate_state_key()
+        # saved best steps still apply, so no option is part of the key: the class's name, built once.
+        return self._state_key
 
     # ------------------------------------------------------------------ observation
 
