@@ -195,6 +195,9 @@ class UploadCheckpoints(Callback):
         self._run_id = ""
         self._async: _AsyncSaves | None = None
         self._warned: set[str] = set()
+        self._state_key: str | None = None
+        if self._checkpoints is None:
+            self._state_key = self._generate_state_key(name=self.name, aliases=list(self.aliases))
 
     name = Option[str | None]("The collection name template, or ``None`` for the default names.")
     aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.")
@@ -206,9 +209,12 @@ class UploadCheckpoints(Callback):
     @property
     @override
     def state_key(self) -> str:
-        tracked = [mc.state_key for mc in self.checkpoints] if self.checkpoints is not None else None
-        if tracked is None:
-            return self._generate_state_key(name=self.name, aliases=list(self.aliases))
+        # Lightning reads it on every hook call. Without `checkpoints` it names only read-only options,
+        # so it was built once, in __init__; with them it names their keys, which follow the
+        # ModelCheckpoints' own (settable) options: built on each call.
+        if self._state_key is not None:
+            return self._state_key
+        tracked = [mc.state_key for mc in self.checkpoints or ()]
         return self._generate_state_key(name=self.name, aliases=list(self.aliases), checkpoints=tracked)
 
     # ------------------------------------------------------------------ hooks
@@ -269,7 +275,26 @@ class UploadCheckpoints(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._scan(trainer)
+        # Runs on every training batch: a ModelCheckpoint that saved since the last scan moved its
+        # `_last_global_step_saved` (every save sets it), so only then is there anything to scan.
+        if self.publisher.uploader is None:
+            return
+        fingerprints = self._fingerprints
+        for index, mc in enumerate(self._tracked):
+            seen = fingerprints.get(index)
+            if seen is None or seen[0] is None or seen[0] != getattr(mc, "_last_global_step_saved", None):
+                self._scan(trainer)
+                return
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # ModelCheckpoint saves at a training epoch end after every callback that is not a Checkpoint,
+        # this one included: a private Checkpoint, on the Trainer for this moment only, scans after it.
+        if self.publisher.uploader is None:
+            return
+        callbacks = self._without_helper(trainer)
+        callbacks.append(_after_checkpoints(self, _compat.namespace_of(trainer)))
+        setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: the hook loop now running keeps its own
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -426,11 +451,12 @@ class UploadCheckpoints(Callback):
 
         Lightning calls ``on_train_epoch_end`` of ``Checkpoint`` and ``EarlyStopping`` callbacks after
         the module's own hook and after every other callback's, and ModelCheckpoint saves there by
-        default; a private ``Checkpoint`` appended last forwards that hook here. This callback is not a
-        ``Checkpoint`` itself, so Lightning still adds its default ``ModelCheckpoint``.
+        default; a private ``Checkpoint``, appended last by this callback's own ``on_train_epoch_end``
+        (which Lightning runs first) and gone after its hook, forwards that hook here, so it costs no
+        hook call on the training batches. This callback is not a ``Checkpoint`` itself, so Lightning
+        still adds its default ``ModelCheckpoint``.
         """
-        callbacks = self._without_helper(trainer)
-        callbacks.append(_after_checkpoints(self, _compat.namespace_of(trainer)))
+        callbacks = self._without_helper(trainer)  # one left behind by a fit that stopped
         setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: a hook loop already running keeps the old one
         if self not in callbacks or not self._tracked:
             return
@@ -706,7 +732,10 @@ class _AfterCheckpointsHook:
         return f"_AfterCheckpoints[{self.owner.state_key}]"
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.owner._scan(trainer)
+        try:
+            self.owner._scan(trainer)
+        finally:  # its moment is over: off the Trainer until the next epoch end
+            setattr(trainer, "callbacks", self.owner._without_helper(trainer))  # noqa: B010
 
     def __reduce__(self) -> tuple[Any, ...]:  # ddp_spawn pickles the Trainer's callbacks
         return (_after_checkpoints, (self.owner, _compat.namespace_of(self)))

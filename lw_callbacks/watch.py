@@ -161,7 +161,11 @@ class WatchModel(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        self._core.log_histograms(trainer.global_step, lightning_step(trainer))
+        # Runs on every optimizer step: leave on an integer test unless this step logs (log_freq is read-only).
+        step = trainer.global_step
+        if step % self._core.log_freq:
+            return
+        self._core.log_histograms(step, lightning_step(trainer))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
