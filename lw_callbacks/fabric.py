@@ -209,6 +209,22 @@ class FabricPredictionSamples:
         )
         self._fingerprints: dict[str, str] = {}
 
+    num_samples = Option[int]("How many examples are logged.", via="core")
+    key = Option[str]("The panel section of validation (``key_<stage>`` for the other stages).", via="core")
+    class_names = Option["list[str] | None"]("Names for labels ``0 .. C-1`` (a list), or ``None``.", via="core")
+    log_images = Option[bool]("Whether the captioned-image panel is logged.", via="core")
+    log_table = Option[bool]("Whether the inputs table and the predictions tables are logged.", via="core")
+    log_scores = Option[bool]("Whether the table has ``score_<class>`` columns.", via="core")
+    input_key = Option["str | None"]("Key of the input in dict batches, or ``None``.", via="core")
+    target_key = Option["str | None"]("Key of the target in dict batches, or ``None``.", via="core")
+    output_key = Option["str | None"]("Key of the predictions in dict step outputs, or ``None``.", via="core")
+    task = Option[str]("The ``task`` argument as given.", via="core.task_opts")
+    box_format = Option[str]("The ``box_format`` argument as given.", via="core.task_opts")
+    normalized_boxes = Option[bool]("The ``normalized_boxes`` argument as given.", via="core.task_opts")
+    score_threshold = Option[float]("Predicted boxes scoring below this are left out.", via="core.task_opts")
+    sample_rate = Option["int | None"]("Samples per second of audio inputs, or ``None``.", via="core.task_opts")
+    decode = Option[Any]("The ``decode`` argument as given.", via="core.task_opts")
+
     def log_prediction_samples(
         self,
         fabric: Any,
