@@ -357,6 +357,7 @@ class FabricMetricSummaries:
         """Define every entry on the run (global rank 0; a no-op elsewhere). Call it once, before logging."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         self.core.resolve()
+        self.core.use_logger(logger)
         self.core.apply(run_of(logger, fabric.global_rank))
         self.core.start(forget_held=False)
 

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from lw_callbacks import _compat
 from lw_callbacks._errors import ConfigurationError, Option
-from lw_callbacks._wandb import get_run, is_disabled, lightning_step
+from lw_callbacks._wandb import is_disabled, lightning_step, require_wandb_logger, run_of
 from lw_callbacks.core.summaries import SUMMARY_KINDS, SummaryCore, SummaryValue, check_arguments
 
 __all__ = ["SUMMARY_KINDS", "MetricSummaries"]
@@ -119,6 +119,12 @@ class MetricSummaries(Callback):
         self._epoch_end: tuple[int, int] | None = None
         # Lightning reads state_key on every hook call; it names no option, so it is built here, once.
         self._state_key = self._generate_state_key()
+        # ModelCheckpoints with a monitor: (callback, runs before this one), their best path last seen,
+        # and the step of the hook they last had a chance to save in
+        self._monitored: list[tuple[Any, bool]] = []
+        self._best_paths: dict[int, str] = {}
+        self._pending_step: int | None = None
+        self._saves_in_batches = False  # a monitored ModelCheckpoint may save after a training batch
 
     from_callbacks = Option[bool]("Whether entries are derived from ModelCheckpoint / EarlyStopping.")
     summaries = Option["dict[str, tuple[str, ...]]"](
@@ -181,13 +187,44 @@ class MetricSummaries(Callback):
                 "per metric, so put every entry into one `MetricSummaries({...})`."
             )
         self._core.resolve(_derived(trainer.callbacks) if self.from_callbacks else None)  # type: ignore[attr-defined]
-        self._core.apply(get_run(trainer, type(self).__name__))
+        logger = require_wandb_logger(trainer, type(self).__name__)
+        self._core.use_logger(logger)
+        self._core.apply(run_of(logger, trainer.global_rank))
+        callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
+        mine = next((i for i, cb in enumerate(callbacks) if cb is self), len(callbacks))
+        self._monitored = [
+            (mc, i < mine) for i, mc in enumerate(callbacks) if _compat.is_model_checkpoint(mc) and mc.monitor
+        ]
+        self._saves_in_batches = any(
+            getattr(mc, "_every_n_train_steps", 0) or getattr(mc, "_train_time_interval", None)
+            for mc, _ in self._monitored
+        )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a checkpoint was restored: keep its best values only if this is the same W&B run.
         self._core.start()
         self._epoch_end = None
+        self._best_paths = {id(mc): mc.best_model_path for mc, _ in self._monitored}
+        self._pending_step = None
+
+    def _track_checkpoints(self, trainer: pl.Trainer, now: int | None) -> None:
+        """Note the step at which each monitored ModelCheckpoint's best checkpoint was saved.
+
+        Lightning runs a ``ModelCheckpoint`` after this callback in each hook (it runs checkpoint
+        callbacks last), so a new best path seen here was saved in the hook this callback last ran in
+        before (``now`` of that call); one that runs before this callback saved it in this hook.
+        """
+        if not self._core.active:
+            return
+        for mc, before in self._monitored:
+            path = mc.best_model_path
+            if path and path != self._best_paths.get(id(mc)):
+                step = now if before else self._pending_step
+                if step is not None:
+                    self._core.note_checkpoint(mc.monitor, step)
+            self._best_paths[id(mc)] = path
+        self._pending_step = now
 
     @override
     def on_train_batch_end(
@@ -195,10 +232,19 @@ class MetricSummaries(Callback):
     ) -> None:
         # Lightning sends step metrics to the loggers on logging batches only, and reading them
         # (``trainer.logged_metrics``) computes every logged value: read them on those batches alone.
+        if self._saves_in_batches:
+            self._track_checkpoints(trainer, lightning_step(trainer))
         if _logs_this_batch(trainer):
             self._scan_and_observe(trainer, logs=True)
         else:
             self._hold_stored(trainer)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._saves_in_batches:
+            self._track_checkpoints(trainer, None)
 
     def _hold_stored(self, trainer: pl.Trainer) -> None:
         """Note the values Lightning holds as logged, without computing any (a batch it does not log):
@@ -213,6 +259,8 @@ class MetricSummaries(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._monitored:
+            self._track_checkpoints(trainer, None)
         self._observe_epoch_end(trainer)
 
     @override
@@ -220,10 +268,19 @@ class MetricSummaries(Callback):
         # Lightning runs this hook before the LightningModule's own `on_train_epoch_end` and logs the
         # epoch's metrics after both: they are observed at the next epoch start or at train end.
         self._epoch_end = (lightning_step(trainer), trainer.current_epoch)
+        if self._monitored:
+            self._track_checkpoints(trainer, self._epoch_end[0])
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._monitored:
+            self._track_checkpoints(trainer, None)
         self._observe_epoch_end(trainer)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._monitored and trainer.state.fn == "fit":
+            self._track_checkpoints(trainer, None)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -232,7 +289,11 @@ class MetricSummaries(Callback):
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
+        if trainer.state.fn != "fit":
+            return
+        if self._monitored:
+            self._track_checkpoints(trainer, lightning_step(trainer))
+        if trainer.sanity_checking:
             return
         self._scan_and_observe(trainer, logs=True, expand=False)
 

@@ -185,46 +185,56 @@ class SlashNames(DigitsClassifier):
 
 
 class PerStepGAN(LightningModule):
-    """A GAN's shape: manual optimization, a generator and a discriminator with one optimizer each,
-    ``g_loss`` and ``d_loss`` logged on every step (``trainer.global_step`` grows by 2 per batch).
-    Trains on the digits (8x8) from 16-dim noise; ``validation_step`` logs nothing per validation."""
+    """A GAN's shape (an auxiliary-classifier GAN on the digits): manual optimization, a generator and a
+    discriminator with one optimizer each, ``g_loss`` and ``d_loss`` logged on every step
+    (``trainer.global_step`` grows by 2 per batch). The discriminator's auxiliary head classifies the
+    digit; ``validation_step`` returns its logits on real images and logs its accuracy ``val_class_acc``."""
 
     def __init__(self, latent: int = 16) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.latent = latent
         self.generator = nn.Sequential(nn.Linear(latent, 32), nn.ReLU(), nn.Linear(32, 64), nn.Sigmoid())
-        self.discriminator = nn.Sequential(nn.Linear(64, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+        self.disc_body = nn.Sequential(nn.Linear(64, 32), nn.LeakyReLU(0.2))
+        self.disc_real = nn.Linear(32, 1)
+        self.disc_class = nn.Linear(32, 10)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.generator(z).reshape(-1, 1, 8, 8)
 
+    def _discriminate(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.disc_body(flat)
+        return self.disc_real(features), self.disc_class(features)
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        real, _ = batch
+        real, labels = batch
         real = real.reshape(real.shape[0], -1)
         opt_g, opt_d = self.optimizers()  # type: ignore[misc]
-        z = torch.randn(real.shape[0], self.latent, generator=None)
-        fake = self.generator(z)
+        fake = self.generator(torch.randn(real.shape[0], self.latent))
         ones = torch.ones(real.shape[0], 1)
-        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
+        g_loss = F.binary_cross_entropy_with_logits(self._discriminate(fake)[0], ones)
         opt_g.zero_grad()
         self.manual_backward(g_loss)
         opt_g.step()
-        d_real = F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
-        d_fake = F.binary_cross_entropy_with_logits(self.discriminator(fake.detach()), torch.zeros_like(ones))
-        d_loss = (d_real + d_fake) / 2
+        real_score, real_class = self._discriminate(real)
+        fake_score = self._discriminate(fake.detach())[0]
+        d_loss = (F.binary_cross_entropy_with_logits(real_score, ones)
+                  + F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(ones))) / 2
+        d_loss = d_loss + F.cross_entropy(real_class, labels)
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()
         self.log_dict({"g_loss": g_loss, "d_loss": d_loss})
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, _ = batch
-        return self(torch.randn(x.shape[0], self.latent))
+        x, y = batch
+        logits = self._discriminate(x.reshape(x.shape[0], -1))[1]
+        self.log("val_class_acc", (logits.argmax(1) == y).float().mean())
+        return logits
 
     def configure_optimizers(self) -> Any:
-        return (torch.optim.Adam(self.generator.parameters(), lr=2e-3),
-                torch.optim.Adam(self.discriminator.parameters(), lr=2e-3))
+        discriminator = [*self.disc_body.parameters(), *self.disc_real.parameters(), *self.disc_class.parameters()]
+        return torch.optim.Adam(self.generator.parameters(), lr=2e-3), torch.optim.Adam(discriminator, lr=2e-3)
 
 
 # ---------------------------------------------------------------------- namespaces

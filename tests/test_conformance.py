@@ -76,7 +76,11 @@ class Row:
     extra: Callable[[Any], list[Any]] = lambda L: []
     action: str = "fit"
     logs: bool = True  # False: nothing may reach W&B (fast_dev_run)
-    val_key: str = "val_acc"  # a metric logged once per validation run
+    val_key: str = "val_acc"  # a metric logged once per validation run (the key W&B receives)
+    train_key: str = "train_loss"  # a metric logged at every training step (the key W&B receives)
+    watched: str = "layer_1.weight"  # a parameter whose histograms are checked
+    per_step_monitor: bool = False  # a monitor logged per step: its best checkpoint need not be its history's best
+    logger: dict[str, Any] = field(default_factory=dict)  # WandbLogger arguments
     predictions: dict[str, Any] = field(default_factory=dict)
     summaries: dict[str, Any] = field(default_factory=dict)
     loggers: str = "wandb"
@@ -94,7 +98,7 @@ ROWS = [
     Row("fast_dev_run_3", trainer={"fast_dev_run": 3}, logs=False),
     Row("limit_val_batches_0", trainer={"limit_val_batches": 0},
         checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="train_loss", save_top_k=2)],
-        val_key=""),
+        val_key="", per_step_monitor=True),
     Row("no_sanity_check", trainer={"num_sanity_val_steps": 0}),
     Row("full_sanity_check", trainer={"num_sanity_val_steps": -1}),
     Row("check_val_every_2_epochs", trainer={"check_val_every_n_epoch": 2, "max_epochs": 4}),
@@ -135,6 +139,16 @@ ROWS = [
         L.EarlyStopping(monitor="val_loss", patience=5), L.LearningRateMonitor(), L.RichProgressBar(),
         L.StochasticWeightAveraging(swa_lrs=1e-2, swa_epoch_start=1)]),
     Row("csv_and_wandb_loggers", loggers="csv+wandb"),
+    # Lightning's logging conventions: W&B receives `<name>_epoch`, `p-<name>`, `val/acc`, ...
+    Row("on_step_and_on_epoch_metrics", model="OnStepOnEpoch", val_key="val_acc_epoch",
+        checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="val_loss", save_top_k=2, save_last=True)]),
+    Row("logger_prefix", logger={"prefix": "p"}, val_key="p-val_acc", train_key="p-train_loss"),
+    Row("log_dict_torchmetrics_sync_dist", model="LogDictTorchmetrics"),
+    Row("slash_separated_names", model="SlashNames", val_key="val/acc", train_key="train/loss",
+        checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="val/acc", mode="max", save_top_k=2)]),
+    Row("per_step_monitor_gan", model="PerStepGAN", val_key="val_class_acc", train_key="g_loss",
+        watched="generator.0.weight", per_step_monitor=True, trainer={"max_epochs": 3},
+        checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="g_loss", save_top_k=2)]),
 ]
 
 
@@ -180,7 +194,7 @@ def run_row(row: Row, variant: str, namespace: str = "lightning.pytorch") -> Out
     probe = Probe()
     mine = list(ours.values())
     listed = [*mine, *checkpoints] if row.upload_first else [*checkpoints, *mine]
-    logger: Any = make_logger(namespace=namespace)
+    logger: Any = make_logger(namespace=namespace, **row.logger)
     if row.loggers == "csv+wandb":
         logger = [L.CSVLogger("csv"), logger]
     options: dict[str, Any] = {
@@ -284,10 +298,10 @@ def check_samples(out: Outcome, rec: RunRecords) -> None:
 def check_histograms(out: Outcome, rec: RunRecords) -> None:
     expected = sorted({wb for g, wb in out.probe.optimizer_steps if g % LOG_FREQ == 0})
     for kind in ("gradients", "parameters"):
-        logged = sorted(set(steps_of(rec, f"{kind}/layer_1.weight")))
+        logged = sorted(set(steps_of(rec, f"{kind}/{out.row.watched}")))
         assert logged == expected, f"{kind} at {logged}, optimizer steps give {expected}"
     if expected:
-        train_steps = set(steps_of(rec, "train_loss")) | set(steps_of(rec, "train_loss_step"))
+        train_steps = set(steps_of(rec, out.row.train_key)) | set(steps_of(rec, out.row.train_key + "_step"))
         assert set(expected) <= train_steps, "histograms off the metrics' step axis"
 
 
@@ -298,15 +312,18 @@ def check_summaries(out: Outcome, rec: RunRecords) -> None:
     for mc in out.checkpoints:
         if not mc.monitor or out.row.action in ("validate", "test", "predict"):
             continue
-        series = rec.series(mc.monitor)
-        assert series, f"{mc.monitor} was never logged"
-        definition = rec.metric(mc.monitor)
+        key = received(out, rec, mc.monitor)
+        series = rec.series(key)
+        assert series, f"{key} was never logged"
+        definition = rec.metric(key)
         assert definition is not None and mc.mode in definition.summary and definition.step_metric == STEP
         values = [v for _, v in series]
         best = max(values) if mc.mode == "max" else min(values)
-        assert rec.summary[mc.monitor][mc.mode] == pytest.approx(best)
+        assert rec.summary[key][mc.mode] == pytest.approx(best)
         first_best_step = next(int(s) for s, v in series if v == best)
-        assert rec.summary[f"{mc.monitor}.best_step"] == first_best_step
+        assert rec.summary[f"{key}.best_step"] == first_best_step
+        if mc.best_model_path and out.row.action != "fit_twice":
+            assert isinstance(rec.summary.get(f"{key}.best_checkpoint_step"), int), sorted(rec.summary)
     for key, kinds in (out.row.summaries.get("summaries") or {}).items():
         if key.endswith("*"):
             logged = rec.keys()
@@ -315,6 +332,15 @@ def check_summaries(out: Outcome, rec: RunRecords) -> None:
             continue
         definition = rec.metric(key)
         assert definition is not None and set([kinds] if isinstance(kinds, str) else kinds) <= definition.summary
+
+
+def received(out: Outcome, rec: RunRecords, name: str) -> str:
+    """The key W&B holds for a metric the module logs as ``name``: the logger's prefix before it, and
+    ``<name>_epoch`` for one logged with ``on_step`` and ``on_epoch``."""
+    prefix = out.row.logger.get("prefix")
+    key = f"{prefix}-{name}" if prefix else name
+    keys = rec.keys()
+    return key + "_epoch" if key not in keys and key + "_epoch" in keys else key
 
 
 def kept_files(out: Outcome) -> list[Path]:
@@ -354,10 +380,17 @@ def check_best(out: Outcome, rec: RunRecords) -> None:
             path = restore_checkpoint(f"{collection}:best", run_dir=rec.run_dir)
             assert md5_b64(path) == md5_b64(mc.best_model_path), "best is not Lightning's best_model_path"
             continue
-        best_step = rec.summary.get(f"{mc.monitor}.best_step")
-        assert isinstance(best_step, int), f"no {mc.monitor}.best_step in {sorted(rec.summary)}"
-        path = restore_checkpoint(f"{collection}:step-{best_step}", run_dir=rec.run_dir)
+        key = received(out, rec, mc.monitor)
+        best_step = rec.summary.get(f"{key}.best_step")
+        assert isinstance(best_step, int), f"no {key}.best_step in {sorted(rec.summary)}"
+        # the best checkpoint's step: the `step-<n>` alias of the version aliased `best`, restorable by it
+        ckpt_step = rec.summary.get(f"{key}.best_checkpoint_step")
+        assert isinstance(ckpt_step, int), f"no {key}.best_checkpoint_step in {sorted(rec.summary)}"
+        assert f"step-{ckpt_step}" in rec.resolve_artifact(collection, "best").aliases
+        path = restore_checkpoint(f"{collection}:step-{ckpt_step}", run_dir=rec.run_dir)
         assert md5_b64(path) == md5_b64(mc.best_model_path), "step-N is not the best checkpoint"
+        if not out.row.per_step_monitor:  # logged once per check of ModelCheckpoint: one step by construction
+            assert best_step == ckpt_step, f"{key}.best_step {best_step}, best checkpoint at step {ckpt_step}"
         if out.row.val_key and mc.monitor.startswith("val"):
             assert best_step in steps_of(rec, "predictions/table"), "no samples at the best step"
 

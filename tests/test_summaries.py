@@ -113,7 +113,7 @@ def test_never_logged_metric_warns_once_naming_it(main_run: tuple[RunRecords, li
     _, messages = main_run
     missing = [m for m in messages if "matched no metric logged" in m]
     assert len(missing) == 1, messages
-    assert "val_typo" in missing[0] and "'val_loss'" not in missing[0].split("(logged here")[0]
+    assert "val_typo" in missing[0] and "'val_loss'" not in missing[0].split("(W&B received")[0]
     assert len(messages) == 1, messages
 
 

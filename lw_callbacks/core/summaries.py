@@ -33,6 +33,7 @@ SUMMARY_KINDS = ("min", "max", "mean", "first", "last", "none")
 """Aggregates accepted in a ``MetricSummaries`` mapping (wandb's ``define_metric(summary=...)``)."""
 
 DATALOADER_SUFFIX = re.compile(r"^(?P<base>.+)/dataloader_idx_\d+$")
+STEP_SUFFIX, EPOCH_SUFFIX = "_step", "_epoch"  # what Lightning appends with `on_step=True, on_epoch=True`
 SummaryValue = str | Sequence[str]
 
 
@@ -114,6 +115,9 @@ class SummaryCore:
         self.dataloader_suffixes = dataloader_suffixes
         self.record_best_step = record_best_step
         self.warn_missing = warn_missing
+        # What the logger puts before every key it sends (WandbLogger(prefix="p") sends "p-<key>").
+        self.prefix = ""
+        self.separator = "-"
         # Resolved by `resolve`: exact names and globs (prefix -> spec), explicit and derived.
         self._names: dict[str, Spec] = {}
         self._globs: dict[str, Spec] = {}
@@ -127,6 +131,7 @@ class SummaryCore:
         self._held: dict[str, Any] = {}
         self._seen: set[str] = set()
         self._best: dict[str, dict[str, list[Any]]] = {}  # key -> direction -> [value, step, epoch or None]
+        self._checkpoint_steps: dict[str, int] = {}  # monitored entry -> step of its best checkpoint
         self._run_id: str | None = None
 
     @property
@@ -148,6 +153,18 @@ class SummaryCore:
     def run_id(self) -> str | None:
         """Id of the run the best values belong to."""
         return self._run_id
+
+    def use_logger(self, logger: Any) -> None:
+        """Name keys as ``logger`` sends them: with its ``prefix`` and separator (``WandbLogger(prefix="p")``
+        sends ``p-val_acc`` for ``val_acc``)."""
+        prefix = getattr(logger, "_prefix", "") if logger is not None else ""
+        self.prefix = prefix if isinstance(prefix, str) else ""
+        separator = getattr(logger, "LOGGER_JOIN_CHAR", "-")
+        self.separator = separator if isinstance(separator, str) else "-"
+
+    def wandb_key(self, key: str) -> str:
+        """The key W&B receives for a key Lightning logs: the logger's prefix and separator before it."""
+        return f"{self.prefix}{self.separator}{key}" if self.prefix else key
 
     # ------------------------------------------------------------------ resolution
 
@@ -174,7 +191,8 @@ class SummaryCore:
             self._derived[key] = spec
             names[key] = spec
         self._names, self._globs = names, globs
-        self._needs_scan = bool(globs) or self.dataloader_suffixes
+        # names too: a metric logged with on_step and on_epoch reaches W&B as `<name>_epoch`, defined when seen
+        self._needs_scan = bool(globs) or self.dataloader_suffixes or bool(names)
 
     def _spec_for(self, key: str) -> tuple[str, Spec] | None:
         """The entry (name or glob) that applies to a logged key, and its spec: name beats glob,
@@ -182,10 +200,18 @@ class SummaryCore:
         of ``<name>/dataloader_idx_N`` counts as a name."""
         if key in self._names:
             return key, self._names[key]
+        base = key
         if self.dataloader_suffixes:
             match = DATALOADER_SUFFIX.match(key)
             if match and match["base"] in self._names:
                 return match["base"], self._names[match["base"]]
+            if match:
+                base = match["base"]
+        # `self.log(name, on_step=True, on_epoch=True)`: the loggers get `name_step` and `name_epoch`; an
+        # entry `name` is the epoch value (what ModelCheckpoint and EarlyStopping read as `name`).
+        if base.endswith(EPOCH_SUFFIX) and base[: -len(EPOCH_SUFFIX)] in self._names:
+            entry = base[: -len(EPOCH_SUFFIX)]
+            return entry, self._names[entry]
         prefix = max((p for p in self._globs if key.startswith(p)), key=len, default=None)
         if prefix is not None:
             return prefix + "*", self._globs[prefix]
@@ -198,10 +224,12 @@ class SummaryCore:
             return  # already defined on this run: no duplicate record
         try:
             # overwrite: a changed spec replaces the earlier one instead of merging with it
-            define_metric(run, name, summary=spec.as_arg(), hidden=spec.hidden, overwrite=name in self._defined)
+            define_metric(run, self.wandb_key(name), summary=spec.as_arg(), hidden=spec.hidden,
+                          overwrite=name in self._defined)
         except Exception as err:  # a logging failure must never end a training run
             _errors.warn(
-                f"{self.owner}: defining the W&B summary of {name!r} failed ({type(err).__name__}: {err}); "
+                f"{self.owner}: defining the W&B summary of {self.wandb_key(name)!r} failed "
+                f"({type(err).__name__}: {err}); "
                 "training goes on without it."
             )
             return
@@ -233,6 +261,12 @@ class SummaryCore:
             found = self._spec_for(key)
             if found is not None:
                 self._define(run, key, found[1])
+            elif key.endswith(STEP_SUFFIX):
+                # `name_step` comes first (per batch); define `name_epoch` before its first value
+                twin = key[: -len(STEP_SUFFIX)] + EPOCH_SUFFIX
+                found = self._spec_for(twin)
+                if found is not None and twin not in self._defined:
+                    self._define(run, twin, found[1])
 
     # ------------------------------------------------------------------ observation
 
@@ -241,7 +275,7 @@ class SummaryCore:
         run = self.run
         run_id = str(run.id) if run is not None else None
         if run_id != self._run_id:
-            self._best, self._seen = {}, set()
+            self._best, self._seen, self._checkpoint_steps = {}, set(), {}
         self._run_id = run_id
         if forget_held:
             self._held = {}
@@ -296,24 +330,33 @@ class SummaryCore:
         run = self._current_run
         if not self._active or run is None:
             return
+        payload: dict[str, int] = {}
         if self.record_best_step and self._best:
-            payload: dict[str, int] = {}
             for key, best in self._best.items():
                 single = len(best) == 1
+                name = self.wandb_key(key)
                 for direction, (_, step, epoch) in best.items():
                     label = "best" if single else direction
-                    payload[f"{key}.{label}_step"] = int(step)
+                    payload[f"{name}.{label}_step"] = int(step)
                     if epoch is not None:  # a Fabric loop may give no epoch
-                        payload[f"{key}.{label}_epoch"] = int(epoch)
+                        payload[f"{name}.{label}_epoch"] = int(epoch)
+        if self.record_best_step:
+            for monitor, step in self._checkpoint_steps.items():
+                payload[f"{self.wandb_key(self.logged_key(monitor))}.best_checkpoint_step"] = int(step)
+        if payload:
             update_summary(run, payload, self.owner)
         if warn and self.warn_missing:
             elsewhere = _run_keys(run)  # logged around Lightning, e.g. by LearningRateMonitor
-            missing = [k for k in self._entry_names() if k not in self._seen and not _matches(k, elsewhere)]
+            missing = [
+                k for k in self._entry_names()
+                if k not in self._seen and not _matches(k, elsewhere) and not _matches(self.wandb_key(k), elsewhere)
+            ]
             if missing:
+                received = sorted(self.wandb_key(k) for k in self._logged_keys())
                 _errors.warn(
                     f"{self.owner}: {missing} matched no metric logged during this fit, so W&B has no summary "
                     f"for them. Check the names against the keys logged with `self.log(...)` "
-                    f"(logged here: {sorted(self._logged_keys())})."
+                    f"(W&B received: {received})."
                 )
 
     def _entry_names(self) -> list[str]:
@@ -323,14 +366,30 @@ class SummaryCore:
     def _logged_keys(self) -> set[str]:
         return {k for k in self._held if k != STEP_KEY}
 
+    def logged_key(self, entry: str) -> str:
+        """The key Lightning logs an entry's values under: ``entry`` itself, or ``<entry>_epoch`` for a
+        metric logged with both ``on_step`` and ``on_epoch`` (before the logger's prefix)."""
+        logged = self._logged_keys() | set(self._best)
+        if entry not in logged and entry + EPOCH_SUFFIX in logged:
+            return entry + EPOCH_SUFFIX
+        return entry
+
+    def note_checkpoint(self, monitor: str, step: int) -> None:
+        """Record that the best checkpoint of a ``ModelCheckpoint(monitor=monitor)`` is now the one saved at
+        ``step`` (the ``trainer/global_step`` of that moment, as ``UploadCheckpoints``' ``step-<n>`` alias)."""
+        if self._active:
+            self._checkpoint_steps[monitor] = int(step)
+
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """The run id, best values and entries seen: ``{"run_id", "best", "seen"}``."""
+        """The run id, best values, entries seen and best-checkpoint steps:
+        ``{"run_id", "best", "seen", "checkpoint_steps"}``."""
         return {
             "run_id": self._run_id,
             "best": {k: {d: list(v) for d, v in b.items()} for k, b in self._best.items()},
             "seen": sorted(self._seen),
+            "checkpoint_steps": dict(self._checkpoint_steps),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -338,6 +397,7 @@ class SummaryCore:
         self._run_id = state_dict.get("run_id")
         self._best = {k: {d: list(v) for d, v in b.items()} for k, b in state_dict.get("best", {}).items()}
         self._seen = set(state_dict.get("seen", ()))
+        self._checkpoint_steps = {str(k): int(v) for k, v in state_dict.get("checkpoint_steps", {}).items()}
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles callbacks: leave the live run and tensors behind.
