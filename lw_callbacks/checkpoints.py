@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
-from lw_callbacks import _compat
+from lw_callbacks import _compat, _state
 from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_path, warn
 from lw_callbacks._wandb import get_run, lightning_step, require_wandb_logger
 from lw_callbacks.core import uploader as files
@@ -333,11 +333,11 @@ class UploadCheckpoints(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.publisher.state_dict()
+        return _state.save(self.publisher.state_dict())
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.publisher.load_state_dict(state_dict)
+        self.publisher.load_state_dict(_state.load(type(self).__name__, state_dict))
 
     def restore(
         self, alias: str = "best", *, index: int = 0, root: str | os.PathLike[str] | None = None

@@ -65,6 +65,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import Tensor, nn
 
+from lw_callbacks import _state
 from lw_callbacks._errors import (
     ConfigurationError,
     Option,
@@ -380,11 +381,11 @@ class FabricMetricSummaries:
 
     def state_dict(self) -> dict[str, Any]:
         """Best values seen so far, for ``fabric.save(path, {..., "summaries": callback})``-style resumes."""
-        return self.core.state_dict()
+        return _state.save(self.core.state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.core.load_state_dict(state_dict)
+        self.core.load_state_dict(_state.load(type(self).__name__, state_dict))
 
 
 # ------------------------------------------------------------------------------------ watch
@@ -706,11 +707,11 @@ class FabricUploadCheckpoints:
 
     def state_dict(self) -> dict[str, Any]:
         """The ledger of handed-over files, to save with the checkpoint for a resume."""
-        return self.publisher.state_dict()
+        return _state.save(self.publisher.state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.publisher.load_state_dict(state_dict)
+        self.publisher.load_state_dict(_state.load(type(self).__name__, state_dict))
 
 
 # ------------------------------------------------------------------------------------ run dir

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lw_callbacks import _compat
+from lw_callbacks import _compat, _state
 from lw_callbacks._errors import ConfigurationError, Option
 from lw_callbacks._wandb import is_disabled, lightning_step, require_wandb_logger, run_of
 from lw_callbacks.core.summaries import SUMMARY_KINDS, SummaryCore, SummaryValue, check_arguments
@@ -315,11 +315,11 @@ class MetricSummaries(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self._core.state_dict()
+        return _state.save(self._core.state_dict())
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._core.load_state_dict(state_dict)
+        self._core.load_state_dict(_state.load(type(self).__name__, state_dict))
 
 
 # ---------------------------------------------------------------------- helpers

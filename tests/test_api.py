@@ -278,3 +278,50 @@ def test_the_read_only_check_sees_a_settable_option() -> None:
     obj = Plain()
     with pytest.raises(pytest.fail.Exception), pytest.raises(AttributeError):
         obj.log_freq = 0
+
+
+# ---------------------------------------------------------------------- saved state survives versions
+DATA = Path(__file__).parent / "data"
+STATEFUL: dict[str, Callable[[], Any]] = {
+    "UploadCheckpoints": UploadCheckpoints,
+    "MetricSummaries": lambda: MetricSummaries({"val_loss": "min"}),
+    "FabricUploadCheckpoints": FabricUploadCheckpoints,
+    "FabricMetricSummaries": lambda: FabricMetricSummaries({"val_loss": "min"}),
+}
+
+
+def _saved(version: int, name: str) -> dict[str, Any]:
+    """The state of ``name`` in the saved file of that format version (written by a real fit)."""
+    import torch
+
+    states = torch.load(DATA / f"callback_states_v{version}.pt", weights_only=True)
+    trainer_name = name.removeprefix("Fabric")
+    return next(v for k, v in states.items() if k.startswith(trainer_name))
+
+
+@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_a_saved_state_without_version_or_of_this_release_loads(name: str, version: int) -> None:
+    from lw_callbacks._state import FORMAT_KEY, FORMAT_VERSION
+
+    saved = _saved(version, name)
+    assert (FORMAT_KEY in saved) == (version > 0)
+    callback = STATEFUL[name]()
+    callback.load_state_dict(saved)
+    again = callback.state_dict()
+    assert again[FORMAT_KEY] == FORMAT_VERSION  # what is saved next carries the version
+    assert {k: v for k, v in again.items() if k != FORMAT_KEY} == {k: v for k, v in saved.items() if k != FORMAT_KEY}
+    assert again != STATEFUL[name]().state_dict()  # the file's content was loaded, not left empty
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+@pytest.mark.parametrize("version", [2, 99, "1", None, True])
+def test_a_state_of_an_unknown_future_version_is_refused_clearly(name: str, version: Any) -> None:
+    from lw_callbacks._state import FORMAT_KEY
+
+    saved = {**_saved(1, name), FORMAT_KEY: version}
+    callback = STATEFUL[name]()
+    with pytest.raises(ConfigurationError, match=rf"^{name}\.load_state_dict: .*format version {version!r}.*Upgrade"):
+        callback.load_state_dict(saved)
+    with pytest.raises(ConfigurationError, match=rf"^{name}\.load_state_dict: the saved state is a list"):
+        callback.load_state_dict([1])  # type: ignore[arg-type]
