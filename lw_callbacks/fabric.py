@@ -144,13 +144,19 @@ class FabricPredictionSamples:
         target_key: key of the target in dict batches.
         output_key: key of the predictions in dict outputs.
         task, box_format, normalized_boxes, score_threshold, sample_rate, decode: as
-            ``LogPredictionSamples``: segmentation masks, detection boxes, text, audio and
-            regression samples (``task="auto"`` tells them from the first batch); a dotted
+            ``LogPredictionSamples``: segmentation masks, detection boxes, text, audio, regression
+            and reconstruction samples (``task="auto"`` tells them from the first batch); a dotted
             ``decode`` path is imported at the first call.
+        predict: ``predict(model, batch) -> predictions`` on a batch holding only the chosen rows,
+            used in place of ``outputs`` (as ``LogPredictionSamples``); needs ``model=`` in the hook.
+        ignore_index: target label(s) to ignore, as ``LogPredictionSamples``; ``None`` reads them from
+            the ``model`` passed to the hook (its ``ignore_index``, ``hparams["ignore_index"]``, its direct
+            submodules' ``ignore_index`` but ``-100``), ``[]`` ignores none.
 
     Raises:
         ValueError: for bad arguments (as ``LogPredictionSamples``); from the hook, for a batch or
-            outputs it cannot read, an unknown ``stage``, or no usable outputs and no ``model``.
+            outputs it cannot read, an unknown ``stage``, or no usable outputs (or ``predict``) and no
+            ``model``.
         ConfigurationError: from the hook, when the Fabric has no W&B logger.
 
     Example::
@@ -195,9 +201,12 @@ class FabricPredictionSamples:
         score_threshold: float = 0.3,
         sample_rate: int | None = None,
         decode: Callable[[list[int]], str] | str | None = None,
+        predict: Callable[[Any, Any], Any] | str | None = None,
+        ignore_index: int | list[int] | None = None,
     ) -> None:
         task_opts = TaskOptions(
-            task, box_format, normalized_boxes, score_threshold, sample_rate, decode, owner=type(self).__name__
+            task, box_format, normalized_boxes, score_threshold, sample_rate, decode, predict, ignore_index,
+            owner=type(self).__name__,
         )
         names, stages = sample_arguments(
             num_samples, 1, key, class_names, log_images, log_table, log_scores, STAGES, False,
@@ -242,7 +251,8 @@ class FabricPredictionSamples:
             fabric: the ``Fabric``.
             batch: ``(x, y, ...)``, a dict, or a bare input tensor (as ``LogPredictionSamples``).
             outputs: the model's outputs on ``batch``: labels ``(N,)``, logits / probabilities
-                ``(N, C)``, or a dict holding them. ``None``: ``model`` is run on the chosen samples.
+                ``(N, C)``, or a dict holding them. ``None``: ``predict(model, batch)`` (when given),
+                else ``model`` is run on the chosen samples.
             step: the x-axis value (``trainer/global_step``), e.g. your optimizer step count.
             model: the model to run when ``outputs`` holds no predictions.
             stage: ``"validation"``, ``"test"`` or ``"predict"``: which panel section.
@@ -257,8 +267,13 @@ class FabricPredictionSamples:
             )
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         core = self.core
-        core.resolve()  # a dotted decode path, imported once
-        x, y, n = core.read_batch(stage, batch, outputs)  # every rank checks, so bad input fails alike
+        if model is None and core.predict is not None:
+            raise ConfigurationError(
+                f"{type(self).__name__}.log_prediction_samples: predict= is given, and it needs the model: pass "
+                "model=<your model> to the hook."
+            )
+        core.resolve(model)  # dotted paths imported, ignored labels read from the model
+        x, y, n = core.read_batch(stage, batch, outputs, model)  # every rank checks, so bad input fails alike
         if model is None and not core.has_predictions(stage, outputs, n):
             raise ConfigurationError(
                 f"{type(self).__name__}.log_prediction_samples: `outputs` holds no predictions "
@@ -273,7 +288,7 @@ class FabricPredictionSamples:
             self._fingerprints[stage] = fingerprint
             core.forget_inputs(stage)
         core.states[stage].collected = {}
-        core.collect_or_warn(stage, model, x, y, outputs, local, 0)
+        core.collect_or_warn(stage, model, x, y, outputs, local, 0, batch)
         core.log_collected(stage, lambda: run_of(logger, 0), int(step))
 
 

@@ -52,12 +52,23 @@ class LogPredictionSamples(Callback):
     example's index in the dataset. Only the chosen examples are detached and copied to the CPU;
     batches holding none of them cost a few integer comparisons.
 
-    **Where predictions come from**, with no change to the LightningModule: the output of
-    ``validation_step`` / ``test_step`` / ``predict_step`` when it is a tensor of labels ``(N,)`` (the
-    W&B guide's module), logits or probabilities ``(N, C)`` (argmax; the scores column holds the
-    softmax, or the probabilities as given), or a dict holding either under ``preds`` / ``logits``
-    / ``probs`` (or ``output_key``). Otherwise (``None``, a scalar loss, a dict without predictions)
-    the callback runs ``pl_module(x)`` on the chosen samples only.
+    **Where predictions come from**, with no change to the LightningModule, first found of:
+
+    1. ``predict``, when given: ``predict(pl_module, batch)`` on a batch of the loader's structure holding
+       only the chosen rows, for modules whose ``forward`` does not take the raw batch (an autoencoder
+       whose step flattens the images first);
+    2. the output of ``validation_step`` / ``test_step`` / ``predict_step`` when it is a tensor of labels
+       ``(N,)`` (the W&B guide's module), logits or probabilities ``(N, C)`` (argmax; the scores column
+       holds the softmax, or the probabilities as given), or a dict holding either under ``preds`` /
+       ``logits`` / ``probs`` (or ``output_key``);
+    3. otherwise (``None``, a scalar loss, a dict without predictions), the module's own ``predict_step``
+       (when it defines one) on the chosen rows, said once in an info message;
+    4. else ``pl_module(x)`` on the chosen rows.
+
+    Whichever of 1, 3 or 4 applies also runs on the first rows of the stage's first batch, on every rank,
+    logged or not: with the default sanity check a module it cannot read stops the fit before training,
+    with a ``ConfigurationError`` naming what to pass. A row whose scores are all NaN or infinite is
+    predicted ``nan``, never a class (one warning per fit says how many rows).
 
     **Batches**: ``(x, y, ...)`` tuples / lists, dicts (``input_key`` / ``target_key``; by default the
     first of ``image, images, x, input, inputs, input_ids, text, ...`` and ``label, labels, y,
@@ -102,6 +113,21 @@ class LogPredictionSamples(Callback):
       the inputs table's ``audio`` column (16-bit WAV at ``sample_rate``).
     * ``"regression"``: float targets (first batch not all whole numbers) and predictions ``(N,)``
       or ``(N, 1)``: ``target``, ``prediction`` and ``abs_error`` columns.
+    * ``"reconstruction"``: image inputs and a float output with as many values per example (the
+      input's shape, or flattened ``(N, C*H*W)``), unless the targets are masks. Each epoch's table holds
+      the ``reconstruction`` as an image (on the input's scale) and ``mse`` (against an image target of
+      the input's size, else the input); the panel shows each input beside its reconstruction.
+
+    **Ignored labels** (``ignore_index``, torchmetrics' convention): targets with one of these labels
+    count in no metric and no class list. Segmentation: those pixels are left out of ``iou``, drawn as
+    the class ``"ignored"`` in the masks (grey in the colour masks) and counted in an ``ignored``
+    column; detection: such ground-truth boxes match nothing, are not counted per class, are drawn
+    captioned ``"ignored"`` and counted in an ``ignored`` column; classification: the ground truth
+    reads ``"ignored"``. With ``ignore_index=None`` (the default) the labels are read at ``setup`` from
+    the module when it says so plainly: its ``ignore_index`` attribute (an int or a list),
+    ``hparams["ignore_index"]``, and the ``ignore_index`` of its direct submodules (a loss such as
+    ``nn.CrossEntropyLoss(ignore_index=250)``, a torchmetrics metric), except torch's default ``-100``;
+    an info message names what was read. ``ignore_index=[]`` ignores nothing.
 
     Under a strategy that shards the parameters (FSDP, DeepSpeed, model parallel), the step must
     return the predictions: running ``forward`` on rank 0 alone would wait forever for the other
@@ -133,6 +159,12 @@ class LogPredictionSamples(Callback):
         sample_rate: samples per second of audio inputs (required for audio).
         decode: turns one sample's token ids (a list of ints) into a string: a callable such as
             ``tokenizer.decode``, or its dotted import path (from LightningCLI YAML), imported at setup.
+        predict: ``predict(pl_module, batch) -> predictions`` for the chosen rows (a batch of the
+            loader's structure holding only them), in place of the step output; a callable or its
+            dotted import path (from LightningCLI YAML), imported at setup. Its output is read as a
+            step output (labels, scores, masks, boxes, a reconstruction, or a dict holding them).
+        ignore_index: a target label, or a list of them, to ignore (see above); ``None`` reads it from
+            the module; ``[]`` ignores none.
 
     Raises:
         ConfigurationError: at construction, for ``num_samples < 1``, ``every_n_epochs < 1``, an
@@ -146,7 +178,10 @@ class LogPredictionSamples(Callback):
             tasks: an unknown ``task`` / ``box_format``, ``task="audio"`` without ``sample_rate``
             (construction); a ``decode`` path that does not import (setup); at the first batch, a mask
             whose size differs from its image, a ground-truth box outside its image, audio without a
-            sample rate, each naming the sample and the shapes.
+            sample rate, each naming the sample and the shapes. A ``predict`` / ``ignore_index`` of the wrong
+            type (construction), a ``predict`` path that does not import (setup); at the first batch, a
+            ``predict``, ``predict_step`` or ``forward`` that fails on the chosen rows or returns no
+            predictions, naming what to pass.
 
     Example::
 
@@ -201,10 +236,13 @@ class LogPredictionSamples(Callback):
         score_threshold: float = 0.3,
         sample_rate: int | None = None,
         decode: Callable[[list[int]], str] | str | None = None,
+        predict: Callable[[Any, Any], Any] | str | None = None,
+        ignore_index: int | list[int] | None = None,
     ) -> None:
         super().__init__()
         task_opts = TaskOptions(
-            task, box_format, normalized_boxes, score_threshold, sample_rate, decode, owner=type(self).__name__
+            task, box_format, normalized_boxes, score_threshold, sample_rate, decode, predict, ignore_index,
+            owner=type(self).__name__,
         )
         names, stage_tuple = check_arguments(
             num_samples, every_n_epochs, key, class_names, log_images, log_table, log_scores, stages,
@@ -240,6 +278,10 @@ class LogPredictionSamples(Callback):
     score_threshold = _task_option("score_threshold", "Predicted boxes scoring below this are left out.")
     sample_rate = _task_option("sample_rate", "Samples per second of audio inputs, or ``None``.")
     decode = _task_option("decode", "The ``decode`` argument as given (a callable, a dotted path, or ``None``).")
+    predict = _task_option("predict", "The ``predict`` argument as given (a callable, a dotted path, or ``None``).")
+    ignore_index = _task_option("ignore_index",
+        "The ``ignore_index`` argument as given (``None``: read from the module)."
+    )
 
     @property
     @override
@@ -256,7 +298,7 @@ class LogPredictionSamples(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if _wandb.require_wandb_logger(trainer, type(self).__name__) is not None:
             _wandb.warm_up_media()  # W&B's first image / table log loads modules: load them now, off this thread
-        self._core.resolve()  # a dotted decode path is imported here: a bad one fails before training
+        self._core.resolve(pl_module)  # dotted paths imported and ignored labels read: a bad one fails before training
         self._core.sharded = _shards_parameters(trainer.strategy)
         for name in self._stages_of(stage):  # a new fit / test / predict may bring other data
             self._core.reset(name)
@@ -359,7 +401,7 @@ class LogPredictionSamples(Callback):
             return
         try:
             # The first batch seen is checked on every rank, logged or not (the sanity check's, by default).
-            x, y, n = core.read_batch(stage, batch, outputs)
+            x, y, n = core.read_batch(stage, batch, outputs, pl_module)
             if not active:
                 return
             if st.positions is None:
@@ -367,14 +409,14 @@ class LogPredictionSamples(Callback):
                 core.choose_positions(stage, loader, num_batches, warn_shuffle=trainer.global_rank == 0)
             if trainer.global_rank != 0:  # rank 0's samples are logged; the other ranks do no more work
                 return
-            core.collect_chosen(stage, pl_module, x, y, outputs, n)
+            core.collect_chosen(stage, pl_module, x, y, outputs, n, batch)
         except InputError as err:
             if trainer.state.fn != "fit" or trainer.sanity_checking:
                 raise  # nothing has trained yet: stop now, with the message
             core.disable(stage)
             warn(
-                f"{err} {type(self).__name__} logs no more {stage} samples in this fit (training goes on); fix "
-                "the setting, and keep the sanity check (num_sanity_val_steps > 0) to catch this before training."
+                f"{err} {type(self).__name__} logs no more {stage} samples in this fit (training goes on); fix it "
+                "as said above (with num_sanity_val_steps > 0 it would have stopped the fit before training)."
             )
 
     # ------------------------------------------------------------------ logging (rank 0)

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+from lw_callbacks.demo_tasks import Shapes
 
 NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 
@@ -34,6 +35,8 @@ __all__ = [
     "DictBatches",
     "DictOutputs",
     "EpochEndMetrics",
+    "LitAutoEncoder",
+    "LitAutoEncoderWithPredictStep",
     "LogDictTorchmetrics",
     "ManualTwoOptimizers",
     "OnStepOnEpoch",
@@ -42,8 +45,13 @@ __all__ = [
     "Tunable",
     "TwoValLoaders",
     "TwoValModel",
+    "UNetLike",
+    "UNetLikeReturnsLogits",
+    "VoidShapes",
+    "VoidShapesData",
     "api",
     "of",
+    "reconstruct",
 ]
 
 
@@ -238,6 +246,146 @@ class PerStepGAN(LightningModule):
 
 
 # ---------------------------------------------------------------------- namespaces
+
+# ---------------------------------------------------------------------- prediction samples
+def reconstruct(module: Any, batch: Any) -> Tensor:
+    """``LogPredictionSamples(predict=...)`` for :class:`LitAutoEncoder`: the step's own flattening, then
+    ``forward``."""
+    x, _ = batch
+    out: Tensor = module(x.view(x.size(0), -1))
+    return out
+
+
+class LitAutoEncoder(LightningModule):
+    """Shaped like Lightning's ``examples/pytorch/basics/autoencoder.py`` (8x8 digits instead of MNIST):
+    the step flattens the batch before ``forward``, ``validation_step`` returns nothing, and (unlike the
+    example) no ``predict_step``: ``forward`` cannot take the raw batch."""
+
+    def __init__(self, hidden_dim: int = 32, learning_rate: float = 1e-2) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer_1 = nn.Linear(8 * 8, hidden_dim)  # named first: the gradient checks read layer_1.weight
+        self.encoder = nn.Sequential(self.layer_1, nn.ReLU(), nn.Linear(hidden_dim, 3))
+        self.decoder = nn.Sequential(nn.Linear(3, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 8 * 8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.encoder(x)
+        out: Tensor = self.decoder(z)
+        return out
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._common_step(batch, batch_idx, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._common_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._common_step(batch, batch_idx, "test")
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
+
+    def _prepare_batch(self, batch: Any) -> Tensor:
+        x, _ = batch
+        return x.view(x.size(0), -1)
+
+    def _common_step(self, batch: Any, batch_idx: int, stage: str) -> Tensor:
+        x = self._prepare_batch(batch)
+        loss = F.mse_loss(x, self(x))
+        self.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=stage != "train")
+        return loss
+
+
+class LitAutoEncoderWithPredictStep(LitAutoEncoder):
+    """With the example's own ``predict_step``."""
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int | None = None) -> Tensor:
+        x = self._prepare_batch(batch)
+        out: Tensor = self(x)
+        return out
+
+
+VOID = 250  # the masks' label of unlabelled pixels, as in Lightning's semantic-segmentation example
+
+
+class VoidShapes(Shapes):
+    """:class:`~lw_callbacks.demo_tasks.Shapes` masks with a 2-pixel border of void pixels (label 250)."""
+
+    def mask(self, i: int) -> Tensor:
+        mask = super().mask(i)
+        mask[:2, :] = VOID
+        mask[-2:, :] = VOID
+        mask[:, :2] = VOID
+        mask[:, -2:] = VOID
+        return mask
+
+
+class VoidShapesData(LightningDataModule):
+    """:class:`VoidShapes` 16x16 images: 96 to train on, 64 to evaluate (unshuffled)."""
+
+    def __init__(self, batch_size: int = 16) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(VoidShapes(96, size=16, seed=1), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(VoidShapes(64, size=16), batch_size=self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class UNetLike(LightningModule):
+    """An encoder-decoder with one skip connection (per-pixel logits ``(N, 3, H, W)``), written like
+    Lightning's semantic-segmentation example: its loss ignores the void label
+    (``nn.CrossEntropyLoss(ignore_index=250)``) and ``validation_step`` returns nothing."""
+
+    returns_logits = False
+
+    def __init__(self, num_classes: int = 3, lr: float = 0.05) -> None:
+        super().__init__()
+        self.lr = lr
+        self.layer_1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.head = nn.Conv2d(16, num_classes, 1)
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=VOID)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = F.relu(self.layer_1(x))
+        b = F.relu(self.down(a))
+        out: Tensor = self.head(torch.cat([a, F.relu(self.up(b))], dim=1))
+        return out
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, mask = batch
+        loss: Tensor = self.loss_fn(self(x), mask)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        x, mask = batch
+        logits = self(x)
+        self.log("val_loss", self.loss_fn(logits, mask))
+        valid = mask != VOID
+        self.log("val_acc", (logits.argmax(dim=1) == mask)[valid].float().mean())
+        return logits if self.returns_logits else None
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class UNetLikeReturnsLogits(UNetLike):
+    """The same, its ``validation_step`` returning the logits."""
+
+    returns_logits = True
+
+
 _RENAMES = (
     ("lightning.pytorch", "pytorch_lightning"),
     ("lightning.fabric", "lightning_fabric"),

@@ -149,6 +149,13 @@ ROWS = [
     Row("per_step_monitor_gan", model="PerStepGAN", val_key="val_class_acc", train_key="g_loss",
         watched="generator.0.weight", per_step_monitor=True, trainer={"max_epochs": 3},
         checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="g_loss", save_top_k=2)]),
+    # an autoencoder shaped like Lightning's example: the step flattens the batch, validation_step returns nothing
+    Row("autoencoder_with_predict", model="LitAutoEncoder", predictions={"predict": modules.reconstruct},
+        val_key="val_loss",
+        checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="val_loss", mode="min", save_top_k=2)]),
+    # a UNet-like segmenter whose masks carry the void label 250; validation_step returns nothing
+    Row("segmentation_ignore_index", model="UNetLike", datamodule=lambda m: m.VoidShapesData(batch_size=16),
+        predictions={"ignore_index": 250}),
 ]
 
 

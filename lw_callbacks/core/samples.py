@@ -19,17 +19,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
 from lw_callbacks import _wandb
 from lw_callbacks._errors import ConfigurationError, WarnOnce, check_bool, check_int, check_names, check_str, warn
-from lw_callbacks.core import tasks
+from lw_callbacks.core import reconstruction, tasks
 from lw_callbacks.core.tasks import InputError
 
-__all__ = ["STAGES", "SampleCore", "StageState", "check_arguments", "display", "take"]
+__all__ = [
+    "NAN", "STAGES", "SampleCore", "StageState", "check_arguments", "display", "predict_step_of", "sub_batch", "take",
+]
 
 STAGES = ("validation", "test", "predict")
+NAN = "nan"  # the prediction shown for a row whose scores are all NaN or infinite
 _INPUT_KEYS = (
     "image", "images", "img", "x", "input", "inputs", "input_ids", "text", "features", "pixel_values",
     *tasks.AUDIO_KEYS,
@@ -37,7 +41,7 @@ _INPUT_KEYS = (
 _TARGET_KEYS = ("label", "labels", "y", "target", "targets", "class", "classes", "mask", "masks")
 _OUTPUT_KEYS = (
     "preds", "pred", "predictions", "logits", "probs", "probabilities", "scores", "y_hat", "out", "masks",
-    "detections",
+    "detections", "x_hat", "reconstruction", "reconstructions",
 )
 _ACCEPTED_BATCH = (
     "a tuple / list `(x, y, ...)`, a dict holding the input and target under `input_key` / `target_key`, "
@@ -46,7 +50,13 @@ _ACCEPTED_BATCH = (
 _ACCEPTED_OUTPUT = (
     "a tensor of labels `(N,)`, a tensor of logits or probabilities `(N, C)`, a dict holding one of those under "
     f"{list(_OUTPUT_KEYS)} (or `output_key`), or nothing usable (None, a scalar loss, a dict without "
-    "predictions), in which case the callback runs `pl_module(x)` on the chosen samples"
+    "predictions), in which case the callback runs `predict=`, else the module's own `predict_step`, else "
+    "`pl_module(x)`, on the chosen samples"
+)
+_HOW_TO_PREDICT = (
+    "Pass {owner}(predict=<callable(module, batch) -> predictions>) (from LightningCLI YAML, its "
+    "import path), give the module a predict_step that returns predictions for a batch, or return the "
+    "predictions from the {stage} step."
 )
 _MAX_SCORE_COLUMNS = 64
 _MAX_VALUES_SHOWN = 64
@@ -62,7 +72,8 @@ class _Sample:
     truth: Any
     pred: Any = None
     scores: list[float] | None = None
-    metric: float | None = None  # segmentation IoU, detection matches at IoU 0.5, regression absolute error
+    metric: float | None = None  # segmentation IoU, detection matches@0.5, regression abs error, reconstruction MSE
+    ignored: int | None = None  # segmentation: ignored pixels of the truth; detection: ignored ground-truth boxes
 
 
 @dataclass
@@ -82,6 +93,8 @@ class StageState:
     inputs_table: Any = None  # the wandb.Table holding the inputs, logged once per run
     inputs_run: str | None = None  # id of the run that holds inputs_table
     disabled: bool = False  # unreadable input first seen after training began: logging stopped for this fit
+    nan_rows: int = 0  # collected rows this epoch whose scores are all NaN / infinite
+    nan_warned: bool = False  # said once per fit / test / predict
 
 
 def check_arguments(
@@ -192,21 +205,33 @@ class SampleCore:
         self.states: dict[str, StageState] = {s: StageState() for s in stages}
         self.sharded = False
         self._warnings = WarnOnce()
+        self._said_predict_step = False
+
+    @property
+    def predict(self) -> Callable[..., Any] | str | None:
+        """The ``predict`` argument as given (a callable, a dotted path, or ``None``), imported at :meth:`resolve`."""
+        return self.task_opts.predict
+
+    @property
+    def ignored(self) -> frozenset[int]:
+        """The labels ignored now: ``ignore_index``, or what the module said (after :meth:`resolve`)."""
+        return self.task_opts.ignored
 
     def section(self, stage: str) -> str:
         """The panel section a stage logs under: ``key`` for validation, ``key_<stage>`` otherwise."""
         return self.key if stage == "validation" else f"{self.key}_{stage}"
 
-    def resolve(self) -> None:
-        """Import a dotted ``decode`` path (once): a bad one fails here, before any batch."""
-        self.task_opts.resolve()
+    def resolve(self, module: Any = None) -> None:
+        """Import dotted ``decode`` / ``predict`` paths and settle the ignored labels (``ignore_index``, or
+        read from ``module``): a bad path fails here, before any batch."""
+        self.task_opts.resolve(module)
 
     # ------------------------------------------------------------------ per stage
     def reset(self, stage: str) -> None:
         """Forget what was chosen and checked for ``stage``: a new fit / test / predict may bring other data."""
         st = self.states[stage]
         st.ran, st.checked, st.positions, st.ids, st.images, st.encoded = False, False, None, {}, {}, {}
-        st.disabled, st.task = False, None
+        st.disabled, st.task, st.nan_warned = False, None, False
 
     def start_epoch(self, stage: str) -> None:
         """A new pass over ``stage``'s stream: positions count from 0, nothing collected yet."""
@@ -214,6 +239,7 @@ class SampleCore:
         if st is not None:
             st.seen = 0
             st.collected = {}
+            st.nan_rows = 0
 
     def forget_inputs(self, stage: str) -> None:
         """The inputs changed: the kept pixels and the logged inputs table no longer name these ids."""
@@ -225,9 +251,12 @@ class SampleCore:
         st = self.states[stage]
         st.disabled, st.collected = True, {}
 
-    def collect_chosen(self, stage: str, module: Any, x: Any, y: Any, outputs: Any, n: int) -> None:
+    def collect_chosen(
+        self, stage: str, module: Any, x: Any, y: Any, outputs: Any, n: int, batch: Any = None
+    ) -> None:
         """Collect the chosen positions that fall in this batch of ``n`` examples (after :meth:`read_batch`
-        and :meth:`choose_positions`); a batch holding none of them costs a few integer comparisons."""
+        and :meth:`choose_positions`); a batch holding none of them costs a few integer comparisons.
+        ``batch``: the batch as the loader gave it (what ``predict`` / ``predict_step`` read)."""
         st = self.states[stage]
         assert st.positions is not None
         start = st.seen
@@ -237,28 +266,38 @@ class SampleCore:
         if lo == hi:
             return
         local = [p - start for p in st.positions[lo:hi]]
-        self.collect_or_warn(stage, module, x, y, outputs, local, start)
+        self.collect_or_warn(stage, module, x, y, outputs, local, start, batch)
 
-    def read_batch(self, stage: str, batch: Any, outputs: Any) -> tuple[Any, Any, int]:
+    def read_batch(self, stage: str, batch: Any, outputs: Any, module: Any = None) -> tuple[Any, Any, int]:
         """Split ``batch`` into inputs, targets and their count; the stage's first batch is checked
-        (on every rank, so a bad layout fails everywhere alike)."""
+        (on every rank, so a bad layout fails everywhere alike). When the predictions do not come from
+        ``outputs`` (``predict``, the module's ``predict_step`` or ``forward``), that is run on the first
+        batch's first rows here too, so a module it cannot read fails at this first batch."""
         st = self.states[stage]
         st.ran = True
         x, y = self._split_batch(batch)
         n = _batch_len(x, self.owner)
         if not st.checked:
-            self._check_first(stage, x, y, outputs, n, self._input_key_of(batch))
+            self._check_first(stage, x, y, outputs, n, self._input_key_of(batch), batch, module)
             st.checked = True
         return x, y, n
 
     def collect_or_warn(
-        self, stage: str, module: Any, x: Any, y: Any, outputs: Any, local: list[int], start: int
+        self,
+        stage: str,
+        module: Any,
+        x: Any,
+        y: Any,
+        outputs: Any,
+        local: list[int],
+        start: int,
+        batch: Any = None,
     ) -> None:
         """Collect rows ``local`` of this batch (stream positions ``start + local``) for this epoch's log;
         a problem other than bad input (:class:`~lw_callbacks.core.tasks.InputError`, raised) warns once
         and leaves the samples out."""
         try:
-            self._collect(stage, module, x, y, outputs, local, start)
+            self._collect(stage, module, x, y, outputs, local, start, batch)
         except InputError:
             raise
         except Exception as err:  # a logging problem never ends training
@@ -315,14 +354,47 @@ class SampleCore:
             return outputs[found] if found is not None else None
         return outputs
 
-    def _check_first(self, stage: str, x: Any, y: Any, outputs: Any, n: int, x_key: str | None = None) -> None:
+    def _check_first(
+        self,
+        stage: str,
+        x: Any,
+        y: Any,
+        outputs: Any,
+        n: int,
+        x_key: str | None = None,
+        batch: Any = None,
+        module: Any = None,
+    ) -> None:
         st = self.states[stage]
+        if self.task_opts.predictor is None and self.output_key is not None and isinstance(outputs, Mapping):
+            self._output_tensor(outputs, n, stage)  # a dict without output_key: say so, naming it
+        what = "step output"
+        if self.uses_fallback(outputs):
+            if self.sharded:
+                given = self.task_opts.predictor is not None
+                raise InputError(
+                    f"{self.owner}: the {stage} step returned no predictions"
+                    f"{' (predict= is given, and would run on rank 0 alone)' if given else ''}, and under a strategy "
+                    "that shards the parameters (FSDP, DeepSpeed, model parallel) running the module's forward on "
+                    f"rank 0 alone would wait forever for the other ranks. Return the predictions from the {stage} "
+                    f"step, as one of: {_ACCEPTED_OUTPUT.split(', or nothing usable')[0]}."
+                )
+            if module is not None and n > 0:
+                # What logging will run on the chosen rows, tried now on the first rows: a module it cannot
+                # read stops the fit at this first batch (the sanity check's, by default), not after training.
+                local = list(range(min(n, self.num_samples)))
+                outputs, what = self._fallback(stage, module, batch if batch is not None else x, x, local, n)
+                x, y, n = take(x, local), (take(y, local) if y is not None else None), len(local)
         raw = self._raw_output(outputs)
         if isinstance(raw, np.ndarray):
             raw = torch.from_numpy(raw)
         st.task = tasks.guess(self.task_opts, x, y, raw, x_key, _looks_like_images(x))
         if st.task in tasks.ANNOTATED:
             self._check_annotated(stage, x, y, raw, n)
+            return
+        if st.task == "reconstruction":
+            reconstruction.check(x, raw, n, stage, self.owner)
+            st.input_kind = "image"
             return
         if st.task == "audio":
             tasks.check_audio(x, self.task_opts, stage)
@@ -350,7 +422,13 @@ class SampleCore:
                 f"{self.owner}: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
                 f"targets ({tasks.describe(y)}); inputs and targets must have the same first dimension."
             )
-        value = self._output_tensor(outputs, n, stage)
+        value = self._output_tensor(outputs, n, stage, what)
+        if value is None and what != "step output":
+            raise InputError(
+                f"{self.owner}: the {what} on the chosen {stage} samples is a {tasks.describe(outputs)}; "
+                f"expected logits / probabilities (N, C), labels (N,), or a dict holding them. "
+                + _HOW_TO_PREDICT.format(stage=stage, owner=self.owner)
+            )
         if st.task == "regression":
             tasks.check_regression(value, y, n, stage, self.owner)
             return
@@ -363,9 +441,10 @@ class SampleCore:
         needed = []
         if scores is not None and scores.ndim == 2 and scores.shape[1] > 1:
             needed.append(("scores", int(scores.shape[1]) - 1))
-        for what, vals in (("labels", _int_values(y)), ("predictions", _int_values(labels))):
+        targets = [v for v in _int_values(y) if v not in self.ignored]  # ignored labels need no class name
+        for kind, vals in (("labels", targets), ("predictions", _int_values(labels))):
             if vals:
-                needed.append((what, max(vals)))
+                needed.append((kind, max(vals)))
         for what, top in needed:
             if top >= k:
                 raise InputError(
@@ -374,11 +453,21 @@ class SampleCore:
                     "order, or class_names=None to show the numbers."
                 )
 
+    def uses_fallback(self, outputs: Any) -> bool:
+        """Whether predictions come from ``predict``, the module's ``predict_step`` or ``forward`` (run on the
+        chosen rows) instead of the step output: ``predict`` is given, or the output holds no predictions."""
+        if self.task_opts.predictor is not None:
+            return True
+        raw = self._raw_output(outputs)
+        if tasks.is_strings(raw) or tasks.is_detections(raw):
+            return False
+        return not (isinstance(raw, (Tensor, np.ndarray)) and raw.ndim > 0)
+
     def has_predictions(self, stage: str, outputs: Any, n: int) -> bool:
         """Whether the step output holds this stage's task predictions (after the first batch's check)."""
         task = self.states[stage].task
         raw = self._raw_output(outputs)
-        if task == "segmentation":
+        if task in ("segmentation", "reconstruction"):
             return isinstance(raw, (Tensor, np.ndarray)) and raw.ndim > 0
         if task == "detection":
             return tasks.is_detections(raw)
@@ -407,7 +496,9 @@ class SampleCore:
                     "expected masks (N, H, W) of class ids or scores (N, C, H, W), a dict holding them, or nothing "
                     "(the callback then runs the module's forward on the chosen samples)."
                 )
-            tasks.check_segmentation(x, y, value, n, stage, self.class_names, self.owner)
+            tasks.check_segmentation(
+                x, y, value, n, stage, self.class_names, ignored=self.ignored, owner=self.owner
+            )
         else:
             value = raw if tasks.is_detections(raw) else None
             if raw is not None and value is None and not (isinstance(raw, Tensor) and raw.ndim == 0):
@@ -425,7 +516,7 @@ class SampleCore:
                 f"would wait forever for the other ranks. Return the {task} predictions from the {stage} step."
             )
 
-    def _output_tensor(self, outputs: Any, n: int, stage: str) -> Tensor | None:
+    def _output_tensor(self, outputs: Any, n: int, stage: str, what: str = "step output") -> Tensor | None:
         """The step output's predictions tensor, layout checked; ``None`` means "run forward"."""
         value = outputs
         if isinstance(outputs, Mapping):
@@ -445,7 +536,7 @@ class SampleCore:
             value = torch.from_numpy(value)
         if not isinstance(value, Tensor):
             return None  # e.g. (loss, something): not predictions; run forward
-        _check_prediction_shape(value, n, stage, "step output", self.owner)
+        _check_prediction_shape(value, n, stage, what, self.owner)
         return value
 
     # ------------------------------------------------------------------ choosing samples
@@ -474,20 +565,38 @@ class SampleCore:
 
     # ------------------------------------------------------------------ collecting (rank 0, chosen rows only)
     def _collect(
-        self, stage: str, module: Any, x: Any, y: Any, outputs: Any, local: list[int], start: int
+        self,
+        stage: str,
+        module: Any,
+        x: Any,
+        y: Any,
+        outputs: Any,
+        local: list[int],
+        start: int,
+        batch: Any = None,
     ) -> None:
         st = self.states[stage]
         ids = [st.ids.get(start + p, start + p) for p in local]
+        out, rows, n_out, what = self._outputs_for(stage, module, batch, x, outputs, local)
         if st.task in tasks.ANNOTATED:
-            self._collect_annotated(stage, module, x, y, outputs, local, ids, start)
+            self._collect_annotated(stage, x, y, out, rows, n_out, what, local, ids, start)
             return
-        raw = self._raw_output(outputs)
+        if st.task == "reconstruction":
+            self._collect_reconstruction(stage, x, y, out, rows, n_out, what, local, ids, start)
+            return
+        raw = self._raw_output(out)
         if tasks.is_strings(raw):
-            rows: Any = [raw[i] for i in local]
+            chosen: Any = [raw[i] for i in rows]
         else:
-            value = self._output_tensor(outputs, _batch_len(x), stage)
-            rows = take(value, local) if value is not None else self._forward(module, x, local, stage)
-        preds, probs = self._predictions(st.task, rows)
+            value = self._output_tensor(out, n_out, stage, what)
+            if value is None:
+                raise InputError(
+                    f"{self.owner}: the {what} on the chosen {stage} samples is a {tasks.describe(out)}; "
+                    "expected logits / probabilities (N, C), labels (N,), or a dict holding them. "
+                    + _HOW_TO_PREDICT.format(stage=stage, owner=self.owner)
+                )
+            chosen = take(value, rows)
+        preds, probs = self._predictions(st.task, chosen)
         truths = self._truths(st.task, y, local)
         for j, pos in enumerate(p + start for p in local):
             sid = ids[j]
@@ -505,8 +614,73 @@ class SampleCore:
                 metric=metric,
             )
 
+    def _outputs_for(
+        self, stage: str, module: Any, batch: Any, x: Any, outputs: Any, local: list[int]
+    ) -> tuple[Any, list[int], int, str]:
+        """Where the chosen rows' predictions are: ``(outputs, rows of it, its length, what it is)``, from the
+        step output, or from ``predict`` / ``predict_step`` / ``forward`` run on the chosen rows only."""
+        n = _batch_len(x)
+        if not self.uses_fallback(outputs):
+            return outputs, local, n, "step output"
+        if module is None:
+            raise InputError(
+                f"{self.owner}: the {stage} outputs hold no predictions and there is no model to compute them."
+            )
+        out, what = self._fallback(stage, module, batch if batch is not None else x, x, local, n)
+        return out, list(range(len(local))), len(local), what
+
+    def _fallback(self, stage: str, module: Any, batch: Any, x: Any, local: list[int], n: int) -> tuple[Any, str]:
+        """Run ``predict(module, batch)``, else the module's own ``predict_step(batch, 0)``, else ``module(x)``,
+        on a batch holding only rows ``local`` (under ``torch.no_grad``); returns its output (tensors on the
+        CPU) and what ran."""
+        predictor = self.task_opts.predictor
+        step = None if predictor is not None else predict_step_of(module)
+        sub = sub_batch(batch, local, n) if predictor is not None or step is not None else take(x, local, True)
+        if predictor is not None:
+            what = f"output of predict={_callable_name(self.task_opts.predict)}"
+        elif step is not None:
+            what = f"output of {step}"
+        else:
+            what = "output of pl_module(x)"
+        try:
+            with torch.no_grad():
+                if predictor is not None:
+                    out = predictor(module, sub)
+                elif step is not None:
+                    out = module.predict_step(sub, 0)
+                else:
+                    out = module(sub)
+        except InputError:
+            raise
+        except Exception as err:
+            if predictor is not None:
+                raise InputError(
+                    f"{self.owner}(predict={_callable_name(self.task_opts.predict)}): it failed on the chosen "
+                    f"{stage} samples ({tasks.describe(sub)}): {type(err).__name__}: {err}. It is called as "
+                    "predict(module, batch), the batch as the loader gives it but holding only the chosen rows, "
+                    "and must return their predictions."
+                ) from err
+            ran = step if step is not None else "pl_module(x)"
+            raise InputError(
+                f"{self.owner}: the {stage} step returned no predictions, so the callback ran {ran} on the "
+                f"chosen samples ({tasks.describe(sub)}), which failed: {type(err).__name__}: {err}. "
+                + _HOW_TO_PREDICT.format(stage=stage, owner=self.owner)
+            ) from err
+        if step is not None and not self._said_predict_step:
+            self._said_predict_step = True
+            rank_zero_info(
+                f"{self.owner}: the {stage} step returns no predictions; the samples' predictions come from "
+                f"{step} on the chosen rows (pass predict= to choose another way)."
+            )
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+            out = out[0]  # (predictions, extras)
+        if isinstance(out, Tensor):
+            out = out.detach().cpu()
+        return out, what
+
     def _predictions(self, task: str | None, rows: Any) -> tuple[list[Any], list[list[float]] | None]:
-        """Predictions (and class probabilities) of the chosen rows, read as the task reads them."""
+        """Predictions (and class probabilities) of the chosen rows, read as the task reads them; a row whose
+        scores are all NaN or infinite is predicted :data:`NAN`, never a class."""
         if tasks.is_strings(rows):
             return list(rows), None
         if task == "regression":
@@ -516,7 +690,11 @@ class SampleCore:
             if texts is not None:
                 return texts, None
         labels, scores = _labels_and_scores(rows)
-        return _label_list(labels), (_probabilities(scores) if scores is not None else None)
+        preds = _label_list(labels)
+        for j, bad in enumerate(_no_finite_score(rows)):
+            if bad:
+                preds[j] = NAN
+        return preds, (_probabilities(scores) if scores is not None else None)
 
     def _truths(self, task: str | None, y: Any, local: list[int]) -> list[Any]:
         if y is None:
@@ -528,7 +706,9 @@ class SampleCore:
             texts = tasks.decode_rows(rows, self.task_opts)
             if texts is not None:
                 return texts
-        return _label_list(rows)
+        labels = _label_list(rows)
+        ignored = self.ignored
+        return [tasks.IGNORED_NAME if isinstance(v, int) and v in ignored else v for v in labels]
 
     def _shown(self, sample: Any, kind: str, sid: int) -> Any:
         if kind == "audio":
@@ -540,47 +720,39 @@ class SampleCore:
     def _collect_annotated(
         self,
         stage: str,
-        module: Any,
         x: Any,
         y: Any,
-        outputs: Any,
+        out: Any,
+        rows: list[int],
+        n_out: int,
+        what: str,
         local: list[int],
         ids: list[int],
         start: int,
     ) -> None:
         """Segmentation / detection: pixels and ground truth once per sample id, predictions every epoch."""
         st = self.states[stage]
-        raw = self._raw_output(outputs)
+        raw = self._raw_output(out)
         if isinstance(raw, np.ndarray):
             raw = torch.from_numpy(raw)
         segmentation = st.task == "segmentation"
+        ignored = self.ignored
         if segmentation:  # reduced to uint8 class ids now: the scores are not kept
-            if isinstance(raw, Tensor) and raw.ndim > 0:
-                preds: list[Any] = list(tasks.mask_rows(raw, local))
-            else:
-                rows: Any = self._forward_raw(module, x, local, stage)
-                if isinstance(rows, Mapping):
-                    rows = next((rows[k] for k in ("out", *_OUTPUT_KEYS) if k in rows), rows)
-                if not isinstance(rows, Tensor) or rows.ndim not in (3, 4) or rows.shape[0] != len(local):
-                    raise InputError(
-                        f"{self.owner}(task='segmentation'): pl_module(x) on the chosen {stage} samples "
-                        f"returned a {tasks.describe(rows)}; expected masks (k, H, W) or scores (k, C, H, W)."
-                    )
-                preds = list(tasks.mask_rows(rows, range(len(local))))
-                del rows
+            if not isinstance(raw, Tensor) or raw.ndim not in (3, 4) or raw.shape[0] != n_out:
+                raise InputError(
+                    f"{self.owner}(task='segmentation'): the {what} on the chosen {stage} samples is a "
+                    f"{tasks.describe(raw)}; expected masks (k, H, W) or scores (k, C, H, W)."
+                )
+            preds: list[Any] = list(tasks.mask_rows(raw, rows))
         else:
-            if tasks.is_detections(raw):
-                found = [raw[i] for i in local]
-            else:
-                found = self._forward_raw(module, x, local, stage)
-                if not tasks.is_detections(found) or len(found) != len(local):
-                    raise InputError(
-                        f"{self.owner}(task='detection'): pl_module(x) on the chosen {stage} samples returned "
-                        f"a {tasks.describe(found)}; expected a list of dicts with 'boxes', 'labels', 'scores'."
-                    )
+            if not tasks.is_detections(raw) or len(raw) != n_out:
+                raise InputError(
+                    f"{self.owner}(task='detection'): the {what} on the chosen {stage} samples is a "
+                    f"{tasks.describe(raw)}; expected a list of dicts with 'boxes', 'labels', 'scores'."
+                )
             preds = [
-                tasks.read_boxes(d, tasks.image_hw(x[i]), self.task_opts, predicted=True)
-                for d, i in zip(found, local, strict=True)
+                tasks.read_boxes(raw[r], tasks.image_hw(x[i]), self.task_opts, predicted=True)
+                for r, i in zip(rows, local, strict=True)
             ]
         for j, sid in enumerate(ids):
             if sid in st.images:
@@ -588,47 +760,67 @@ class SampleCore:
             i = local[j]  # read in place: the row's pixels and mask are converted straight into the kept copy
             truth: Any = None
             if y is not None and segmentation:
-                truth = tasks.mask_rows(y, [i])[0]
+                truth = tasks.truth_mask(y, i, ignored)
             elif y is not None:
                 truth = tasks.read_boxes(y[i], tasks.image_hw(x[i]), self.task_opts, predicted=False)
             st.images[sid] = (tasks.off_heap(display(x[i], "image")), truth)
         for j, pos in enumerate(p + start for p in local):
             shown, truth = st.images[ids[j]]
             metric: float | None = None
+            skipped: int | None = None
             if truth is not None:
-                metric = tasks.mask_iou(truth, preds[j]) if segmentation else tasks.matches(truth, preds[j])
-            st.collected[pos] = _Sample(id=ids[j], display=shown, truth=truth, pred=preds[j], metric=metric)
-
-    def _forward_raw(self, module: Any, x: Any, local: list[int], stage: str) -> Any:
-        """``module(x)`` on the chosen rows only, as it comes."""
-        chosen = take(x, local, keep_device=True)
-        try:
-            with torch.no_grad():
-                out = module(chosen)
-        except Exception as err:
-            raise InputError(
-                f"{self.owner}: the {stage} step returned no predictions, so the callback ran the module "
-                f"forward on the chosen samples ({tasks.describe(chosen)}), which failed: {type(err).__name__}: {err}. "
-                f"Return predictions from the step, as one of: {_ACCEPTED_OUTPUT}."
-            ) from err
-        if isinstance(out, Tensor):
-            return out.detach().cpu()
-        return out
-
-    def _forward(self, module: Any, x: Any, local: list[int], stage: str) -> Tensor:
-        out = self._forward_raw(module, x, local, stage)
-        if isinstance(out, Mapping):
-            found = next((k for k in ([self.output_key] if self.output_key else _OUTPUT_KEYS) if k in out), None)
-            out = out[found] if found is not None else None
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-            out = out[0]
-        if not isinstance(out, Tensor):
-            raise InputError(
-                f"{self.owner}: pl_module(x) on the chosen {stage} samples returned "
-                f"{type(out).__name__}; expected logits / probabilities (N, C) or labels (N,)."
+                if segmentation:
+                    metric = tasks.mask_iou(truth, preds[j], ignore=bool(ignored))
+                    skipped = tasks.ignored_pixels(truth) if ignored else None
+                else:
+                    metric = tasks.matches(truth, preds[j])
+                    skipped = truth.num_ignored() if ignored else None
+            st.collected[pos] = _Sample(
+                id=ids[j], display=shown, truth=truth, pred=preds[j], metric=metric, ignored=skipped
             )
-        _check_prediction_shape(out, len(local), stage, "forward output", self.owner)
-        return out.detach().cpu()
+
+    def _collect_reconstruction(
+        self,
+        stage: str,
+        x: Any,
+        y: Any,
+        out: Any,
+        rows: list[int],
+        n_out: int,
+        what: str,
+        local: list[int],
+        ids: list[int],
+        start: int,
+    ) -> None:
+        """Reconstruction: the input's pixels once per sample id; each epoch the output as an image drawn on
+        the input's scale, and its mean squared error."""
+        st = self.states[stage]
+        raw = self._raw_output(out)
+        if isinstance(raw, np.ndarray):
+            raw = torch.from_numpy(raw)
+        if not isinstance(raw, Tensor) or raw.shape[0] != n_out:
+            raise InputError(
+                f"{self.owner}(task='reconstruction'): the {what} on the chosen {stage} samples is a "
+                f"{tasks.describe(raw)}; expected one image per example, shaped like the input or flattened."
+            )
+        image_targets = isinstance(y, (Tensor, np.ndarray)) and reconstruction.looks_like(x, None, y)
+        truths = [None] * len(local) if y is None or image_targets else self._truths("classification", y, local)
+        for j, pos in enumerate(p + start for p in local):
+            sid, i = ids[j], local[j]
+            if sid not in st.images:
+                row = x[i].detach().cpu().numpy() if isinstance(x[i], Tensor) else np.asarray(x[i])
+                scale = _display_range(row)
+                st.images[sid] = (_to_uint8(row, scale), scale)
+            shown, scale = st.images[sid]
+            recon = reconstruction.reshape_like(raw[rows[j]], x[i])
+            ref = reconstruction.reference(x[i], y[i] if image_targets else None)
+            st.collected[pos] = _Sample(
+                id=sid,
+                display=shown,
+                truth=truths[j],
+                pred=_to_uint8(recon, scale),
+                metric=reconstruction.mse(recon, ref),
+            )
 
     # ------------------------------------------------------------------ logging (rank 0)
     def log_collected(self, stage: str, get_run: Callable[[], Any], step: int) -> None:
@@ -638,6 +830,14 @@ class SampleCore:
         st.collected = {}
         if not samples:
             return
+        nan = sum(1 for s in samples if isinstance(s.pred, str) and s.pred == NAN and st.task != "text")
+        if nan and not st.nan_warned:
+            st.nan_warned = True
+            warn(
+                f"{self.owner}: {nan} of the {len(samples)} {stage} samples logged at step {step} have no "
+                f"finite score (all NaN or infinite); their prediction is shown as {NAN!r}, not as a class. "
+                "(Said once per fit / test / predict.)"
+            )
         run = get_run()
         if run is None:
             return
@@ -670,7 +870,8 @@ class SampleCore:
         if self.log_table:
             known = _row_index(st.inputs_table)
             if st.inputs_run != getattr(run, "id", None) or any(s.id not in known for s in samples):
-                rows = [[s.id, self._input_cell(st, s), self._truth_cell(st, s)] for s in samples]
+                truths = _one_type([self._truth_cell(st, s) for s in samples])
+                rows = [[s.id, self._input_cell(st, s), t] for s, t in zip(samples, truths, strict=True)]
                 kind = st.input_kind or "value"
                 columns: list[str | int] = ["id", kind if kind in ("image", "text", "audio") else "input", truth_column]
                 inputs = wandb.Table(columns=columns, data=rows)
@@ -681,6 +882,8 @@ class SampleCore:
             refs = [st.inputs_table.index_ref(row_of[s.id]) if s.id in row_of else None for s in samples]
             if annotated:
                 columns, rows = self._annotated_rows(st, samples, refs)
+            elif st.task == "reconstruction":
+                columns, rows = self._reconstruction_rows(samples, refs)
             else:
                 columns, rows = self._prediction_rows(st, samples, refs)
             _wandb.log(run, {f"{section}/table": wandb.Table(columns=columns, data=rows)}, step, owner)
@@ -694,6 +897,13 @@ class SampleCore:
                 return
             if annotated:  # masks and boxes change each epoch: a new image with its annotations
                 images = [self._annotated_image(st, s, caption=True) for s in samples]
+                _wandb.log(run, {f"{section}/images": images}, step, owner)
+                return
+            if st.task == "reconstruction":  # the input and its reconstruction side by side
+                images = [
+                    wandb.Image(reconstruction.side_by_side(s.display, s.pred), caption=self._caption(s))
+                    for s in samples
+                ]
                 _wandb.log(run, {f"{section}/images": images}, step, owner)
                 return
             images = [_captioned(st.encoded.get(s.id), s.display, self._caption(s)) for s in samples]
@@ -733,11 +943,16 @@ class SampleCore:
         if with_scores:
             columns += [f"score_{self._name(c)}" for c in range(n_classes)]
         rows = []
-        for s, ref in zip(samples, refs, strict=True):
-            row = [s.id, ref, _cell(self._name(s.truth)), _cell(self._name(s.pred))]
+        truths = _one_type([_cell(self._name(s.truth)) for s in samples])
+        preds = _one_type([_cell(self._name(s.pred)) for s in samples])
+        for s, ref, truth, pred in zip(samples, refs, truths, preds, strict=True):
+            row = [s.id, ref, truth, pred]
             if with_scores:
                 scores = s.scores or []
-                row += [round(float(v), 6) if i < len(scores) else None for i, v in _pad(scores, n_classes)]
+                row += [
+                    round(float(v), 6) if i < len(scores) and math.isfinite(v) else None
+                    for i, v in _pad(scores, n_classes)
+                ]
             rows.append(row)
         return columns, rows
 
@@ -747,20 +962,27 @@ class SampleCore:
 
     def _class_labels(self, *ids: Any) -> dict[int, str]:
         present: list[int] = []
+        ignored: list[int] = []
         for v in ids:
             if isinstance(v, np.ndarray):
                 present += np.unique(v).tolist()
+                ignored += [tasks.IGNORED] if self.ignored else []
             elif isinstance(v, tasks.Boxes):
                 present += v.labels
-        return tasks.class_labels(present, self.class_names)
+                ignored += sorted(self.ignored)
+        return tasks.class_labels(present, self.class_names, ignored)
 
     def _summary(self, st: StageState, v: Any) -> str | None:
-        """Classes in a mask (``"background, circle"``) or boxes per class (``"2 circle, 1 square"``)."""
+        """Classes in a mask (``"background, circle"``) or boxes per class (``"2 circle, 1 square"``); ignored
+        pixels and boxes are not among them."""
         if v is None:
             return None
         if isinstance(v, tasks.Boxes):
-            return tasks.count_text(v.labels, self._class_name)
-        return ", ".join(self._class_name(c) for c in np.unique(v).tolist())
+            return tasks.count_text([v.labels[i] for i in v.counted()], self._class_name)
+        present = np.unique(v).tolist()
+        if self.ignored:
+            present = [c for c in present if c != tasks.IGNORED]
+        return ", ".join(self._class_name(c) for c in present)
 
     def _annotated_image(self, st: StageState, s: _Sample, caption: bool) -> Any:
         """The sample's image with its ground truth (and, with ``caption``, the panel's prediction) on it."""
@@ -792,21 +1014,39 @@ class SampleCore:
         import wandb
 
         rows = []
+        counts = bool(self.ignored)  # an "ignored" column: ignored pixels / ground-truth boxes per sample
         if st.task == "segmentation":
             columns: list[str | int] = ["id", "sample", "ground truth", "prediction", "iou"]
+            columns += [tasks.IGNORED_NAME] if counts else []
             for s, ref in zip(samples, refs, strict=True):
                 metric = None if s.metric is None or math.isnan(s.metric) else s.metric
-                pred = wandb.Image(tasks.palette(s.pred), caption=self._summary(st, s.pred))
-                rows.append([s.id, ref, self._summary(st, s.truth), pred, metric])
+                pred = wandb.Image(tasks.palette(s.pred, counts), caption=self._summary(st, s.pred))
+                rows.append([s.id, ref, self._summary(st, s.truth), pred, metric, *([s.ignored] if counts else [])])
             return columns, rows
         columns = ["id", "sample", "ground truth", "prediction", "predicted boxes", "matches@0.5"]
+        columns += [tasks.IGNORED_NAME] if counts else []
         for s, ref in zip(samples, refs, strict=True):
             rows.append(
                 [s.id, ref, self._summary(st, s.truth), self._summary(st, s.pred), len(s.pred.labels), s.metric]
+                + ([s.ignored] if counts else [])
             )
         return columns, rows
 
+    def _reconstruction_rows(self, samples: list[_Sample], refs: list[Any]) -> tuple[list[str | int], list[list[Any]]]:
+        import wandb
+
+        columns: list[str | int] = ["id", "sample", "ground truth", "reconstruction", "mse"]
+        rows = [
+            [s.id, ref, _cell(self._name(s.truth)), wandb.Image(s.pred), s.metric]
+            for s, ref in zip(samples, refs, strict=True)
+        ]
+        return columns, rows
+
     def _caption(self, s: _Sample) -> str:
+        if isinstance(s.pred, np.ndarray):  # reconstruction
+            error = "-" if s.metric is None else f"{s.metric:.4g}"
+            truth = "" if s.truth is None else f"Ground Truth: {self._name(s.truth)} - "
+            return f"{truth}Input | Reconstruction - MSE {error}"
         if s.metric is not None and isinstance(s.pred, float):  # regression
             truth = "?" if s.truth is None else f"{s.truth:.4g}"
             return f"Target: {truth} - Prediction: {s.pred:.4g}"
@@ -893,6 +1133,48 @@ def _looks_like_images(x: Any) -> bool:
         return False
 
 
+def sub_batch(batch: Any, local: list[int], n: int) -> Any:
+    """A batch of ``batch``'s structure holding only rows ``local`` of its ``n`` examples: each tensor, array,
+    list or tuple of length ``n`` (in a tuple / list / named tuple / dict batch, or the bare batch) keeps
+    those rows; anything else is passed as it is. Tensors stay on their device."""
+
+    def rows(v: Any) -> Any:
+        if isinstance(v, (Tensor, np.ndarray)) and v.ndim > 0 and v.shape[0] == n:
+            return take(v, local, keep_device=True)
+        if isinstance(v, (list, tuple)) and not hasattr(v, "_fields") and len(v) == n:
+            picked = [v[i] for i in local]
+            return picked if isinstance(v, list) else tuple(picked)
+        return v
+
+    if isinstance(batch, Mapping):
+        return {k: rows(v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(rows(v) for v in batch))
+    if isinstance(batch, (tuple, list)) and batch and not isinstance(batch[0], str):
+        parts = [rows(v) for v in batch]
+        return parts if isinstance(batch, list) else tuple(parts)
+    return rows(batch)
+
+
+def predict_step_of(module: Any) -> str | None:
+    """``"<Class>.predict_step"`` when the module defines its own ``predict_step`` (not Lightning's default)."""
+    for cls in type(module).__mro__:
+        if "predict_step" in vars(cls):
+            package = (cls.__module__ or "").split(".")[0]
+            if package in ("lightning", "pytorch_lightning", "lightning_fabric"):
+                return None
+            return f"{cls.__name__}.predict_step"
+    return None
+
+
+def _callable_name(fn: Any) -> str:
+    if isinstance(fn, str):
+        return repr(fn)
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return f"{module}.{name}" if module else str(name)
+
+
 def take(x: Any, local: list[int], keep_device: bool = False) -> Any:
     """Rows ``local`` of a batch element, copied (never a view that keeps the whole batch alive)."""
     if isinstance(x, Tensor):
@@ -925,7 +1207,19 @@ def _labels_and_scores(value: Tensor) -> tuple[Tensor, Tensor | None]:
         v = value[:, 0].float()
         p = v if bool(((v >= 0) & (v <= 1)).all()) else torch.sigmoid(v)
         return (p > 0.5).long(), torch.stack([1 - p, p], dim=1)
+    if value.is_floating_point():  # a NaN score is never the argmax (torch's argmax would pick it)
+        return torch.nan_to_num(value, nan=-math.inf).argmax(dim=1), value
     return value.argmax(dim=1), value
+
+
+def _no_finite_score(value: Any) -> list[bool]:
+    """Per row of predictions: whether its scores (or its one value) are all NaN or infinite."""
+    if not isinstance(value, Tensor) or not value.is_floating_point() or value.ndim == 0:
+        sized = isinstance(value, (list, tuple)) or (isinstance(value, Tensor) and value.ndim > 0)
+        return [False] * (len(value) if sized else 0)
+    finite = torch.isfinite(value.detach())
+    rows = finite.reshape(len(value), -1).any(dim=1)
+    return [not bool(v) for v in rows.tolist()]
 
 
 def _probabilities(scores: Tensor) -> list[list[float]]:
@@ -933,7 +1227,7 @@ def _probabilities(scores: Tensor) -> list[list[float]]:
     if s.ndim != 2:
         return [[float(v)] for v in s.reshape(-1)]
     is_prob = bool(((s >= 0) & (s <= 1)).all()) and bool(torch.allclose(s.sum(dim=1), torch.ones(len(s)), atol=1e-3))
-    p = s if is_prob else torch.softmax(s, dim=1)
+    p = s if is_prob else torch.softmax(torch.nan_to_num(s, nan=-math.inf), dim=1)
     return p.tolist()
 
 
@@ -987,10 +1281,35 @@ def display(sample: Any, kind: str) -> Any:
     return str(sample)
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def _bands(arr: np.ndarray) -> list[slice]:
+    return [slice(r, r + _BAND_ROWS) for r in range(0, arr.shape[0], _BAND_ROWS)] if arr.ndim else [slice(None)]
+
+
+def _display_range(arr: np.ndarray) -> tuple[float, float]:
+    """The values one image's pixels are scaled from: ``(0, 1)`` for floats in [0, 1], ``(0, 255)`` for
+    integers in [0, 255], else the finite minimum and maximum."""
+    if arr.dtype == np.uint8 or arr.dtype == np.bool_:
+        return 0.0, 255.0
+    lo, hi = math.inf, -math.inf
+    for band in _bands(arr):
+        a = arr[band].astype(np.float64)
+        finite = a[np.isfinite(a)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if lo > hi:  # no finite pixel
+        lo, hi = 0.0, 1.0
+    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        lo, hi = 0.0, 1.0  # [0, 1] floats keep their brightness
+    elif arr.dtype.kind in "iu" and lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    return lo, hi
+
+
+def _to_uint8(arr: np.ndarray, scale: tuple[float, float] | None = None) -> np.ndarray:
     """Display pixels ``(H, W)`` / ``(H, W, C)`` uint8 of one image, in their own memory mapping
-    (:func:`tasks.off_heap`). Floats and wide integers are scaled a band of rows at a time, so the
-    float64 working copies stay small instead of eight times the image."""
+    (:func:`tasks.off_heap`). Floats and wide integers are scaled from ``scale`` (default: the image's
+    own :func:`_display_range`) a band of rows at a time, so the float64 working copies stay small
+    instead of eight times the image."""
     layout = _image_layout(tuple(arr.shape))
     if layout == "chw":
         arr = np.moveaxis(arr, 0, -1)
@@ -1002,19 +1321,8 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
         if arr.dtype == np.bool_:
             out *= 255
         return out
-    bands = [slice(r, r + _BAND_ROWS) for r in range(0, arr.shape[0], _BAND_ROWS)] if arr.ndim else [slice(None)]
-    lo, hi = math.inf, -math.inf
-    for band in bands:
-        a = arr[band].astype(np.float64)
-        finite = a[np.isfinite(a)]
-        if finite.size:
-            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-    if lo > hi:  # no finite pixel
-        lo, hi = 0.0, 1.0
-    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        lo, hi = 0.0, 1.0  # [0, 1] floats keep their brightness
-    elif arr.dtype.kind in "iu" and lo >= 0 and hi <= 255:
-        lo, hi = 0.0, 255.0
+    bands = _bands(arr)
+    lo, hi = scale if scale is not None else _display_range(arr)
     for band in bands:
         a = arr[band].astype(np.float64)
         scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
@@ -1023,6 +1331,14 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
         scaled = np.where(np.isneginf(a), 0.0, scaled)
         out[band] = (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return out
+
+
+def _one_type(cells: list[Any]) -> list[Any]:
+    """One W&B column's cells of one type: labels mixed with strings (``"nan"``, ``"ignored"``) as strings."""
+    kinds = {type(c) for c in cells if c is not None}
+    if str in kinds and len(kinds) > 1:
+        return [None if c is None else str(c) for c in cells]
+    return cells
 
 
 def _cell(v: Any) -> Any:

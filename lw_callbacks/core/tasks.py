@@ -4,8 +4,14 @@ first batch, and what goes into the W&B tables and images for it.
 Tasks: ``classification`` (labels, logits, probabilities), ``segmentation`` (class-id masks or
 per-pixel scores over an image), ``detection`` (torchvision-style lists of ``boxes`` / ``labels`` /
 ``scores`` dicts), ``text`` (strings, or token ids with a ``decode`` callable), ``audio`` (waveforms
-with a ``sample_rate``) and ``regression`` (float targets and predictions). Only the chosen rows of a
-batch are ever copied; everything kept is O(num_samples).
+with a ``sample_rate``), ``regression`` (float targets and predictions) and ``reconstruction``
+(an output shaped like the input image; its own module, :mod:`lw_callbacks.core.reconstruction`).
+:data:`TASKS` is the one list of them. Only the chosen rows of a batch are ever copied; everything
+kept is O(num_samples).
+
+Ignored labels (``ignore_index``, as torchmetrics' argument of that name): targets with one of them
+count in no metric and no class list; in masks they are stored as :data:`IGNORED` and drawn as the
+class ``"ignored"``.
 """
 
 from __future__ import annotations
@@ -22,17 +28,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
 from lw_callbacks._errors import ConfigurationError
 
 __all__ = ["TASKS", "TaskOptions"]
 
-TASKS = ("auto", "classification", "segmentation", "detection", "text", "audio", "regression")
+TASKS = ("auto", "classification", "segmentation", "detection", "text", "audio", "regression", "reconstruction")
 BOX_FORMATS = ("xyxy", "cxcywh")
 AUDIO_KEYS = ("audio", "audios", "waveform", "waveforms", "wav", "speech")
 ANNOTATED = ("segmentation", "detection")  # tasks whose samples carry masks / boxes on the image
 _MAX_MASK_CLASSES = 256  # W&B stores masks as 8-bit PNGs
+IGNORED = 255  # the mask id of ignored pixels (any ignore_index is stored as this id)
+IGNORED_NAME = "ignored"
+_IGNORED_COLOUR = np.array([128, 128, 128], dtype=np.uint8)  # neutral grey in the colour masks
 _BOX_TOLERANCE = 1.0  # pixels a ground-truth box may stick out of its image (rounding)
 _PALETTE = np.array(
     [
@@ -60,9 +70,13 @@ class TaskOptions:
     score_threshold: float = 0.3
     sample_rate: int | None = None
     decode: Callable[..., Any] | str | None = None
+    predict: Callable[..., Any] | str | None = None
+    ignore_index: int | Sequence[int] | None = None
     owner: str = "LogPredictionSamples"  # the class the user built, named in messages
     _decode: Callable[..., Any] | None = field(default=None, repr=False)
+    _predict: Callable[..., Any] | None = field(default=None, repr=False)
     _audio_dir: Any = field(default=None, repr=False)
+    ignored: frozenset[int] = field(default=frozenset(), repr=False)  # resolved: given, or read from the module
 
     def __post_init__(self) -> None:
         owner = self.owner
@@ -105,15 +119,41 @@ class TaskOptions:
                 "into a string, or the dotted import path of one (e.g. 'my_project.data.tokenizer.decode')."
             )
         self._decode = self.decode if callable(self.decode) else None
+        check_predict(self.predict, owner)
+        self._predict = self.predict if callable(self.predict) else None
+        self.ignored = frozenset(check_ignore_index(self.ignore_index, owner))
 
-    def resolve(self) -> None:
-        """Import a ``decode`` given as a dotted path (at ``setup``)."""
+    def resolve(self, module: Any = None) -> None:
+        """Import ``decode`` / ``predict`` given as dotted paths, and settle the ignored labels: ``ignore_index``
+        as given, or (``None``) what ``module`` says plainly (:func:`ignore_index_of`). At ``setup``."""
+        owner = self.owner
         if isinstance(self.decode, str) and self._decode is None:
-            self._decode = resolve_dotted(self.decode, self.owner)
+            self._decode = resolve_dotted(self.decode, "decode", _DECODE_HINT, self.owner)
+        check_predict(self.predict, owner)
+        if isinstance(self.predict, str):  # imported at every setup: the option may have been edited
+            self._predict = resolve_dotted(self.predict, "predict", _PREDICT_HINT, owner)
+        else:
+            self._predict = self.predict
+        if self.ignore_index is not None:
+            self.ignored = frozenset(check_ignore_index(self.ignore_index, owner))
+            return
+        labels, sources = ignore_index_of(module) if module is not None else ((), [])
+        self.ignored = frozenset(labels)
+        if labels:
+            rank_zero_info(
+                f"{owner}: targets labelled {sorted(labels)} are ignored (read from {', '.join(sources)}): left out "
+                f"of IoU, class lists and matches, and shown as {IGNORED_NAME!r}. Pass ignore_index=<label(s)> to "
+                "choose them, or ignore_index=[] to ignore none."
+            )
 
     @property
     def decoder(self) -> Callable[..., Any] | None:
         return self._decode
+
+    @property
+    def predictor(self) -> Callable[..., Any] | None:
+        """The ``predict`` callable (imported), or ``None``."""
+        return self._predict
 
     def audio_dir(self) -> str:
         if self._audio_dir is None:
@@ -121,7 +161,18 @@ class TaskOptions:
         return str(self._audio_dir.name)
 
 
-def resolve_dotted(path: str, owner: str = "LogPredictionSamples") -> Callable[..., Any]:
+_DECODE_HINT = (
+    "a callable that turns one sample's token ids into a string, e.g. 'my_project.data.tokenizer.decode'"
+)
+_PREDICT_HINT = (
+    "a callable(module, batch) -> predictions, e.g. 'my_project.samples.predict' for "
+    "`def predict(module, batch): x, _ = batch; return module(x.flatten(1))`"
+)
+
+
+def resolve_dotted(
+    path: str, argument: str = "decode", hint: str = _DECODE_HINT, owner: str = "LogPredictionSamples"
+) -> Callable[..., Any]:
     """The object at ``package.module.attr.attr``: the longest importable module prefix, then attributes."""
     parts = path.split(".")
     err: Exception | None = None
@@ -142,10 +193,77 @@ def resolve_dotted(path: str, owner: str = "LogPredictionSamples") -> Callable[.
         err = TypeError(f"{path} is a {type(obj).__name__}, not callable")
         break
     raise ConfigurationError(
-        f"{owner}(decode={path!r}): cannot import it ({type(err).__name__}: {err}). Pass the dotted "
-        "path of a callable that turns one sample's token ids into a string, e.g. "
-        "'my_project.data.tokenizer.decode', importable where training runs."
+        f"{owner}({argument}={path!r}): cannot import it ({type(err).__name__}: {err}). Pass the dotted "
+        f"path of {hint}, importable where training runs."
     )
+
+
+def check_predict(predict: Any, owner: str) -> None:
+    """``predict`` is ``None``, a callable or a non-empty dotted path."""
+    if predict is None or callable(predict) or (isinstance(predict, str) and "." in predict.strip(".")):
+        return
+    raise ConfigurationError(
+        f"{owner}(predict={predict!r}): predict must be {_PREDICT_HINT} (a callable, or its dotted import path "
+        "from LightningCLI YAML), or None to read the step output (then the module's predict_step, then forward)."
+    )
+
+
+def check_ignore_index(value: Any, owner: str) -> tuple[int, ...]:
+    """``ignore_index`` as a tuple of labels (``None``: none given)."""
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise ConfigurationError(
+            f"{owner}(ignore_index={value!r}): ignore_index must be an integer label or a list of them (targets "
+            "with that label count in no metric, as torchmetrics' ignore_index), e.g. ignore_index=255; [] ignores "
+            "none; None reads it from the module (see the docs)."
+        )
+    return tuple(int(v) for v in values)
+
+
+def _labels_of(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (int(value),)
+    ints = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if ints and value:
+        return tuple(int(v) for v in value)
+    return None
+
+
+def ignore_index_of(module: Any) -> tuple[tuple[int, ...], list[str]]:
+    """The labels a module says plainly that it ignores, and where each was read:
+
+    * its own ``ignore_index`` attribute (an int or a list of ints);
+    * ``hparams["ignore_index"]`` (from ``save_hyperparameters``);
+    * the ``ignore_index`` attribute (an int) of each of its direct submodules, such as a loss
+      ``torch.nn.CrossEntropyLoss(ignore_index=250)`` / ``NLLLoss`` or a torchmetrics metric built with
+      ``ignore_index=``; ``-100``, the default of torch's losses, is not read from a submodule.
+    """
+    found: dict[int, None] = {}
+    sources: list[str] = []
+    name = type(module).__name__
+    own = _labels_of(getattr(module, "ignore_index", None))
+    if own:
+        found.update(dict.fromkeys(own))
+        sources.append(f"{name}.ignore_index")
+    hparams = getattr(module, "hparams", None)
+    try:
+        from_hparams = _labels_of(hparams.get("ignore_index")) if isinstance(hparams, Mapping) else None
+    except Exception:
+        from_hparams = None
+    if from_hparams:
+        found.update(dict.fromkeys(from_hparams))
+        sources.append(f"{name}.hparams['ignore_index']")
+    children = getattr(module, "named_children", None)
+    for child_name, child in children() if callable(children) else ():
+        label = getattr(child, "ignore_index", None)
+        if isinstance(label, int) and not isinstance(label, bool) and label != -100:
+            found[int(label)] = None
+            sources.append(f"{name}.{child_name}.ignore_index ({type(child).__name__})")
+    return tuple(found), sources
 
 
 # ---------------------------------------------------------------------- telling the task
@@ -173,6 +291,10 @@ def guess(opts: TaskOptions, x: Any, y: Any, out: Any, x_key: str | None, image:
         return "audio"
     if is_strings(x) or (opts.decoder is not None and isinstance(x, Tensor) and not x.is_floating_point()):
         return "text"
+    from lw_callbacks.core import reconstruction  # its own module; it reads tasks' names
+
+    if image and reconstruction.looks_like(x, y, out):
+        return "reconstruction"
     if image and any(isinstance(v, Tensor) and v.ndim >= 3 for v in (y, out)):
         return "segmentation"
     if isinstance(y, Tensor) and y.is_floating_point() and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
@@ -286,7 +408,13 @@ def _mask_hw(v: Tensor) -> tuple[int, int]:
 
 
 def check_segmentation(
-    x: Any, y: Any, value: Tensor | None, n: int, stage: str, class_names: list[str] | None,
+    x: Any,
+    y: Any,
+    value: Tensor | None,
+    n: int,
+    stage: str,
+    class_names: list[str] | None,
+    ignored: frozenset[int] = frozenset(),
     owner: str = "LogPredictionSamples",
 ) -> None:
     for i in range(n):
@@ -313,8 +441,16 @@ def check_segmentation(
     for what, v in (("target", y), ("prediction", value)):
         if isinstance(v, Tensor):
             ids = class_ids(v)
+            if ignored and what == "target":
+                ids = ids[~torch.isin(ids, torch.tensor(sorted(ignored), dtype=ids.dtype, device=ids.device))]
             top = int(ids.max()) if ids.numel() else 0
             tops.append((what, top))
+            if ignored and top >= IGNORED:
+                raise InputError(
+                    f"{owner}(ignore_index={sorted(ignored)}): the first {stage} batch holds {what} class "
+                    f"{top}; with ignored labels, masks hold classes 0..{IGNORED - 1} ({IGNORED} stands for the "
+                    "ignored pixels)."
+                )
     for what, top in tops:
         if top >= _MAX_MASK_CLASSES:
             raise InputError(
@@ -380,8 +516,27 @@ def mask_rows(v: Tensor, rows: Sequence[int]) -> np.ndarray:
     return out
 
 
-def mask_iou(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Mean IoU over the classes present in the truth or the prediction."""
+def truth_mask(y: Tensor, i: int, ignored: frozenset[int]) -> np.ndarray:
+    """Row ``i`` of the target masks as uint8 class ids in its own mapping, ignored labels as :data:`IGNORED`."""
+    if not ignored:
+        return mask_rows(y, [i])[0]
+    ids = class_ids(y[i : i + 1])[0]
+    out = off_heap_empty(tuple(ids.shape), np.uint8)
+    skip = torch.isin(ids, torch.tensor(sorted(ignored), dtype=ids.dtype, device=ids.device))
+    out[...] = torch.where(skip, torch.full_like(ids, IGNORED), ids).cpu().numpy().astype(np.uint8)
+    return out
+
+
+def ignored_pixels(truth: np.ndarray) -> int:
+    return int(np.count_nonzero(truth == IGNORED))
+
+
+def mask_iou(truth: np.ndarray, pred: np.ndarray, ignore: bool = False) -> float:
+    """Mean IoU over the classes present in the truth or the prediction; with ``ignore``, over the pixels
+    whose truth is not :data:`IGNORED` (torchmetrics' ``ignore_index`` convention)."""
+    if ignore:
+        valid = truth != IGNORED
+        truth, pred = truth[valid], pred[valid]
     classes = np.union1d(np.unique(truth), np.unique(pred))
     ious = []
     for c in classes.tolist():
@@ -392,9 +547,13 @@ def mask_iou(truth: np.ndarray, pred: np.ndarray) -> float:
     return round(float(np.mean(ious)), 6) if ious else math.nan
 
 
-def palette(mask: np.ndarray) -> np.ndarray:
+def palette(mask: np.ndarray, ignore: bool = False) -> np.ndarray:
+    """A colour image of a class-id mask; with ``ignore``, :data:`IGNORED` pixels in neutral grey."""
     ids = mask % len(_PALETTE) if mask.dtype == np.uint8 else mask.astype(np.int64) % len(_PALETTE)
-    return _PALETTE[ids]  # uint8 ids index as they are: no int64 copy of the mask
+    out = _PALETTE[ids]  # uint8 ids index as they are: no int64 copy of the mask
+    if ignore:
+        out[mask == IGNORED] = _IGNORED_COLOUR
+    return out
 
 
 # ---------------------------------------------------------------------- detection
@@ -405,11 +564,20 @@ class Boxes:
     xyxy: np.ndarray  # (K, 4) float
     labels: list[int]
     scores: list[float] | None = None
+    ignored: list[bool] | None = None  # ground truth: boxes whose label is ignored (drawn, never matched or counted)
+
+    def counted(self) -> list[int]:
+        """Indices of the boxes that count (not ignored)."""
+        return [i for i in range(len(self.labels)) if not (self.ignored and self.ignored[i])]
+
+    def num_ignored(self) -> int:
+        return sum(self.ignored or [])
 
 
 def check_detection(
     x: Any, y: Any, out: Any, n: int, stage: str, opts: TaskOptions, class_names: list[str] | None
 ) -> None:
+    """First-batch checks of detection targets and outputs (labels in ``opts.ignored`` need no class name)."""
     for what, v in (("targets", y), ("step output", out)):
         if v is None:
             continue
@@ -434,7 +602,7 @@ def check_detection(
                     f"{opts.owner}(task='detection'): sample {i} of the first {stage} batch: {k} boxes but "
                     f"scores {describe(scores)}."
                 )
-            ids = [int(a) for a in _numbers(labels)]
+            ids = [int(a) for a in _numbers(labels) if int(a) not in opts.ignored]
             if class_names is not None and ids and max(ids) >= len(class_names):
                 raise InputError(
                     f"{opts.owner}(class_names=<{len(class_names)} names>): sample {i} of the first {stage} "
@@ -477,6 +645,8 @@ def read_boxes(d: Mapping[str, Any], hw: tuple[int, int], opts: TaskOptions, pre
     px = to_pixels(d["boxes"], hw, opts)
     labels = [int(a) for a in _numbers(d["labels"])]
     scores = _numbers(d["scores"]) if d.get("scores") is not None else None
+    if not predicted and opts.ignored:
+        return Boxes(px.reshape(-1, 4), labels, scores, [label in opts.ignored for label in labels])
     if predicted:
         keep = [i for i in range(len(labels)) if scores is None or scores[i] >= opts.score_threshold]
         px = px[keep]
@@ -501,9 +671,10 @@ def matches(truth: Boxes, pred: Boxes, threshold: float = 0.5) -> int:
     order = sorted(range(len(pred.labels)), key=lambda i: -(pred.scores[i] if pred.scores else 0.0))
     used: set[int] = set()
     found = 0
+    counted = truth.counted()  # boxes with an ignored label match nothing
     for i in order:
         best, best_j = threshold, -1
-        for j in range(len(truth.labels)):
+        for j in counted:
             if j in used or truth.labels[j] != pred.labels[i]:
                 continue
             iou = box_iou(pred.xyxy[i], truth.xyxy[j])
@@ -518,11 +689,12 @@ def matches(truth: Boxes, pred: Boxes, threshold: float = 0.5) -> int:
 def box_data(b: Boxes, name: Callable[[int], str]) -> list[dict[str, Any]]:
     out = []
     for i, (x0, y0, x1, y1) in enumerate(b.xyxy.tolist()):
+        ignored = bool(b.ignored and b.ignored[i])
         entry: dict[str, Any] = {
             "position": {"minX": x0, "minY": y0, "maxX": x1, "maxY": y1},
             "domain": "pixel",
             "class_id": b.labels[i],
-            "box_caption": name(b.labels[i]),
+            "box_caption": IGNORED_NAME if ignored else name(b.labels[i]),
         }
         if b.scores is not None:
             entry["scores"] = {"score": round(b.scores[i], 4)}
@@ -532,17 +704,22 @@ def box_data(b: Boxes, name: Callable[[int], str]) -> list[dict[str, Any]]:
 
 
 def count_text(labels: Sequence[int], name: Callable[[int], str]) -> str:
-    """``"2 circle, 1 square"``: boxes per class."""
+    """``"2 circle, 1 square"``: boxes per class (pass only the boxes that count)."""
     counts: dict[int, int] = {}
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     return ", ".join(f"{c} {name(k)}" for k, c in sorted(counts.items())) or "none"
 
 
-def class_labels(ids: Sequence[int], class_names: list[str] | None) -> dict[int, str]:
+def class_labels(ids: Sequence[int], class_names: list[str] | None, ignored: Sequence[int] = ()) -> dict[int, str]:
+    """W&B class labels of masks / boxes: ``class_names`` (or the ids present), and each id of
+    ``ignored`` as ``"ignored"``."""
     if class_names is not None:
-        return dict(enumerate(class_names))
-    return {int(i): str(int(i)) for i in sorted(set(ids))}
+        labels = dict(enumerate(class_names))
+    else:
+        labels = {int(i): str(int(i)) for i in sorted(set(ids))}
+    labels.update((int(i), IGNORED_NAME) for i in ignored)
+    return labels
 
 
 # ---------------------------------------------------------------------- shared
