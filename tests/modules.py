@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from lw_callbacks import demo_tasks  # a plain Dataset (Shapes): the same in both namespaces, never twinned
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
-from lw_callbacks.demo_tasks import Shapes
 
 NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 
@@ -308,7 +308,7 @@ class LitAutoEncoderWithPredictStep(LitAutoEncoder):
 VOID = 250  # the masks' label of unlabelled pixels, as in Lightning's semantic-segmentation example
 
 
-class VoidShapes(Shapes):
+class VoidShapes(demo_tasks.Shapes):
     """:class:`~lw_callbacks.demo_tasks.Shapes` masks with a 2-pixel border of void pixels (label 250)."""
 
     def mask(self, i: int) -> Tensor:
