@@ -234,6 +234,10 @@ class FabricPredictionSamples:
     score_threshold = Option[float]("Predicted boxes scoring below this are left out.", via="core.task_opts")
     sample_rate = Option["int | None"]("Samples per second of audio inputs, or ``None``.", via="core.task_opts")
     decode = Option[Any]("The ``decode`` argument as given.", via="core.task_opts")
+    predict = Option[Any]("The ``predict`` argument as given (a callable or a dotted path).", via="core.task_opts")
+    ignore_index = Option["int | list[int] | None"](
+        "The ``ignore_index`` argument as given (``None``: read from the hook's ``model``).", via="core.task_opts"
+    )
 
     def log_prediction_samples(
         self,

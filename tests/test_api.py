@@ -60,6 +60,8 @@ BOX_FORMAT = ["xywh", 3, None, "", ["xyxy"]]
 SCORE = [-0.1, 1.5, "0.3", True, NAN, None]
 SAMPLE_RATE = [0, -1, 1.5, "16000", True]
 DECODE = [3, "", ["a.b"], 1.5]
+PREDICT = [3, "", "reconstruct", ["a.b"], 1.5]
+IGNORE_INDEX = ["250", 1.5, True, [250, "255"], [1.5], {250: 1}]
 WATCH_LOG = ["none", 3, None, "", True, ["all"]]
 BINS = [0, 513, True, 1.5, "64", None, -1]
 SUMMARIES = [3, "val_acc", {}, {"val_acc": "best"}, {"": "max"}, {3: "max"}, {"val_acc": 3}, {"_step": "max"},
@@ -114,7 +116,8 @@ _SAMPLES = {
     "num_samples": INT_GE1, "key": [*STR_OR_NONE[:2], None, ["a"]], "class_names": NAMES, "log_images": BOOL,
     "log_table": BOOL, "log_scores": BOOL, "input_key": STR_OR_NONE, "target_key": STR_OR_NONE,
     "output_key": STR_OR_NONE, "task": TASK, "box_format": BOX_FORMAT, "normalized_boxes": BOOL,
-    "score_threshold": SCORE, "sample_rate": SAMPLE_RATE, "decode": DECODE,
+    "score_threshold": SCORE, "sample_rate": SAMPLE_RATE, "decode": DECODE, "predict": PREDICT,
+    "ignore_index": IGNORE_INDEX,
 }
 _WATCH = {"log": WATCH_LOG, "log_freq": INT_GE1, "log_graph": BOOL, "include": PATTERNS, "exclude": PATTERNS,
           "bins": BINS}
