@@ -72,11 +72,13 @@ def main() -> None:
     print("What reached W&B, read back from the run's own records:")
     print(summarize(run, text=True))
     (collection,) = run.artifact_names(type="model")
-    # val_acc.best_step is the W&B step of the best val_acc; the checkpoint saved there carries the
-    # alias step-<that step>, on the same axis as the metrics and the samples.
-    best_step = run.summary["val_acc.best_step"]
+    # val_acc.best_checkpoint_step is the W&B step at which ModelCheckpoint saved its best checkpoint,
+    # that version's alias step-<n>, on the same axis as the metrics and the samples (val_acc is logged
+    # once per validation, so it is also val_acc.best_step, the step of the best value).
+    best_step = run.summary["val_acc.best_checkpoint_step"]
     best = restore_checkpoint(f"{collection}:step-{best_step}", run_dir=share.run_dir)
-    print(f"\nbest checkpoint (val_acc.best_step = {best_step}, alias step-{best_step}) back as a local file: {best}")
+    print(f"\nbest checkpoint (val_acc.best_checkpoint_step = {best_step}, alias step-{best_step}) back as a "
+          f"local file: {best}")
     print(f"  load it with DigitsClassifier.load_from_checkpoint({str(best)!r})")
     if run.run_dir.name.startswith("offline-run-"):
         print(f"\nThis run is offline. Upload it with:\n  wandb sync {run.run_dir}")

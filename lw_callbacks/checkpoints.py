@@ -63,7 +63,7 @@ class UploadCheckpoints(Callback):
       and ``mode`` (it moves as the best changes); without ``monitor``, ``best`` follows Lightning's
       ``best_model_path``, the newest checkpoint (not ``last.ckpt``), which ``ckpt_path="best"`` loads,
     - ``epoch-<n>`` and ``step-<n>`` (``n`` is the ``trainer/global_step`` the metrics of that moment are
-      logged at, so ``step-<best_step>`` is the checkpoint of a ``MetricSummaries`` best), and the
+      logged at; ``MetricSummaries`` records the best one's as ``<metric>.best_checkpoint_step``), and the
       ``aliases`` you pass (they end on the newest version).
 
     Training does not wait for uploads. Right after ``ModelCheckpoint`` has written a file (at

@@ -40,7 +40,13 @@ class MetricSummaries(Callback):
     validation run of fit, and after each training epoch end (including metrics the
     LightningModule logs in its own ``on_train_epoch_end``, which Lightning runs after callbacks), at
     the step Lightning passes to ``WandbLogger.log_metrics`` (the history's ``trainer/global_step``)
-    and the epoch they belong to. Ties keep the first step. This state is saved in checkpoints, so a
+    and the epoch they belong to. Ties keep the first step. For each ``ModelCheckpoint`` with a
+    ``monitor`` it also writes ``<metric>.best_checkpoint_step``: the step at which that callback saved
+    its best checkpoint (``UploadCheckpoints``' ``step-<n>`` alias of that version); for a monitor
+    logged once per validation it equals ``best_step``, for one logged every step it may not.
+    Keys are the ones W&B receives: ``<name>_epoch`` for a metric logged with ``on_step=True,
+    on_epoch=True`` (an entry ``<name>`` means its epoch values, what ``ModelCheckpoint`` reads), and
+    the ``WandbLogger``'s ``prefix`` before each (``p-val_acc``). This state is saved in checkpoints, so a
     resumed run (same W&B run id) keeps its best step. One ``MetricSummaries`` per Trainer: put every
     entry in one mapping.
 
@@ -93,7 +99,8 @@ class MetricSummaries(Callback):
         >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
         >>> summary = trainer.logger.experiment.summary  # val_acc {"max": ...}, val_loss {"min": ...}, ...
         >>> sorted(key for key in summary.keys() if ".best_" in key)
-        ['val_acc.best_epoch', 'val_acc.best_step', 'val_loss.best_epoch', 'val_loss.best_step']
+        ['val_acc.best_checkpoint_step', 'val_acc.best_epoch', 'val_acc.best_step', 'val_loss.best_epoch',
+         'val_loss.best_step']
     """
 
     def __init__(

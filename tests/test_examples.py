@@ -53,7 +53,8 @@ def test_main_example_reports_what_was_logged(tmp_path: Path) -> None:
     assert f"{collection}:v0" in out
     assert set(run.summary["val_acc"]) == {"max"}
     # one step axis: the best val_acc's step names the best checkpoint, and its samples sit there
-    best_step = run.summary["val_acc.best_step"]
+    best_step = run.summary["val_acc.best_checkpoint_step"]
+    assert best_step == run.summary["val_acc.best_step"]  # logged once per validation: one step
     best = run.resolve_artifact(collection, "best")
     assert f"step-{best_step}" in best.aliases
     assert best_step in [s for s, _ in run.series("predictions/table")]
