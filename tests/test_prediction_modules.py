@@ -5,6 +5,7 @@ label; everything read back from the run's records."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -317,3 +318,108 @@ def test_classification_target_with_the_ignore_label_is_shown_ignored() -> None:
     (table,) = rec.tables("predictions/table")
     truths = {r["id"]: r["ground truth"] for r in table.rows}
     assert truths and all((v == "ignored") == (i % 2 == 0) for i, v in truths.items()), truths
+
+
+# ---------------------------------------------------------------- a predict_step written for the predict loader
+class BarePredictStep(DigitsClassifier):
+    """``predict_step`` expects the predict loader's bare inputs; ``validation_step`` returns the loss only."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")[0]
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self(batch).argmax(dim=1)
+
+
+def test_a_predict_step_that_cannot_read_evaluation_batches_gives_way_to_forward(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    snaps = Snapshots()
+    model, dm = BarePredictStep(), DigitsDataModule(batch_size=32)
+    with caplog.at_level(logging.INFO):
+        trainer = make_trainer([LogPredictionSamples(num_samples=4), snaps], max_epochs=1, num_sanity_val_steps=2)
+        trainer.fit(model, datamodule=dm)
+    said = [r.getMessage() for r in caplog.records if "BarePredictStep.predict_step failed" in r.getMessage()]
+    assert len(said) == 1 and "pl_module(x)" in said[0], said
+    rec = finish_and_read()
+    (table,) = rec.tables("predictions/table")
+    probe = copy.deepcopy(model)
+    probe.load_state_dict(snaps.taken[0])
+    x = torch.stack([dm.val_set[r["id"]][0] for r in table.rows])
+    with torch.no_grad():
+        assert [r["prediction"] for r in table.rows] == probe(x).argmax(dim=1).tolist()
+
+
+# ---------------------------------------------------------------- detection with an ignore label
+def test_detection_boxes_with_the_ignore_label_match_nothing_and_are_counted() -> None:
+    from lw_callbacks.demo_tasks import Shapes, ShapesDetector, detection_collate
+
+    torch.manual_seed(0)
+    data = Shapes(48, size=32, mode="detection")
+    loader = DataLoader(data, batch_size=16, collate_fn=detection_collate)
+    callback = LogPredictionSamples(num_samples=3, class_names=SHAPE_NAMES, key="det", ignore_index=2)
+    trainer = make_trainer([callback], max_epochs=2, limit_train_batches=3, limit_val_batches=2)
+    trainer.fit(ShapesDetector(), loader, loader)
+    rec = finish_and_read()
+    (inputs,) = rec.tables("det/inputs")
+    for row in inputs.rows:
+        assert row["ground truth"] == "1 disc"  # the square (label 2) is ignored
+        captions = [b["box_caption"] for b in row["image"]["boxes"]["ground_truth"]]
+        assert captions == ["disc", "ignored"]
+    tables = rec.tables("det/table")
+    assert tables[0].columns == [
+        "id", "sample", "ground truth", "prediction", "predicted boxes", "matches@0.5", "ignored"
+    ]
+    for table, (_, panel) in zip(tables, rec.series("det/images"), strict=True):
+        for row, layers in zip(table.rows, panel["all_boxes"], strict=True):
+            assert row["ignored"] == 1
+            preds = json.loads(run_file(rec, layers["predictions"]["path"]).read_text())["box_data"]
+            disc = data.boxes(row["id"])["boxes"][0].tolist()
+            found = sum(  # only the disc can be matched
+                1 for p in preds
+                if p["class_id"] == 1
+                and box_iou([p["position"][k] for k in ("minX", "minY", "maxX", "maxY")], disc) >= 0.5
+            )
+            assert row["matches@0.5"] == min(found, 1)
+
+
+def box_iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+# ---------------------------------------------------------------- Fabric
+def test_fabric_samples_take_predict_and_read_the_ignore_label_from_the_model() -> None:
+    import lightning as L
+    from harness import make_logger
+
+    from lw_callbacks.fabric import FabricPredictionSamples
+
+    fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[make_logger()])
+    auto = FabricPredictionSamples(num_samples=3, key="ae", predict=reconstruct)
+    images = torch.rand(4, 1, 8, 8)
+    labels = torch.arange(4)
+    model = LitAutoEncoder()
+    with pytest.raises(ConfigurationError, match=r"predict= is given.*model="):
+        auto.log_prediction_samples(fabric, (images, labels), step=0)
+    auto.log_prediction_samples(fabric, (images, labels), step=1, model=model)
+    seg = FabricPredictionSamples(num_samples=2, key="seg")
+    shapes = VoidShapes(2, size=16)
+    batch = (torch.stack([shapes[i][0] for i in range(2)]), torch.stack([shapes[i][1] for i in range(2)]))
+    unet = UNetLike()
+    seg.log_prediction_samples(fabric, batch, step=2, model=unet)
+    assert seg.core.ignored == frozenset({VOID})
+    rec = finish_and_read()
+    (table,) = rec.tables("ae/table")
+    assert table.columns == ["id", "sample", "ground truth", "reconstruction", "mse"]
+    with torch.no_grad():
+        expected = model(images[:3].view(3, -1)).view_as(images[:3])
+    assert [r["mse"] for r in table.rows] == pytest.approx(
+        [float(((e - i) ** 2).mean()) for e, i in zip(expected, images[:3], strict=True)], rel=1e-4
+    )
+    (table,) = rec.tables("seg/table")
+    assert table.columns[-1] == "ignored" and [r["ignored"] for r in table.rows] == [
+        int((shapes.mask(i) == VOID).sum()) for i in range(2)
+    ]

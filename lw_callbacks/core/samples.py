@@ -206,6 +206,7 @@ class SampleCore:
         self.sharded = False
         self._warnings = WarnOnce()
         self._said_predict_step = False
+        self._step_failed = False  # the module's predict_step failed on an evaluation batch: forward is used
 
     @property
     def predict(self) -> Callable[..., Any] | str | None:
@@ -232,6 +233,7 @@ class SampleCore:
         st = self.states[stage]
         st.ran, st.checked, st.positions, st.ids, st.images, st.encoded = False, False, None, {}, {}, {}
         st.disabled, st.task, st.nan_warned = False, None, False
+        self._step_failed = False  # a new fit / test / predict may bring another module
 
     def start_epoch(self, stage: str) -> None:
         """A new pass over ``stage``'s stream: positions count from 0, nothing collected yet."""
@@ -632,51 +634,66 @@ class SampleCore:
     def _fallback(self, stage: str, module: Any, batch: Any, x: Any, local: list[int], n: int) -> tuple[Any, str]:
         """Run ``predict(module, batch)``, else the module's own ``predict_step(batch, 0)``, else ``module(x)``,
         on a batch holding only rows ``local`` (under ``torch.no_grad``); returns its output (tensors on the
-        CPU) and what ran."""
+        CPU) and what ran. A ``predict_step`` that fails on an evaluation batch (it may expect the predict
+        loader's batches) gives way to ``module(x)``, said once."""
         predictor = self.task_opts.predictor
-        step = None if predictor is not None else predict_step_of(module)
-        sub = sub_batch(batch, local, n) if predictor is not None or step is not None else take(x, local, True)
         if predictor is not None:
-            what = f"output of predict={_callable_name(self.task_opts.predict)}"
-        elif step is not None:
-            what = f"output of {step}"
-        else:
-            what = "output of pl_module(x)"
-        try:
-            with torch.no_grad():
-                if predictor is not None:
+            sub = sub_batch(batch, local, n)
+            try:
+                with torch.no_grad():
                     out = predictor(module, sub)
-                elif step is not None:
-                    out = module.predict_step(sub, 0)
-                else:
-                    out = module(sub)
-        except InputError:
-            raise
-        except Exception as err:
-            if predictor is not None:
+            except InputError:
+                raise
+            except Exception as err:
                 raise InputError(
                     f"{self.owner}(predict={_callable_name(self.task_opts.predict)}): it failed on the chosen "
                     f"{stage} samples ({tasks.describe(sub)}): {type(err).__name__}: {err}. It is called as "
                     "predict(module, batch), the batch as the loader gives it but holding only the chosen rows, "
                     "and must return their predictions."
                 ) from err
-            ran = step if step is not None else "pl_module(x)"
+            return _plain_output(out), f"output of predict={_callable_name(self.task_opts.predict)}"
+        step = None if self._step_failed else predict_step_of(module)
+        step_error: Exception | None = None
+        if step is not None:
+            sub = sub_batch(batch, local, n)
+            try:
+                with torch.no_grad():
+                    out = module.predict_step(sub, 0)
+            except InputError:
+                raise
+            except Exception as err:
+                step_error, self._step_failed = err, True
+            else:
+                if not self._said_predict_step:
+                    self._said_predict_step = True
+                    rank_zero_info(
+                        f"{self.owner}: the {stage} step returns no predictions; the samples' predictions come from "
+                        f"{step} on the chosen rows (pass predict= to choose another way)."
+                    )
+                return _plain_output(out), f"output of {step}"
+        chosen = take(x, local, keep_device=True)
+        try:
+            with torch.no_grad():
+                out = module(chosen)
+        except InputError:
+            raise
+        except Exception as err:
+            tried = (
+                f"{step} on the chosen samples, which failed ({type(step_error).__name__}: {step_error}), then "
+                if step_error is not None
+                else ""
+            )
             raise InputError(
-                f"{self.owner}: the {stage} step returned no predictions, so the callback ran {ran} on the "
-                f"chosen samples ({tasks.describe(sub)}), which failed: {type(err).__name__}: {err}. "
+                f"{self.owner}: the {stage} step returned no predictions, so the callback ran {tried}pl_module(x) on "
+                f"the chosen samples ({tasks.describe(chosen)}), which failed: {type(err).__name__}: {err}. "
                 + _HOW_TO_PREDICT.format(stage=stage, owner=self.owner)
             ) from err
-        if step is not None and not self._said_predict_step:
-            self._said_predict_step = True
+        if step_error is not None:
             rank_zero_info(
-                f"{self.owner}: the {stage} step returns no predictions; the samples' predictions come from "
-                f"{step} on the chosen rows (pass predict= to choose another way)."
+                f"{self.owner}: {step} failed on the chosen {stage} samples ({type(step_error).__name__}: "
+                f"{step_error}); the samples' predictions come from pl_module(x) (pass predict= to choose another way)."
             )
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-            out = out[0]  # (predictions, extras)
-        if isinstance(out, Tensor):
-            out = out.detach().cpu()
-        return out, what
+        return _plain_output(out), "output of pl_module(x)"
 
     def _predictions(self, task: str | None, rows: Any) -> tuple[list[Any], list[list[float]] | None]:
         """Predictions (and class probabilities) of the chosen rows, read as the task reads them; a row whose
@@ -1165,6 +1182,15 @@ def predict_step_of(module: Any) -> str | None:
                 return None
             return f"{cls.__name__}.predict_step"
     return None
+
+
+def _plain_output(out: Any) -> Any:
+    """A fallback's output as a step output: the first of ``(predictions, extras)``, tensors on the CPU."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        out = out[0]
+    if isinstance(out, Tensor):
+        out = out.detach().cpu()
+    return out
 
 
 def _callable_name(fn: Any) -> str:
