@@ -9,6 +9,12 @@ Hand-over case: both paths run in one process on the same run, round after round
 hard link, a small note file, queue). Before each B round the background worker is let finish the
 previous file, as it would between checkpoints minutes apart.
 
+Asynchronous case (``--async-io``, and in the full run): the same 256 MB save under
+``Trainer(plugins=[AsyncCheckpointIO()])``, the file written on the plugin's writer thread. A is the
+plain hand-over (B above); B is what UploadCheckpoints runs on the training thread under the plugin
+(capture the moment, queue the hand-over behind the write). Also printed: the delay from the end of
+the file's write to the end of its hand-over, on the writer thread.
+
 Flush case (1 GB, full run only: ``python benchmarks/bench_checkpoints.py --flush-1gb [--rounds N]``): A as
 above; B is a checkpoint saved just before fit ends, so its whole upload is waited for: the hand-over plus
 the uploader's flush (hash, W&B's staged copy, ``log_artifact``), all of which the training thread waits for
@@ -123,6 +129,95 @@ def _handover_case(rounds: int, size: int = SIZE, flush: bool = False) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _async_case(rounds: int, size: int = SIZE) -> None:
+    import torch
+    import wandb
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+    from lw_callbacks.checkpoints import UploadCheckpoints
+    from lw_callbacks.demo import DigitsClassifier
+
+    root = Path(tempfile.mkdtemp(prefix="lwbench-async-"))
+    payload = os.urandom(size)
+    staging = Path(os.environ["WANDB_DATA_DIR"]) / "artifacts" / "staging"
+    setups: dict[str, Any] = {}
+    for key, plugins in (("plain", []), ("async", [AsyncCheckpointIO()])):
+        mc = ModelCheckpoint(dirpath=root / f"ckpt-{key}", monitor="val_acc", mode="max", save_top_k=-1)
+        upload = UploadCheckpoints(progress_bar=False)
+        trainer = Trainer(logger=WandbLogger(save_dir=str(root / key), project="lw-bench"), callbacks=[mc, upload],
+                          accelerator="cpu", devices=1, plugins=plugins)
+        upload.setup(trainer, DigitsClassifier(), "fit")
+        upload._fit_start_ns = 0
+        setups[key] = (mc, upload, trainer)
+    written: dict[str, float] = {}
+    handed: list[float] = []
+    _mc_async, upload_async, trainer_async = setups["async"]
+    take = upload_async._take
+
+    def timed_take(*args: Any) -> None:
+        take(*args)
+        handed.append(time.perf_counter())
+
+    upload_async._take = timed_take  # type: ignore[method-assign]
+    io: Any = trainer_async.strategy.checkpoint_io
+    counter = {"n": 0}
+
+    def write(path: str, n: int) -> None:
+        with open(path, "wb") as fh:
+            fh.write(payload[:-8] + n.to_bytes(8, "little"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        written[path] = time.perf_counter()
+
+    def one(key: str) -> float:
+        mc, upload, trainer = setups[key]
+        uploader: Any = upload.publisher.uploader
+        while uploader.pending():  # the previous checkpoint's upload is done, as between real saves
+            time.sleep(0.05)
+        counter["n"] += 1
+        folder = Path(str(mc.dirpath))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = str(folder / f"epoch={counter['n']}.ckpt")
+        if key == "async":
+            io._ensure_setup()
+            io._executor.submit(write, path, counter["n"])  # what AsyncCheckpointIO.save_checkpoint queues
+        else:
+            write(path, counter["n"])
+        score = torch.tensor(float(counter["n"]))
+        mc.best_k_models[path] = score
+        mc.best_model_path, mc.best_model_score, mc.current_score = path, score, score
+        mc._last_global_step_saved = counter["n"]
+        start = time.perf_counter()
+        upload._scan(trainer)
+        elapsed = time.perf_counter() - start
+        if key == "async":
+            assert upload._async is not None and upload._async.wait(120)
+        mc.best_k_models.pop(path)
+        os.remove(path)
+        for old in staging.glob("*") if staging.is_dir() else []:
+            old.unlink(missing_ok=True)
+        return elapsed
+
+    result = compare(
+        f"UploadCheckpoints training-thread time after a save: AsyncCheckpointIO / plain ({size // 2**20} MB)",
+        lambda: one("plain"), lambda: one("async"), rounds=rounds, note="B: the hand-over queued behind the write",
+    )
+    delays = sorted((h - written[p]) * 1e3 for h, p in zip(handed, [p for p in written if "ckpt-async" in p],
+                                                            strict=False))
+    ms_a = statistics.median(result.a) * 1e3
+    ms_b = statistics.median(result.b) * 1e3
+    print(f"  training thread ms: plain {ms_a:.3f}, async {ms_b:.3f}; async hand-over done after the write ends, ms: "
+          f"min {delays[0]:.2f}, median {statistics.median(delays):.2f}, max {delays[-1]:.2f}", flush=True)
+    for _mc, upload, trainer in setups.values():
+        upload.teardown(trainer, DigitsClassifier(), "fit")
+        trainer.strategy.checkpoint_io.teardown()
+    wandb.finish()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def cases(rounds: int) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -130,6 +225,8 @@ def cases(rounds: int) -> None:
 
     if os.environ.get("LW_BENCH_SKIP_HANDOVER") != "1":
         _handover_case(max(rounds, 7))
+    if os.environ.get("LW_BENCH_SKIP_ASYNC") != "1":
+        _async_case(max(rounds, 7))
     if os.environ.get("LW_BENCH_SKIP_FLUSH_1GB") != "1":
         _handover_case(max(rounds, 3), size=2**30, flush=True)
 
@@ -149,9 +246,19 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flush-1gb", action="store_true", help="only the 1 GB end-of-fit flush case")
+    parser.add_argument("--async-io", action="store_true", help="only the AsyncCheckpointIO hand-over case")
+    parser.add_argument("--only-handover", action="store_true", help="only the plain 256 MB hand-over case")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if args.flush_1gb:
+    if args.async_io or args.only_handover:
+        import harness
+
+        print(harness.HEADER, flush=True)
+        if args.only_handover:
+            _handover_case(args.rounds)
+        if args.async_io:
+            _async_case(args.rounds)
+    elif args.flush_1gb:
         import harness
 
         print(harness.HEADER, flush=True)

@@ -88,6 +88,12 @@ class UploadCheckpoints(Callback):
     checkpoint that ``ModelCheckpoint`` names but that is gone before it could be handed over gets one
     warning naming it.
 
+    A checkpoint that is a folder (sharded strategies) becomes one version holding all its files, with
+    paths relative to the folder, hard-linked file by file; :func:`restore_checkpoint` returns the
+    folder. Checkpoints on an fsspec URL (``dirpath="s3://..."``, ``memory://``) are streamed by the
+    worker into ``.upload-staging`` in the working directory (or ``staging_dir``); a ``dirpath`` on a
+    scheme it cannot read is refused at ``setup``.
+
     A crash loses nothing that was saved. A staged file and its note stay until W&B holds the
     version durably: offline, until the artifact record is in the run's ``.wandb`` log on disk (an
     offline run writes it every 15 s and at ``wandb.finish()``); online, until the artifact is
@@ -142,8 +148,9 @@ class UploadCheckpoints(Callback):
     Raises:
         ConfigurationError: at construction for a bad ``name`` template, alias, ``checkpoints`` (not
             ``ModelCheckpoint`` callbacks), timeout, ``staging_dir`` or ``progress_bar``; at ``setup``
-            when the Trainer has no ``WandbLogger``, or two collections (of this or another
-            UploadCheckpoints) get the same name.
+            when the Trainer has no ``WandbLogger``, two collections (of this or another
+            UploadCheckpoints) get the same name, or a tracked ``ModelCheckpoint``'s ``dirpath`` is on
+            a URL scheme it cannot read (``http://``, say).
 
     Example::
 
@@ -231,6 +238,8 @@ class UploadCheckpoints(Callback):
                 "`log_model` (`WandbLogger(log_model=False)`, the default) and keep UploadCheckpoints."
             )
         self._tracked = self._find_checkpoints(trainer)
+        for mc in self._tracked:
+            _check_dirpath(mc.dirpath or trainer.default_root_dir)
         run = get_run(trainer, _OWNER)
         run_id = str(run.id) if run is not None else None
         run_id = trainer.strategy.broadcast(run_id, src=0)  # every rank, so names are known everywhere
@@ -561,18 +570,25 @@ class UploadCheckpoints(Callback):
             return
         found = []
         for path in moment.paths:
-            real = os.path.realpath(path)
+            remote = files.is_remote(path)
+            real = path if remote else os.path.realpath(files.local_path(path))
+            folder = not remote and os.path.isdir(real)  # a sharded checkpoint: one version of all its files
             try:
-                st = os.stat(real)
+                if remote:
+                    sig = files.remote_signature(path)
+                else:
+                    sig = files.folder_signature(real) if folder else files.signature(os.stat(real))
             except OSError:
                 if real not in self.publisher.ledger.files:  # else handed over before it was deleted
                     self._not_uploaded(path, "it was deleted before it could be handed over (it does not exist)")
                 continue
-            sig = files.signature(st)
-            if not os.path.isfile(real) or self.publisher.ledger.is_known(real, sig):
+            if not remote and not folder and not os.path.isfile(real):
+                self._not_uploaded(path, "it is neither a regular file nor a folder")
                 continue
-            found.append((st.st_mtime_ns, path, real, sig))
-        for _, path, real, sig in sorted(found):
+            if self.publisher.ledger.is_known(real, sig):
+                continue
+            found.append((sig[3], path, real, sig, remote, folder))
+        for _, path, real, sig, remote, folder in sorted(found):
             is_last = path in moment.last
             fresh = sig[3] >= self._fit_start_ns
             if not fresh and self.publisher.state_loaded:
@@ -583,7 +599,7 @@ class UploadCheckpoints(Callback):
             if is_last and fresh and self._handed_step.get(index) == moment.global_step:
                 self.publisher.ledger.note(real, sig, SKIPPED, reason="same step as a top-k checkpoint")
                 continue
-            self._hand_over(moment, index, mc, path, real, sig, is_last, fresh)
+            self._hand_over(moment, index, mc, path, real, sig, is_last, fresh, remote=remote, folder=folder)
             if not is_last and fresh:
                 self._handed_step[index] = moment.global_step
 
@@ -605,6 +621,8 @@ class UploadCheckpoints(Callback):
         is_last: bool,
         fresh: bool,
         unclaimed: bool = False,
+        remote: bool = False,
+        folder: bool = False,
     ) -> None:
         assert self.publisher.uploader is not None
         collection = self.collection_names[index]
@@ -617,13 +635,14 @@ class UploadCheckpoints(Callback):
         metadata = version_metadata(
             path, score=score, monitor=mc.monitor, mode=mc.mode, epoch=epoch,
             global_step=moment.global_step if fresh else None, is_last=is_last, step={"step": step},
-            extra={"ModelCheckpoint": moment.settings},
+            extra={"ModelCheckpoint": moment.settings, **({"folder": True} if folder else {})},
         )
         aliases = version_aliases(epoch, step, self.aliases)
         # Without a monitor, Lightning's best (`best_model_path`, what `ckpt_path="best"` loads) is the newest save.
         best = mc.monitor is None and not is_last and _same_file(moment.best_model_path, real)
         self.publisher.stage_and_submit(
-            path, real, sig, collection, score, metadata, aliases, unclaimed=unclaimed, best=best
+            path, real, sig, collection, score, metadata, aliases, unclaimed=unclaimed, best=best, remote=remote,
+            is_folder=folder,
         )
 
     # ------------------------------------------------------------------ flush
@@ -683,6 +702,20 @@ def _default_names(run_id: str, every: list[ModelCheckpoint]) -> dict[int, str]:
         for mc, tag in zip(group, tags, strict=True):
             out[id(mc)] = f"{name}-{tag}"
     return out
+
+
+def _check_dirpath(dirpath: str | os.PathLike[str]) -> None:
+    """Refuse (at ``setup``) a checkpoint folder on a filesystem whose files cannot be uploaded."""
+    scheme = files.scheme_of(dirpath)
+    if scheme is None or scheme in files.LOCAL_SCHEMES or scheme in files.REMOTE_SCHEMES:
+        return
+    handled = ", ".join(f"{s}://" for s in (*files.LOCAL_SCHEMES, *files.REMOTE_SCHEMES))
+    raise ConfigurationError(
+        f"{_OWNER}: ModelCheckpoint(dirpath={os.fspath(dirpath)!r}) is on a filesystem ({scheme}) whose checkpoints "
+        f"it cannot upload; it uploads checkpoints from local paths and {handled} (streamed through fsspec). Save "
+        "them to one of those, e.g. `ModelCheckpoint(dirpath='s3://bucket/ckpts')` with s3fs installed, or leave "
+        "this ModelCheckpoint out with `UploadCheckpoints(checkpoints=[...])`."
+    )
 
 
 def _filename_stem(mc: ModelCheckpoint) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -65,7 +66,8 @@ def restore_checkpoint(
             and another rank may still be uploading) and for another process's download.
 
     Returns:
-        The local path of the checkpoint file.
+        The local path of the checkpoint file, or of the folder of a folder checkpoint (sharded
+        strategies; ``trainer.fit(ckpt_path=folder)`` takes it).
 
     Raises:
         LookupError: no collection ``name``, or it has no such alias or version; the message lists
@@ -172,6 +174,10 @@ def _logged_version(name: str, tag: str) -> Any:
     versions = LOGGED[name]
     for v in versions:
         if tag in v["aliases"] or tag == f"v{v['version']}":
+            if v.get("files"):  # a folder checkpoint: its files, and the digest of its manifest
+                entries = tuple(ArtifactEntry(p, d, n, local, None) for p, d, n, local in v["files"])
+                return ArtifactVersion(name, "model", v["version"], v["digest"], v["metadata"], entries,
+                                       list(v["aliases"]))
             entry = ArtifactEntry(ENTRY_NAME, v["digest"], v["size"], v["local_path"], None)
             return ArtifactVersion(name, "model", v["version"], "", v["metadata"], (entry,), list(v["aliases"]))
     known = sorted({a for v in versions for a in v["aliases"]} | {f"v{v['version']}" for v in versions})
@@ -248,7 +254,10 @@ def _read_waiting(reader: Any, timeout: float) -> Any:
 
 def _materialize(name: str, version: Any, out_root: Path) -> Path:
     """A copy of the version's staged file that is the caller's own (never a link to a file W&B or this
-    package will upload), at a path unique to its content: ``<root>/<name>-v<N>-<md5 prefix>/model.ckpt``."""
+    package will upload), at a path unique to its content: ``<root>/<name>-v<N>-<md5 prefix>/model.ckpt``
+    (a folder of the version's files for a folder checkpoint)."""
+    if isinstance(version.metadata, dict) and version.metadata.get("folder"):
+        return _materialize_folder(name, version, out_root)
     entries = [e for e in version.entries if e.path == ENTRY_NAME] or [
         e for e in version.entries if e.path.endswith(".ckpt")
     ]
@@ -283,6 +292,47 @@ def _materialize(name: str, version: Any, out_root: Path) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
+    return target.resolve()
+
+
+def _materialize_folder(name: str, version: Any, out_root: Path) -> Path:
+    """A folder checkpoint's files, copied (reflinks where offered) into a folder of the caller's own,
+    ``<root>/<name>-v<N>-<manifest digest prefix>/model.ckpt/``, each checked against its recorded md5."""
+    target = out_root / f"{name}-v{version.version}-{sanitize(version.digest)[:8]}" / ENTRY_NAME
+    entries = list(version.entries)
+
+    def verified(folder: Path) -> bool:
+        return sorted(uploader.folder_files(str(folder))) == sorted(e.path for e in entries) and all(
+            uploader.md5_b64(folder / e.path) == e.digest for e in entries
+        )
+
+    if target.is_dir() and verified(target):
+        return target.resolve()
+    gone = [e.local_path for e in entries if not e.local_path or not os.path.isfile(e.local_path)]
+    if gone:
+        raise FileNotFoundError(
+            f"restore_checkpoint: {name}:v{version.version}'s staged files {gone[:3]} are gone (W&B deletes staged "
+            "copies once `wandb sync` has uploaded them); restore it with the online reference "
+            f"'entity/project/{name}:v{version.version}'."
+        )
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
+    try:
+        for e in entries:
+            dst = tmp / e.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            uploader.reflink_or_copy(str(e.local_path), str(dst))
+            actual = uploader.md5_b64(dst)
+            if actual != e.digest:
+                raise ValueError(
+                    f"restore_checkpoint: the staged file {e.local_path} of {name}:v{version.version} has md5 "
+                    f"{actual}, but the run recorded {e.digest}: it changed after it was logged; refusing to return it."
+                )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return target.resolve()
 
 
@@ -328,6 +378,8 @@ def _restore_online(ref: str, name: str, out_root: Path, timeout: float) -> Path
     if not done.exists():
         artifact.download(root=str(target_dir))
         done.touch()
+    if (artifact.metadata or {}).get("folder"):  # a folder checkpoint: the folder of its files
+        return target_dir.resolve()
     files = sorted(target_dir.rglob("*.ckpt"))
     if len(files) != 1:
         raise LookupError(f"restore_checkpoint: {ref} holds {[str(f) for f in files]}, not one .ckpt file")

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import wandb
-from harness import make_trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from harness import SCRIPTS, make_trainer, run_ranks
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
+from lw_callbacks import ConfigurationError
 from lw_callbacks.checkpoints import UploadCheckpoints
+from lw_callbacks.core import uploader as _uploader
 from lw_callbacks.core.publish import wait_for_cleanups
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import find_runs, read_run
@@ -113,3 +118,115 @@ def test_async_checkpoint_io_uploads_each_file_once_with_its_own_metadata(wandb_
     assert best.entries[0].digest == best_md5
     (latest,) = [v for v in versions if "latest" in v.aliases]
     assert latest.metadata["epoch"] == 5
+
+
+# ------------------------------------------------------------------------------------------ fsspec dirpaths
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_fsspec_dirpath_every_kept_checkpoint_uploaded_and_restorable(wandb_env: Path, scheme: str) -> None:
+    """``memory://`` files are streamed through fsspec into the staging folder by the worker; ``file://`` is a
+    local folder. Every checkpoint kept is one version with its bytes, and ``best`` restores to its bytes."""
+    import fsspec
+
+    dirpath = f"memory://ck-{wandb_env.name}" if scheme == "memory" else f"file://{wandb_env / 'fck'}"
+    mc = ModelCheckpoint(dirpath=dirpath, monitor="val_acc", mode="max", save_top_k=2, save_last=True,
+                         filename="{epoch}-{step}")
+    upload = UploadCheckpoints()
+    trainer = make_trainer([mc, upload], max_epochs=4)
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    fs, root = fsspec.core.url_to_fs(mc.dirpath)
+    kept = {Path(p).name: base64.b64encode(hashlib.md5(fs.cat_file(p)).digest()).decode()
+            for p in fs.ls(root, detail=False) if p.endswith(".ckpt") and Path(p).name != "last.ckpt"}
+    assert len(kept) == 2
+    best_md5 = kept[Path(mc.best_model_path).name]
+    restored = upload.restore("best")
+    assert restored is not None and md5(restored) == best_md5
+    name = upload.collection_names[0]
+    wandb.finish()
+    wait_for_cleanups()
+    versions = read_run(find_runs("runs")[0]).artifacts(name, type="model")
+    digests = [v.entries[0].digest for v in versions]
+    assert set(kept.values()) <= set(digests) and len(digests) == len(set(digests))
+    for v in versions:
+        assert md5(v.entries[0].local_path) == v.entries[0].digest
+    if scheme == "memory":
+        assert all(v.metadata["original_path"].startswith("memory://") for v in versions)
+        fs.rm(root, recursive=True)
+
+
+def test_unsupported_dirpath_scheme_is_refused_at_setup(wandb_env: Path) -> None:
+    mc = ModelCheckpoint(dirpath="http://example.com/ckpts", monitor="val_acc", mode="max")
+    trainer = make_trainer([mc, UploadCheckpoints()], max_epochs=1)
+    with pytest.raises(ConfigurationError, match=r"dirpath='http://example.com/ckpts'"):
+        trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+
+
+# ------------------------------------------------------------------------------------------ folder checkpoints
+def _folder_module() -> Any:
+    spec = importlib.util.spec_from_file_location("folder_checkpoints", SCRIPTS / "folder_checkpoints.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_folder_checkpoints_one_version_each_restored_as_a_folder_that_resumes(wandb_env: Path) -> None:
+    """A CheckpointIO writing a folder per checkpoint: each folder is one version holding all its files
+    (paths relative to the folder), staged by hard links; ``restore("best")`` returns an identical folder
+    and ``trainer.fit(ckpt_path=restored)`` resumes from it."""
+    folders = _folder_module()
+    mc = ModelCheckpoint(dirpath="ckpts", monitor="val_acc", mode="max", save_top_k=2, filename="{epoch}-{step}")
+    upload = UploadCheckpoints()
+    trainer = make_trainer([mc, upload], max_epochs=3, plugins=[folders.FolderCheckpointIO()])
+    trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+    kept = {Path(p).name: folders.listing(p) for p in mc.best_k_models}
+    assert len(kept) == 2 and all(set(files) == {"meta.pt", "shard-0.pt"} for files in kept.values())
+    restored = upload.restore("best")
+    assert restored is not None and restored.is_dir()
+    assert folders.listing(restored) == kept[Path(mc.best_model_path).name]
+    best_step = torch.load(Path(mc.best_model_path) / "meta.pt", weights_only=False)["global_step"]
+    name = upload.collection_names[0]
+    wandb.finish()
+    wait_for_cleanups()
+    versions = read_run(find_runs("runs")[0]).artifacts(name, type="model")
+    assert len(versions) == 3  # every folder saved, the one top-k rotation deleted too
+    by_name = {v.metadata["original_filename"]: v for v in versions}
+    for folder_name, files in kept.items():
+        v = by_name[folder_name]
+        assert {e.path: e.digest for e in v.entries} == files and v.metadata["folder"] is True
+        assert v.digest == _uploader.manifest_digest(files)  # deduplicated by this digest
+        for e in v.entries:
+            assert e.local_path and md5(e.local_path) == e.digest
+    assert "best" in by_name[Path(mc.best_model_path).name].aliases
+    assert not list(Path("ckpts").glob(f"{_uploader.STAGING_FOLDER}/*/*/*"))  # nothing left staged
+
+    starts: list[int] = []
+
+    class Start(Callback):
+        def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            starts.append(trainer.global_step)
+
+    resumed = make_trainer([Start()], max_epochs=4, plugins=[folders.FolderCheckpointIO()])
+    resumed.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32), ckpt_path=str(restored))
+    assert starts == [best_step] and resumed.global_step > best_step
+
+
+@pytest.mark.slow
+def test_folder_checkpoints_under_ddp_each_rank_writing_its_shard(wandb_env: Path) -> None:
+    """2-process DDP (gloo), each rank writing its shard into the checkpoint's folder, as sharded strategies
+    do: every folder is one version with all its files; every rank restores an identical folder; a new
+    2-process fit resumes from it."""
+    reports = run_ranks("folder_checkpoints.py", str(wandb_env / "ddp"), out_dir=wandb_env / "reports", timeout=300)
+    rank0, rank1 = reports
+    assert rank0["names"] == rank1["names"]
+    saved = rank0["saved"]
+    assert len(saved) == 2 and all(set(files) == {"meta.pt", "shard-0.pt", "shard-1.pt"} for files in saved.values())
+    versions = rank0["versions"]
+    assert len(versions) == len(saved)
+    assert sorted(sorted(v["entries"].items()) for v in versions) == sorted(sorted(f.items()) for f in saved.values())
+    for v in versions:
+        assert v["digest"] == _uploader.manifest_digest(v["entries"])
+    (best,) = [v for v in versions if "best" in v["aliases"]]
+    assert best["entries"] == saved[rank0["best_model_path"]]
+    for report in reports:
+        assert report["restored_files"] == saved[rank0["best_model_path"]]
+        assert report["resumed_start"] == rank0["best_global_step"] and report["resumed_end"] > report["resumed_start"]

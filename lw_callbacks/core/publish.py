@@ -64,28 +64,33 @@ def wait_for_cleanups(timeout: float = 60.0) -> None:
 
 # ---------------------------------------------------------------------- versions
 def version_record(
-    version: int, digest: str, size: int, local_path: str | None, aliases: Sequence[str], metadata: Any
+    version: int, digest: str, size: int, local_path: str | None, aliases: Sequence[str], metadata: Any,
+    files: Sequence[tuple[str, str, int, str | None]] = (),
 ) -> dict[str, Any]:
-    """One version of a collection in :data:`LOGGED`, as the run's records will show it."""
+    """One version of a collection in :data:`LOGGED`, as the run's records will show it; ``files``
+    (path, digest, size, local path) are a folder checkpoint's entries."""
     return {
         "version": version, "digest": digest, "size": size, "local_path": local_path,
-        "aliases": list(aliases), "metadata": metadata,
+        "aliases": list(aliases), "metadata": metadata, "files": [list(f) for f in files],
     }
 
 
 def records_versions(versions: Sequence[Any]) -> list[dict[str, Any]]:
     """:func:`version_record` of each :class:`~lw_callbacks.records.ArtifactVersion` a run's records hold."""
-    return [
-        version_record(
+    out = []
+    for v in versions:
+        folder = isinstance(v.metadata, dict) and bool(v.metadata.get("folder"))
+        files = [(e.path, e.digest, e.size, e.local_path) for e in v.entries] if folder else []
+        out.append(version_record(
             v.version,
-            v.entries[0].digest if v.entries else v.digest,
-            v.entries[0].size if v.entries else 0,
-            v.entries[0].local_path if v.entries else None,
+            v.digest if folder or not v.entries else v.entries[0].digest,
+            sum(e.size for e in v.entries) if folder else (v.entries[0].size if v.entries else 0),
+            None if folder or not v.entries else v.entries[0].local_path,
             v.aliases,
             v.metadata,
-        )
-        for v in versions
-    ]
+            files,
+        ))
+    return out
 
 
 def logged_by(uploader: Uploader | None) -> dict[str, list[dict[str, Any]]] | None:
@@ -99,7 +104,8 @@ def logged_by(uploader: Uploader | None) -> dict[str, list[dict[str, Any]]] | No
         versions = out[job.collection]
         same = next((v for v in versions if v["digest"] == digest), None)
         if same is None:
-            same = version_record(len(versions), digest, job.size, local_path, [], job.metadata)
+            files = [(rel, d, _entry_size(job, rel), job.local_paths.get(rel)) for rel, d in job.entries.items()]
+            same = version_record(len(versions), digest, job.size, local_path, [], job.metadata, files)
             versions.append(same)
         for alias in ["latest", *aliases]:  # W&B adds `latest`; an alias lives on the newest version logged with it
             for v in versions:
@@ -107,6 +113,14 @@ def logged_by(uploader: Uploader | None) -> dict[str, list[dict[str, Any]]] | No
                     v["aliases"].remove(alias)
             same["aliases"].append(alias)
     return out
+
+
+def _entry_size(job: Any, rel: str) -> int:
+    path = job.local_paths.get(rel)
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
 
 
 def version_metadata(
@@ -132,7 +146,7 @@ def version_metadata(
         "global_step": global_step,
         **(step or {}),
         "original_filename": os.path.basename(path),
-        "original_path": os.path.abspath(path),
+        "original_path": os.fspath(path) if _uploader_module.is_remote(path) else os.path.abspath(path),
         "is_last": is_last,
         **(extra or {}),
     }
@@ -304,7 +318,9 @@ class Publisher:
         """The staging root for checkpoints in ``folder``; each run and collection has a folder in it."""
         if self.staging_dir is not None:
             return Path(os.path.abspath(self.staging_dir))
-        return Path(os.path.abspath(folder)) / STAGING_FOLDER
+        if _uploader_module.is_remote(folder):  # a remote folder's files are staged in the working directory
+            return Path.cwd().resolve() / STAGING_FOLDER
+        return Path(os.path.abspath(_uploader_module.local_path(folder))) / STAGING_FOLDER
 
     def begin(self, run: Any, logger: Any, owner: str | None = None) -> Uploader:
         """Start the worker for this fit, told where the run's log is, and flushed at the run's finish."""
@@ -422,11 +438,14 @@ class Publisher:
         aliases: list[str],
         unclaimed: bool = False,
         best: bool = False,
+        remote: bool = False,
+        is_folder: bool = False,
     ) -> None:
         """Hand ``real`` over to the upload worker: a hard link in this run's staging folder, or (on
         another filesystem) a descriptor open on it that the worker copies from. That is the only work
-        on the training thread. When staging fails, the original is uploaded at flush. If anything
-        here raises, nothing is left marked pending."""
+        on the training thread. When staging fails, the original is uploaded at flush. A ``remote``
+        file (an fsspec URL) is streamed into the staging folder by the worker. If anything here
+        raises, nothing is left marked pending."""
         uploader = self.uploader
         assert uploader is not None
         seq = self.ledger.take_seq()
@@ -437,7 +456,10 @@ class Publisher:
         fd: int | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            how, fd = _uploader_module.hand_over(real, staged)
+            if is_folder:  # one hard link per file; on another filesystem the worker copies the folder
+                how, fd = _uploader_module.link_folder(real, staged), None
+            else:
+                how, fd = ("fetch", None) if remote else _uploader_module.hand_over(real, staged)
             if how == "copy" and not self.warned_copy:
                 self.warned_copy = True
                 warn(
@@ -461,7 +483,7 @@ class Publisher:
             except OSError:
                 fd = None
         job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases, run_id=run_id, fd=fd,
-                  unclaimed=unclaimed, best=best)
+                  unclaimed=unclaimed, best=best, remote=remote, folder=is_folder)
         self.ledger.note(real, sig, PENDING, collection=collection, seq=seq, run_id=run_id)
         try:
             if staged is None:

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -73,6 +74,135 @@ def copy_fd(fd: int, dst: str) -> None:
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(partial)
+        raise
+
+
+# fsspec schemes a checkpoint folder may use: local ones (a plain path), and remote ones, whose files
+# the worker streams through fsspec into the staging folder (tests run `memory://` and `file://`; the
+# object stores by design, with their fsspec package installed: s3fs, gcsfs, adlfs).
+LOCAL_SCHEMES = ("file", "local")
+REMOTE_SCHEMES = ("memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hdfs", "sftp", "ssh")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def scheme_of(path: str | os.PathLike[str]) -> str | None:
+    """The URL scheme of ``path`` (``"memory"`` for ``memory://ck/a.ckpt``), ``None`` for a plain path,
+    ``"::"`` for a chained URL (``simplecache::s3://...``)."""
+    text = os.fspath(path)
+    if "::" in text.split("/", 1)[0]:
+        return "::"
+    found = _SCHEME.match(text)
+    return found.group(1).lower() if found else None
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an fsspec URL of a filesystem other than the local one."""
+    return scheme_of(path) not in (None, *LOCAL_SCHEMES)
+
+
+def local_path(path: str | os.PathLike[str]) -> str:
+    """``path`` without a ``file://`` / ``local://`` scheme."""
+    text = os.fspath(path)
+    return text.split("://", 1)[1] if scheme_of(text) in LOCAL_SCHEMES else text
+
+
+def remote_signature(url: str) -> list[int]:
+    """What identifies one content of a remote file without reading it: ``[0, 0, size, mtime ns]``
+    (the time of the file's ``info`` where the filesystem gives one, else now). Raises ``OSError``."""
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(url)
+    info = fs.info(inner)
+    if info.get("type") not in (None, "file"):
+        raise IsADirectoryError(url)
+    when: Any = next((info[k] for k in ("mtime", "created", "LastModified", "last_modified", "updated") if info.get(k)),
+                None)
+    if hasattr(when, "timestamp"):
+        ns = int(when.timestamp() * 1e9)
+    elif isinstance(when, (int, float)):
+        ns = int(when * 1e9)
+    else:
+        ns = time.time_ns()
+    return [0, 0, int(info.get("size") or 0), ns]
+
+
+def fetch(url: str, dst: str) -> int:
+    """Stream the remote file ``url`` through fsspec to ``dst`` (through ``dst.partial``, removed on any
+    failure); returns the number of bytes written."""
+    import fsspec
+
+    partial = dst + ".partial"
+    size = 0
+    try:
+        with fsspec.open(url, "rb") as fin, open(partial, "wb") as out:
+            while chunk := fin.read(_CHUNK):
+                _write(out, chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+    return size
+
+
+def folder_files(folder: str) -> list[str]:
+    """Every file under ``folder``, as sorted paths relative to it (``/``-separated)."""
+    found = []
+    for base, _dirs, names in os.walk(folder):
+        for name in names:
+            found.append(os.path.relpath(os.path.join(base, name), folder).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def folder_signature(folder: str) -> list[int]:
+    """What identifies one content of a checkpoint folder without reading it: device and inode of the
+    folder, total size of its files, and the newest mtime among it and its files."""
+    st = os.stat(folder)
+    total, newest = 0, int(st.st_mtime_ns)
+    for rel in folder_files(folder):
+        fst = os.stat(os.path.join(folder, rel))
+        total += int(fst.st_size)
+        newest = max(newest, int(fst.st_mtime_ns))
+    return [int(st.st_dev), int(st.st_ino), total, newest]
+
+
+def manifest_digest(entries: dict[str, str]) -> str:
+    """The digest of an artifact manifest holding ``entries`` (path -> base64 md5), computed as W&B
+    computes an artifact's digest (hex md5 over ``path:digest`` lines, sorted by path)."""
+    hasher = hashlib.md5()
+    hasher.update(b"wandb-artifact-manifest-v1\n")
+    for name in sorted(entries):
+        hasher.update(f"{name}:{entries[name]}\n".encode())
+    return hasher.hexdigest()
+
+
+def link_folder(src: str, dst: str) -> str:
+    """Stage the folder ``src`` at ``dst``: ``"link"`` when each file could be hard-linked, ``"copy"``
+    when not (another filesystem: the worker copies it, :func:`copy_folder`). ``ENOSPC`` is raised."""
+    try:
+        for rel in folder_files(src):
+            target = os.path.join(dst, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            _link(os.path.join(src, rel), target)
+        return "link"
+    except OSError as err:
+        shutil.rmtree(dst, ignore_errors=True)
+        if err.errno == errno.ENOSPC:
+            raise
+        return "copy"
+
+
+def copy_folder(src: str, dst: str) -> None:
+    """Copy the folder ``src`` to ``dst`` (through ``dst.partial``, removed on any failure)."""
+    partial = dst + ".partial"
+    try:
+        shutil.copytree(src, partial)
+        os.replace(partial, dst)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
         raise
 
 
@@ -160,6 +290,10 @@ class Job:
     digest: str | None = None
     status: str = PENDING
     copied: bool = False  # ``staged`` is a copy (compared by content), not a hard link (by size and mtime)
+    remote: bool = False  # ``source`` is an fsspec URL: the worker streams it into ``staged``
+    folder: bool = False  # ``source`` is a folder (a sharded checkpoint): one version holding all its files
+    entries: dict[str, str] = field(default_factory=dict)  # a folder's files (relative paths) -> md5
+    local_paths: dict[str, str | None] = field(default_factory=dict)  # a folder's files -> W&B's staged copy
     unclaimed: bool = False  # found in the folder, not named by the ModelCheckpoint: skip content held anywhere
     best: bool = False  # the best by its saver's own account (ModelCheckpoint without monitor: its best_model_path)
     fd: int | None = field(default=None, repr=False)
@@ -541,8 +675,58 @@ class Uploader:
         job.close_fd()
         write_note(job)
 
+    def _fetch(self, job: Job) -> bool:
+        """Stream a remote checkpoint into its staged path (off the training thread); False when it is
+        gone or was rewritten meanwhile (its new content has its own hand-over)."""
+        assert job.staged is not None
+        try:
+            size = fetch(job.source, job.staged)
+        except FileNotFoundError:
+            self.ledger.set_status(job.source, LOST)
+            with self._cond:
+                self.lost.append(job)
+            self.cleanup(job)
+            return False
+        if size != job.signature[2]:
+            self.ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
+            self.cleanup(job)
+            return False
+        job.copied = True
+        write_note(job)
+        return True
+
+    def _process_folder(self, job: Job) -> None:
+        """A checkpoint that is a folder: every file in it is hashed (the version's digest is that of
+        its manifest) and uploaded as one version, with paths relative to the folder."""
+        if job.staged and not os.path.isdir(job.staged):  # not linked (another filesystem): copy it now
+            try:
+                copy_folder(job.source, job.staged)
+            except FileNotFoundError:
+                job.staged = None
+            else:
+                job.copied = True
+                write_note(job)
+        path = job.staged if job.staged and os.path.isdir(job.staged) else None
+        if path is None:
+            if os.path.isdir(job.source) and folder_signature(job.source)[2:] == job.signature[2:]:
+                path = job.source
+            else:
+                self.ledger.set_status(job.source, LOST)
+                with self._cond:
+                    self.lost.append(job)
+                self.cleanup(job)
+                return
+        before = folder_signature(path)
+        job.entries = {rel: md5_b64(os.path.join(path, rel), self._progress) for rel in folder_files(path)}
+        self._publish(job, path, manifest_digest(job.entries), before)
+
     def _process(self, job: Job) -> None:
         ledger = self.ledger
+        if job.folder:
+            self._process_folder(job)
+            return
+        if job.remote and job.staged and not os.path.isfile(job.staged) and not self._fetch(job):
+            return
         if job.staged and job.fd is not None and not os.path.isfile(job.staged):
             self._stage_copy(job)
             if job.staged is None:
@@ -579,6 +763,12 @@ class Uploader:
             ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
             self.cleanup(job)
             return
+        self._publish(job, path, digest, before)
+
+    def _publish(self, job: Job, path: str, digest: str, before: list[int]) -> None:
+        """Log the hashed content at ``path`` as a new version of its collection (unless the collection
+        holds it), with ``latest`` / ``best`` decided here, and see it to W&B durably."""
+        ledger = self.ledger
         job.digest = digest
         state = ledger.collection(job.collection)
         held = job.unclaimed and digest in self.held_anywhere  # another ModelCheckpoint's file, say
@@ -637,6 +827,22 @@ class Uploader:
         (nothing logged) when the file changed before W&B's staged copy of it was complete."""
 
         artifact = model_artifact(job.collection, job.metadata)
+        if job.folder:
+            added = [add_hashed_file(artifact, os.path.join(path, rel), rel, d) for rel, d in job.entries.items()]
+            try:
+                if folder_signature(path)[2:] != before[2:]:
+                    for item, rel in zip(added, job.entries, strict=True):
+                        _remove_wandb_copy(item, os.path.join(path, rel))
+                    return None
+                logged = log_artifact(self.run, artifact, aliases)
+            except BaseException:
+                for item, rel in zip(added, job.entries, strict=True):
+                    _remove_wandb_copy(item, os.path.join(path, rel))
+                raise
+            job.local_paths = {rel: getattr(e, "local_path", None) for rel, e in zip(job.entries, added, strict=True)}
+            return None if not added else getattr(added[0], "local_path", None), (
+                logged if logged is not None else artifact
+            )
         # W&B's own staged copy, made on this thread, of the content we hashed; W&B does not hash it again
         entry = add_hashed_file(artifact, path, ENTRY_NAME, digest)
         try:
@@ -653,6 +859,9 @@ class Uploader:
     def cleanup_files(job: Job) -> None:
         if not job.staged:
             return
+        for tree in (job.staged, job.staged + ".partial"):
+            if os.path.isdir(tree) and not os.path.islink(tree):
+                shutil.rmtree(tree, ignore_errors=True)
         for path in (job.staged, job.staged + ".json", job.staged + ".partial"):
             with contextlib.suppress(OSError):
                 os.remove(path)
@@ -720,7 +929,7 @@ def read_staged(root: Path, run_id: str) -> tuple[list[Job], dict[str, list[Path
         if job.run_id != run_id:
             others.setdefault(job.run_id or "(unknown)", []).append(note)
             continue
-        if job.staged and os.path.isfile(job.staged):
+        if job.staged and (os.path.isdir(job.staged) if job.folder else os.path.isfile(job.staged)):
             jobs.append(job)
         else:
             for path in (note, Path(str(note)[: -len(".json")] + ".partial")):

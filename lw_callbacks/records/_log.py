@@ -185,6 +185,8 @@ def scan_log(path: str | Path, offset: int = 0) -> tuple[list[tuple[str, str]], 
             kind = record.WhichOneof("record_type")
             if kind == "artifact":
                 found.extend((record.artifact.name, row[1]) for row in manifest_rows(record.artifact.manifest))
+                if record.artifact.digest:  # a folder checkpoint is known by its manifest's digest
+                    found.append((record.artifact.name, record.artifact.digest))
             elif kind == "exit":
                 exited = True
     except FileNotFoundError:

@@ -146,8 +146,10 @@ class RunRecords:
         return self.exit_code is not None
 
     def digests(self, name: str | None = None) -> set[tuple[str, str]]:
-        """``(collection, file digest)`` of every file of every artifact version (of ``name``)."""
-        return {(a.name, e.digest) for a in self.artifacts(name) for e in a.entries}
+        """``(collection, digest)`` of every file of every artifact version (of ``name``), and of each
+        version's manifest."""
+        files = {(a.name, e.digest) for a in self.artifacts(name) for e in a.entries}
+        return files | {(a.name, a.digest) for a in self.artifacts(name) if a.digest}
 
     def metric(self, key: str) -> MetricDefinition | None:
         """The latest definition recorded for a metric name or glob, or ``None``."""
