@@ -634,7 +634,8 @@ class FabricUploadCheckpoints:
 
         Args:
             fabric: the ``Fabric``.
-            path: the file ``fabric.save`` wrote (a single file: not a sharded checkpoint folder).
+            path: the file ``fabric.save`` wrote, or the folder of a sharded checkpoint (one version
+                holding all its files; :func:`restore_checkpoint` returns the folder).
             step: optimizer step of the checkpoint (metadata and alias ``step-<n>``).
             epoch: epoch of the checkpoint (metadata and alias ``epoch-<n>``).
             score: the ``monitor`` value of this checkpoint (a number or a one-element tensor).
@@ -643,7 +644,7 @@ class FabricUploadCheckpoints:
 
         Raises:
             FileNotFoundError: on global rank 0, when ``path`` does not exist.
-            ConfigurationError: ``path`` is a folder (sharded checkpoint) or not a path; ``step`` /
+            ConfigurationError: ``path`` is not a path; ``step`` /
                 ``epoch`` not an int >= 0; a bad alias; on global rank 0, ``metadata`` that is not
                 JSON-serializable (:class:`~lw_callbacks.ConfigurationError`, raised before anything
                 is marked, so the corrected call for the same file uploads it).
@@ -669,12 +670,8 @@ class FabricUploadCheckpoints:
         if fabric.global_rank != 0 or self._run is None:
             return
         real = os.path.realpath(path)
-        if os.path.isdir(real):
-            raise ConfigurationError(
-                f"{call}(path={str(path)!r}) is a folder (a sharded checkpoint); "
-                "upload a single-file checkpoint, e.g. FSDPStrategy(state_dict_type='full')."
-            )
-        if not os.path.isfile(real):
+        folder = os.path.isdir(real)  # a sharded checkpoint: one version holding all its files
+        if not folder and not os.path.isfile(real):
             raise FileNotFoundError(
                 f"{call}(path={str(path)!r}): no such file on global rank 0; "
                 "pass the path given to `fabric.save(path, state)`, after that call."
@@ -683,7 +680,7 @@ class FabricUploadCheckpoints:
         value = value if value is not None and math.isfinite(value) else None
         meta = version_metadata(
             path, score=value, monitor=self.monitor, mode=self.mode, epoch=epoch, global_step=step, is_last=False,
-            extra=dict(metadata or {}),
+            extra={**dict(metadata or {}), **({"folder": True} if folder else {})},
         )
         try:  # checked before anything is marked, so a corrected call for the same file is not skipped
             json.dumps(meta, allow_nan=False)
@@ -697,12 +694,14 @@ class FabricUploadCheckpoints:
             publisher.ledger.collection(self.collection_name, self.monitor, self.mode)
             publisher.begin(self._run, logger, owner=type(self).__name__)
         try:
-            sig = files.signature(os.stat(real))
+            sig = files.folder_signature(real) if folder else files.signature(os.stat(real))
             if publisher.ledger.is_known(real, sig):
                 return  # this content was handed over already
             all_aliases = version_aliases(epoch, step, publisher.aliases, extra)
             score_for_best = value if self.monitor is not None else None
-            publisher.stage_and_submit(str(path), real, sig, self.collection_name, score_for_best, meta, all_aliases)
+            publisher.stage_and_submit(
+                str(path), real, sig, self.collection_name, score_for_best, meta, all_aliases, is_folder=folder
+            )
         except Exception as err:  # a hand-over problem never stops training
             warn(f"{type(self).__name__}: could not hand over {path} ({type(err).__name__}: {err}).")
 

@@ -230,3 +230,32 @@ def test_folder_checkpoints_under_ddp_each_rank_writing_its_shard(wandb_env: Pat
     for report in reports:
         assert report["restored_files"] == saved[rank0["best_model_path"]]
         assert report["resumed_start"] == rank0["best_global_step"] and report["resumed_end"] > report["resumed_start"]
+
+
+def test_fabric_uploads_a_checkpoint_folder_and_restores_it(wandb_env: Path) -> None:
+    """``FabricUploadCheckpoints.upload_checkpoint`` takes the folder of a sharded checkpoint: one version
+    of all its files, ``best`` by score, restored as an identical folder."""
+    import lightning as L
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lw_callbacks.fabric import FabricUploadCheckpoints, restore_checkpoint
+
+    folders = _folder_module()
+    fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[WandbLogger(project="lw-tests", save_dir=str(wandb_env))])
+    upload = FabricUploadCheckpoints(monitor="val_acc", mode="max")
+    saved = {}
+    for epoch, acc in enumerate([0.5, 0.8, 0.6]):
+        folder = wandb_env / "ckpts" / f"epoch={epoch}"
+        (folder / "shards").mkdir(parents=True)
+        torch.save({"epoch": epoch}, folder / "meta.pt")
+        torch.save({"w": torch.randn(1000)}, folder / "shards" / "0.pt")
+        upload.upload_checkpoint(fabric, folder, step=epoch, epoch=epoch, score=acc)
+        saved[epoch] = folders.listing(folder)
+    upload.training_done(fabric)
+    restored = restore_checkpoint(f"{upload.collection_name}:best")
+    assert restored.is_dir() and folders.listing(restored) == saved[1]
+    assert set(saved[1]) == {"meta.pt", "shards/0.pt"}
+    wandb.finish()
+    versions = read_run(find_runs(wandb_env)[0]).artifacts(upload.collection_name)
+    assert [{e.path: e.digest for e in v.entries} for v in versions] == [saved[0], saved[1], saved[2]]
+    assert "best" in versions[1].aliases and versions[1].metadata["folder"] is True
