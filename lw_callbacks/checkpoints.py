@@ -502,8 +502,9 @@ class UploadCheckpoints(Callback):
                 real = os.path.realpath(path)
                 if real in queued:
                     continue
+                folder = os.path.isdir(real)
                 try:
-                    sig = files.signature(os.stat(real))
+                    sig = files.folder_signature(real) if folder else files.signature(os.stat(real))
                 except OSError:
                     continue
                 known_file = ledger.files.get(real)
@@ -521,7 +522,9 @@ class UploadCheckpoints(Callback):
                     os.path.realpath(p) == real for p in mc.best_k_models
                 )
                 moment = _Moment.of(trainer, mc)
-                self._hand_over(moment, index, mc, path, real, sig, is_last, fresh=False, unclaimed=real not in named)
+                self._hand_over(
+                    moment, index, mc, path, real, sig, is_last, fresh=False, unclaimed=real not in named, folder=folder
+                )
 
     # ------------------------------------------------------------------ hand-over (training thread)
     def _scan(self, trainer: pl.Trainer) -> None:
@@ -730,9 +733,10 @@ def _dir_stem(mc: ModelCheckpoint) -> str:
 def _files_on_disk(
     mc: ModelCheckpoint, every: list[ModelCheckpoint], since: float | None, glob: bool = True
 ) -> list[str]:
-    """Checkpoint files of ``mc`` on disk: the ones its state names, and (``glob``), when no other
-    ModelCheckpoint of the Trainer writes into its folder, every ``*.ckpt`` there written since the run
-    began (``since``); those are uploaded only if no collection of the run holds their content."""
+    """Checkpoint files (and checkpoint folders, as sharded strategies save) of ``mc`` on disk: the ones
+    its state names, and (``glob``), when no other ModelCheckpoint of the Trainer writes into its folder,
+    every ``*.ckpt`` there written since the run began (``since``); those are uploaded only if no
+    collection of the run holds their content."""
     paths = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
     found = [str(p) for p in paths if p]
     folder = mc.dirpath
@@ -742,14 +746,15 @@ def _files_on_disk(
         if not sharing:
             for entry in sorted(Path(folder).glob(f"*{mc.FILE_EXTENSION}")):
                 try:
-                    if entry.is_symlink() or not entry.is_file():
+                    if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
                         continue
-                    if since is not None and entry.stat().st_mtime < since - 1.0:
+                    newest = files.folder_signature(str(entry))[3] / 1e9 if entry.is_dir() else entry.stat().st_mtime
+                    if since is not None and newest < since - 1.0:
                         continue
                 except OSError:
                     continue
                 found.append(str(entry))
-    return [p for p in dict.fromkeys(found) if os.path.isfile(p)]
+    return [p for p in dict.fromkeys(found) if os.path.isfile(p) or os.path.isdir(p)]
 
 
 class _AfterCheckpointsHook:

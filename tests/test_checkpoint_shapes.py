@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import importlib.util
 import time
 from pathlib import Path
 from typing import Any
 
+import modules
 import pytest
 import torch
 import wandb
-from harness import SCRIPTS, make_trainer, run_ranks
+from harness import SCRIPTS, make_logger, make_trainer, run_ranks
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lw_callbacks import ConfigurationError
 from lw_callbacks.checkpoints import UploadCheckpoints
@@ -71,25 +73,36 @@ class RecordingIO(TorchCheckpointIO):
         self.written[md5(path)] = (Path(path).name, checkpoint["epoch"], checkpoint["global_step"])
 
 
-class Padded(DigitsClassifier):
-    """The digits model with a buffer of ``pad_mb`` MiB, for checkpoints of tens of MB."""
+def padded(namespace: str, pad_mb: int = 20) -> Any:
+    """The digits model of ``namespace`` with a buffer of ``pad_mb`` MiB, for checkpoints of tens of MB."""
+    base: Any = modules.of(namespace).DigitsClassifier
 
-    def __init__(self, pad_mb: int = 20) -> None:
-        super().__init__()
-        self.register_buffer("pad", torch.randn(pad_mb * 2**20 // 4))
+    class Padded(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("pad", torch.randn(pad_mb * 2**20 // 4))
+
+    return Padded()
 
 
-def test_async_checkpoint_io_uploads_each_file_once_with_its_own_metadata(wandb_env: Path) -> None:
-    """5 checkpoints of 20 MB written by AsyncCheckpointIO on a slow disk while training goes on: every file
-    on disk at the end is one version whose md5 is its file's, and each version's epoch, step and aliases
-    are those of the bytes it holds (read from the checkpoint the writer wrote)."""
+@pytest.mark.parametrize("namespace", modules.NAMESPACES)
+def test_async_checkpoint_io_uploads_each_file_once_with_its_own_metadata(wandb_env: Path, namespace: str) -> None:
+    """6 checkpoints of 20 MB written by AsyncCheckpointIO (either namespace) on a slow disk while training goes
+    on, top-k rotation deleting two: every file on disk at the end is one version whose md5 is its file's, and
+    each version's epoch, step and aliases are those of the bytes it holds (read from the checkpoint the
+    writer wrote)."""
+    L = modules.api(namespace)
+    io_module = importlib.import_module(f"{namespace}.plugins.io")
     writer = RecordingIO(delay=0.5)
-    mc = ModelCheckpoint(dirpath="ckpts", monitor="val_acc", mode="max", save_top_k=4,
-                         filename="{epoch}-{step}")
+    mc = L.ModelCheckpoint(dirpath="ckpts", monitor="val_acc", mode="max", save_top_k=4, filename="{epoch}-{step}")
     upload = UploadCheckpoints()
-    trainer = make_trainer([mc, upload], max_epochs=6, limit_train_batches=3, limit_val_batches=1,
-                           plugins=[AsyncCheckpointIO(writer)])
-    trainer.fit(Padded(20), datamodule=DigitsDataModule(batch_size=32))
+    trainer = L.Trainer(
+        logger=make_logger(namespace=namespace), callbacks=[mc, upload], max_epochs=6, limit_train_batches=3,
+        limit_val_batches=1, accelerator="cpu", devices=1, log_every_n_steps=1, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir="lightning",
+        plugins=[io_module.AsyncCheckpointIO(writer)],
+    )
+    trainer.fit(padded(namespace), datamodule=modules.of(namespace).DigitsDataModule(batch_size=32))
     best_md5 = md5(mc.best_model_path)
     name = upload.collection_names[0]
     wandb.finish()
