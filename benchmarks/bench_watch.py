@@ -7,18 +7,20 @@ one row.
 Three models, each fit for a few optimizer steps with a histogram of every parameter and every
 gradient at every step (``log_freq=1``):
 
-- ``cnn``: the overhead benchmark's CNN (321,290 parameters in 10 tensors), batches of 64 images;
+- ``cnn``: the overhead benchmark's CNN (321,290 parameters in 10 tensors), batches of 8 images;
 - ``mlp``: 12 x ``Linear(2048, 2048)`` (50.4 M parameters in 24 tensors), batches of 8;
 - ``many``: 250 x ``Linear(16, 16)`` (68 k parameters in 500 small tensors), batches of 8.
 
 A round fits the same model three ways in one process, in an order that rotates from round to round:
 bare (a ``WandbLogger`` and nothing else), with ``WatchModel(log="all", log_freq=1)``, and with
 ``WandbLogger.watch(model, log="all", log_freq=1, log_graph=False)`` (wandb's hooks, ``torch.histc``
-per tensor). The cost per log step of a tool is its fit's time minus the bare fit's, over the log
-steps. Its throughput is the bytes of the tensors it reads per log step (every parameter and every
-gradient, float32) over that cost; beside it, ``torch.aminmax`` over the same tensors (one read of
-the data, a memory-bandwidth reference), timed in the same round. WatchModel's own hook time is
-also taken per log step, to compare the first log step of a fit with the later ones.
+per tensor). The cost per log step of a tool is its fit's CPU time (this process's, so the load of
+other processes on a shared machine does not count) minus the bare fit's, over the log steps; the
+same ratio of wall times is shown beside it. Its throughput is the bytes of the tensors it reads per
+log step (every parameter and every gradient, float32) over that cost; beside it, ``torch.aminmax``
+over the same tensors (one read of the data, a memory-bandwidth reference), its CPU time taken in
+the same round. WatchModel's own hook time (CPU time of the training thread) is also taken per log
+step, to compare the first log step of a fit with the later ones.
 
 Torch runs on ``LW_BENCH_THREADS`` intra-op threads (default 1), as in ``run.py``.
 """
@@ -44,7 +46,7 @@ sys.path.insert(0, str(HERE.parent))
 import harness  # noqa: E402, F401  (sets the W&B folders and offline mode before wandb is imported)
 
 SIZES = ("cnn", "mlp", "many")
-STEPS = {"cnn": 12, "mlp": 4, "many": 12}  # optimizer steps per fit, each one a log step
+STEPS = {"cnn": 24, "mlp": 4, "many": 24}  # optimizer steps per fit, each one a log step
 ARMS = ("bare", "watch_model", "wandb_watch")
 LABELS = {
     "cnn": "CNN, 321 k parameters, 10 tensors",
@@ -65,9 +67,9 @@ def _model(size: str) -> tuple[Any, Any]:
     if size == "cnn":
         from workload import SmallCNN
 
-        x = torch.rand(steps * 64, 3, 32, 32, generator=gen)
-        y = torch.randint(0, 10, (steps * 64,), generator=gen)
-        return SmallCNN(), DataLoader(TensorDataset(x, y), batch_size=64)
+        x = torch.rand(steps * 8, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (steps * 8,), generator=gen)
+        return SmallCNN(), DataLoader(TensorDataset(x, y), batch_size=8)
 
     width, depth = (2048, 12) if size == "mlp" else (16, 250)
 
@@ -105,9 +107,9 @@ def _fit(size: str, arm: str) -> dict[str, Any]:
         times: list[float]
 
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-            start = time.perf_counter()
+            start = time.thread_time()
             super().on_before_optimizer_step(trainer, pl_module, optimizer)
-            self.times.append(time.perf_counter() - start)
+            self.times.append(time.thread_time() - start)
 
     model, loader = _model(size)
     save_dir = tempfile.mkdtemp(prefix="lwbench-watch-")
@@ -127,23 +129,23 @@ def _fit(size: str, arm: str) -> dict[str, Any]:
         enable_model_summary=False, log_every_n_steps=50, default_root_dir=save_dir,
     )
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, train_dataloaders=loader)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     if arm == "wandb_watch":
         logger.experiment.unwatch(model)
     wandb.finish()
-    record: dict[str, Any] = {"size": size, "arm": arm, "seconds": seconds, "steps": STEPS[size]}
+    record: dict[str, Any] = {"size": size, "arm": arm, "seconds": seconds, "cpu": cpu, "steps": STEPS[size]}
     if watch is not None:
         record["hook_seconds"] = watch.times
     if arm == "bare":  # the memory-bandwidth reference: one read of every parameter and a gradient each
         tensors = [p.detach() for p in model.parameters()]
         tensors += [torch.randn_like(p) for p in tensors]
         torch.aminmax(tensors[0])
-        start = time.perf_counter()
+        start = time.process_time()
         for t in tensors:
             torch.aminmax(t)
-        record["aminmax_seconds"] = time.perf_counter() - start
+        record["aminmax_cpu"] = time.process_time() - start
         record["bytes"] = sum(t.numel() * t.element_size() for t in tensors)
         record["params"] = sum(p.numel() for p in model.parameters())
         record["tensors"] = len(tensors) // 2
@@ -190,7 +192,8 @@ def summarize(records: Sequence[dict[str, Any]], size: str) -> dict[str, Any] | 
         return None
     med = statistics.median
     steps = rounds[0]["bare"]["steps"]
-    cost = {arm: [(r[arm]["seconds"] - r["bare"]["seconds"]) / steps for r in rounds] for arm in ARMS[1:]}
+    cost = {arm: [(r[arm]["cpu"] - r["bare"]["cpu"]) / steps for r in rounds] for arm in ARMS[1:]}
+    wall = {arm: [(r[arm]["seconds"] - r["bare"]["seconds"]) / steps for r in rounds] for arm in ARMS[1:]}
     data = rounds[0]["bare"]["bytes"]
     firsts, laters = [], []
     for r in rounds:
@@ -207,7 +210,8 @@ def summarize(records: Sequence[dict[str, Any]], size: str) -> dict[str, Any] | 
         "ratio_max": max(w / b for w, b in zip(cost["watch_model"], cost["wandb_watch"], strict=True)),
         "watch_model_gbs": med([data / c / 1e9 for c in cost["watch_model"] if c > 0] or [float("nan")]),
         "wandb_watch_gbs": med([data / c / 1e9 for c in cost["wandb_watch"] if c > 0] or [float("nan")]),
-        "aminmax_gbs": med([data / r["bare"]["aminmax_seconds"] / 1e9 for r in rounds]),
+        "aminmax_gbs": med([data / r["bare"]["aminmax_cpu"] / 1e9 for r in rounds if r["bare"]["aminmax_cpu"] > 0]),
+        "wall_ratio": med([w / b for w, b in zip(wall["watch_model"], wall["wandb_watch"], strict=True)]),
         "first_over_later": med([f / later for f, later in zip(firsts, laters, strict=True)]) if firsts else None,
         "hook_s": med(laters) if laters else None,
     }
@@ -215,8 +219,9 @@ def summarize(records: Sequence[dict[str, Any]], size: str) -> dict[str, Any] | 
 
 HEADER = (
     "| model | rounds | WatchModel per log step | wandb.watch per log step | ratio (min / median / max) | "
-    "WatchModel GB/s | wandb.watch GB/s | aminmax GB/s | WatchModel / aminmax | first log step / later |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "ratio of wall times | WatchModel GB/s | wandb.watch GB/s | aminmax GB/s | WatchModel / aminmax | "
+    "first log step / later |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -225,6 +230,7 @@ def row(s: dict[str, Any]) -> str:
     return (
         f"| {LABELS[s['size']]} | {s['rounds']} | {1000 * s['watch_model_s']:.1f} ms | "
         f"{1000 * s['wandb_watch_s']:.1f} ms | {s['ratio_min']:.2f} / **{s['ratio']:.2f}** / {s['ratio_max']:.2f} | "
+        f"{s['wall_ratio']:.2f} | "
         f"{s['watch_model_gbs']:.3g} | {s['wandb_watch_gbs']:.3g} | {s['aminmax_gbs']:.3g} | "
         f"{s['watch_model_gbs'] / s['aminmax_gbs']:.2g} | {first} |"
     )
