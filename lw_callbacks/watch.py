@@ -32,6 +32,10 @@ class WatchModel(Callback):
       between log steps it costs one modulo per optimizer step;
     - ``log_freq`` counts optimizer steps (``trainer.global_step``), not micro-batches, and
       histograms land at ``trainer/global_step`` 0, ``log_freq``, ``2 * log_freq``, ...;
+    - with several optimizers (manual optimization, a GAN's generator and discriminator), each
+      optimizer's steps are counted apart: at its 0th, ``log_freq``-th, ... step, the parameters it
+      owns (its ``param_groups``) are logged, with the gradients it steps with, at the W&B step of
+      that batch; no gradient left over from another optimizer's step is logged;
     - only global rank 0 does any work, with no collective;
     - it removes everything it installed when fit ends (or fails), so the same model can be fit
       again, resumed, or watched by another instance, with no error and no duplicate keys;
@@ -44,7 +48,8 @@ class WatchModel(Callback):
 
     Args:
         log: ``"gradients"``, ``"parameters"`` or ``"all"`` (both).
-        log_freq: log every this many optimizer steps (``trainer.global_step``), starting at step 0.
+        log_freq: log every this many optimizer steps (``trainer.global_step``), starting at step 0;
+            with several optimizers, every this many steps of each optimizer.
         log_graph: log the model's module graph (as ``wandb.watch(log_graph=True)`` does) from the
             first training batch of each fit; its forward hooks are removed at the end of that batch.
         include: parameter-name patterns (``fnmatch`` style, e.g. ``"encoder.*"``, matched against
@@ -103,6 +108,7 @@ class WatchModel(Callback):
         owner = type(self).__name__
         include_patterns, exclude_patterns = check_arguments(log, log_freq, log_graph, include, exclude, bins, owner)
         self._core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins, owner)
+        self._optimizer_steps: dict[int, int] = {}  # steps of each optimizer, with several
 
     # not ``log``: Lightning sets ``callback.log = pl_module.log`` on every callback at fit start
     log_mode = Option[str]('What is logged: ``"gradients"``, ``"parameters"`` or ``"all"`` (the ``log`` argument).',
@@ -140,6 +146,8 @@ class WatchModel(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._core.release()
+        if trainer.global_step == 0:  # a fresh fit; a resumed or continued one keeps counting
+            self._optimizer_steps = {}
         watched = self._core.select(pl_module)
         if trainer.global_rank != 0:
             return
@@ -161,11 +169,30 @@ class WatchModel(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        # Runs on every optimizer step: leave on an integer test unless this step logs (log_freq is read-only).
-        step = trainer.global_step
-        if step % self._core.log_freq:
+        optimizers = trainer.optimizers
+        if len(optimizers) < 2:
+            # runs on every optimizer step: leave on an integer test unless this step logs
+            step = trainer.global_step
+            if step % self._core.log_freq:
+                return
+            self._core.log_histograms(step, lightning_step(trainer))
             return
-        self._core.log_histograms(step, lightning_step(trainer))
+        # several optimizers (manual optimization): each one's steps are counted apart, and at its
+        # log steps the parameters it owns are logged, their gradients fresh
+        index = next((i for i, opt in enumerate(optimizers) if opt is optimizer), -1)
+        step = self._optimizer_steps.get(index, 0)
+        self._optimizer_steps[index] = step + 1
+        if step % self._core.log_freq == 0:
+            self._core.log_histograms(step, lightning_step(trainer), optimizer)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # the steps of each optimizer of a model with several, so that a resumed fit goes on counting
+        return {"optimizer_steps": dict(self._optimizer_steps)} if self._optimizer_steps else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

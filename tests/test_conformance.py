@@ -165,9 +165,16 @@ class Probe(Callback):
 
     def __init__(self) -> None:
         self.optimizer_steps: list[tuple[int, int]] = []  # (global_step, step Lightning logs the batch at)
+        self.stepped: list[tuple[int, int]] = []  # (index of the optimizer, step Lightning logs the batch at)
+        self.owners: dict[str, int] = {}  # parameter name -> index of the optimizer that owns it
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        self.optimizer_steps.append((trainer.global_step, trainer.fit_loop.epoch_loop._batches_that_stepped))
+        wb_step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        self.optimizer_steps.append((trainer.global_step, wb_step))
+        index = next((i for i, opt in enumerate(trainer.optimizers) if opt is optimizer), -1)
+        self.stepped.append((index, wb_step))
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.owners.update((n, index) for n, p in pl_module.named_parameters() if id(p) in owned)
 
 
 @dataclass
@@ -303,13 +310,27 @@ def check_samples(out: Outcome, rec: RunRecords) -> None:
 
 
 def check_histograms(out: Outcome, rec: RunRecords) -> None:
-    expected = sorted({wb for g, wb in out.probe.optimizer_steps if g % LOG_FREQ == 0})
-    for kind in ("gradients", "parameters"):
-        logged = sorted(set(steps_of(rec, f"{kind}/{out.row.watched}")))
-        assert logged == expected, f"{kind} at {logged}, optimizer steps give {expected}"
-    if expected:
-        train_steps = set(steps_of(rec, out.row.train_key)) | set(steps_of(rec, out.row.train_key + "_step"))
-        assert set(expected) <= train_steps, "histograms off the metrics' step axis"
+    """One optimizer: ``row.watched`` at ``global_step`` 0, f, 2f, ...; several: each optimizer's own
+    parameters (``row.watched`` for its owner, the first one for the others) at its own 0th, f-th,
+    2f-th, ... step, its steps counted apart."""
+    probe, row = out.probe, out.row
+    several = len({i for i, _ in probe.stepped}) > 1
+    names = {probe.owners.get(row.watched, 0): row.watched}
+    if several:
+        for name, index in probe.owners.items():
+            names.setdefault(index, name)
+    for index, name in sorted(names.items()):
+        if several:
+            mine = [wb for i, wb in probe.stepped if i == index]
+            expected = sorted({wb for n, wb in enumerate(mine) if n % LOG_FREQ == 0})
+        else:
+            expected = sorted({wb for g, wb in probe.optimizer_steps if g % LOG_FREQ == 0})
+        for kind in ("gradients", "parameters"):
+            logged = sorted(set(steps_of(rec, f"{kind}/{name}")))
+            assert logged == expected, f"{kind}/{name} at {logged}, optimizer steps give {expected}"
+        if expected:
+            train_steps = set(steps_of(rec, row.train_key)) | set(steps_of(rec, row.train_key + "_step"))
+            assert set(expected) <= train_steps, "histograms off the metrics' step axis"
 
 
 def check_summaries(out: Outcome, rec: RunRecords) -> None:

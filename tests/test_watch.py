@@ -376,6 +376,54 @@ def test_histograms_equal_histc_with_the_finite_min_and_max(bins: int) -> None:
     assert sum(hists["sparse_large"].histogram) == 100_000
 
 
+class OwnersGradients(Callback):
+    """Copies, at each optimizer step, the gradients of the parameters that optimizer owns (runs
+    after WatchModel): ``steps`` holds (optimizer index, W&B step of the batch, {name: gradient})."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, dict[str, torch.Tensor]]] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        index = next(i for i, opt in enumerate(trainer.optimizers) if opt is optimizer)
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
+                 if id(p) in owned and p.grad is not None}
+        self.steps.append((index, trainer.fit_loop.epoch_loop._batches_that_stepped, grads))
+
+
+def test_several_optimizers_log_their_own_parameters_at_their_own_steps() -> None:
+    """A GAN under manual optimization: each optimizer's steps are counted apart, and at its log
+    steps exactly the gradients it stepped with are logged, never the other one's leftovers."""
+    from modules import PerStepGAN
+
+    torch.manual_seed(0)
+    probe = OwnersGradients()
+    trainer = make_trainer([WatchModel(log="all", log_freq=3), probe], max_epochs=1, limit_train_batches=8,
+                           limit_val_batches=0)
+    model = PerStepGAN()
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    wandb.finish()
+    records = read_run(find_runs("runs")[0])
+
+    owners = {n: 0 if n.startswith("generator.") else 1 for n, _ in model.named_parameters()}
+    expected: dict[str, dict[int, torch.Tensor]] = {name: {} for name in owners}
+    counts = [0, 0]
+    for index, wb_step, grads in probe.steps:
+        if counts[index] % 3 == 0:
+            for name, grad in grads.items():
+                expected[name][wb_step] = grad
+        counts[index] += 1
+    assert counts == [8, 8]
+    for name, by_step in expected.items():
+        assert sorted(by_step) == [0, 3, 6], name  # every optimizer's parameters, at its own log steps
+        logged = records.series(f"gradients/{name}")
+        assert [int(s) for s, _ in logged] == [0, 3, 6], name
+        for step, hist in logged:
+            want = histograms([(name, by_step[int(step)])], bins=64)[name]
+            assert hist["values"] == want.histogram and hist["bins"] == want.bins, (name, step)
+        assert [int(s) for s, _ in records.series(f"parameters/{name}")] == [0, 3, 6], name
+
+
 # ---------------------------------------------------------------------------------- CLI and processes
 
 

@@ -149,17 +149,29 @@ class HistogramCore:
         self._graph_pending = self.log_graph
         return True
 
-    def log_histograms(self, step: int, wandb_step: int | None = None) -> None:
+    def log_histograms(self, step: int, wandb_step: int | None = None, optimizer: Any | None = None) -> None:
         """Log the watched tensors' histograms when optimizer step ``step`` is a logging step, at W&B
-        step ``wandb_step`` (the step metrics are logged at for this batch; ``step`` when ``None``)."""
-        if self._run is None or step % self.log_freq != 0 or step == self._last_step or not self._watched:
+        step ``wandb_step`` (the step metrics are logged at for this batch; ``step`` when ``None``).
+
+        With ``optimizer`` (a model with several optimizers: ``step`` counts that optimizer's steps),
+        only the watched parameters in its ``param_groups`` are logged: their gradients are the ones
+        it is about to step with, while the others' may be left over from another optimizer's step.
+        """
+        if self._run is None or step % self.log_freq != 0 or not self._watched:
             return
-        self._last_step = step
+        if optimizer is None:
+            if step == self._last_step:
+                return
+            self._last_step = step
+            watched = self._watched
+        else:
+            owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            watched = [(n, p) for n, p in self._watched if id(p) in owned]
         tensors: list[tuple[str, Tensor]] = []
         if self.log_gradients:
-            tensors += [(f"gradients/{n}", p.grad) for n, p in self._watched if p.grad is not None]
+            tensors += [(f"gradients/{n}", p.grad) for n, p in watched if p.grad is not None]
         if self.log_parameters:
-            tensors += [(f"parameters/{n}", p) for n, p in self._watched]
+            tensors += [(f"parameters/{n}", p) for n, p in watched]
         try:
             payload = histograms(tensors, self.bins)  # both kinds in one pass
         except Exception as err:  # a logging failure must never end a training run
