@@ -152,8 +152,8 @@ def _fit(size: str, arm: str) -> dict[str, Any]:
     return record
 
 
-def run(sizes: Sequence[str], rounds: int, warmup: int = 1, save: Callable[[list[dict[str, Any]]], None] | None = None
-        ) -> list[dict[str, Any]]:
+def run(sizes: Sequence[str], rounds: int, warmup: int = 1, save: Callable[[list[dict[str, Any]]], None] | None = None,
+        show: bool = True) -> list[dict[str, Any]]:
     """Every size: ``warmup`` rounds not kept, then ``rounds`` rounds of the three arms, order rotated."""
     import torch
 
@@ -172,7 +172,8 @@ def run(sizes: Sequence[str], rounds: int, warmup: int = 1, save: Callable[[list
                     records.append(rec)
             if save is not None:
                 save(records)
-        print(tables([rec for rec in records if rec["size"] == size], header=size == sizes[0]), flush=True)
+        if show:
+            print(tables([rec for rec in records if rec["size"] == size], header=size == sizes[0]), flush=True)
     return records
 
 
@@ -247,7 +248,7 @@ def tables(records: Sequence[dict[str, Any]], header: bool = True) -> str:
 
 def quick_row() -> str:
     """The ``cnn`` size, 2 rounds: the row of ``benchmarks/run.py --quick``."""
-    return tables(run(("cnn",), rounds=2))
+    return tables(run(("cnn",), rounds=2, show=False))
 
 
 def cases(rounds: int) -> None:

@@ -506,6 +506,12 @@ def main() -> None:
             runner("digits", ("bare", "all_five"), 1 if args.quick else rounds, False, records, save)
     print(tables(records), flush=True)
     print("\n" + summary(records), flush=True)
+    if args.quick:
+        import bench_watch
+
+        print("\nWatchModel(log=\"all\") vs WandbLogger.watch(log=\"all\") per log step "
+              "(benchmarks/bench_watch.py, the CNN, 2 rounds):", flush=True)
+        print(bench_watch.quick_row(), flush=True)
     if args.micro:
         _micro(rounds, None)
 
