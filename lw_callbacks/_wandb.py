@@ -44,6 +44,7 @@ __all__ = [
     "define_metric",
     "find_fabric_wandb_logger",
     "find_wandb_logger",
+    "finish_after_interrupted_cell",
     "get_run",
     "is_disabled",
     "lightning_step",
@@ -324,6 +325,42 @@ def at_finish(run: Any, early: Any = None, late: Any = None) -> bool:
         hooks.append(TeardownHook(early, TeardownStage.EARLY))
     if late is not None:
         hooks.append(TeardownHook(late, TeardownStage.LATE))
+    return True
+
+
+_FINISH_AFTER_CELL: set[int] = set()  # ids of runs whose finish waits for the end of the cell
+
+
+def finish_after_interrupted_cell(trainer: pl.Trainer, exception: BaseException) -> bool:
+    """In a Jupyter / IPython kernel, finish the W&B run of a fit that ``KeyboardInterrupt`` ended,
+    once the cell is done (after every ``on_exception`` hook and upload hand-over of the fit).
+
+    On ``KeyboardInterrupt`` Lightning raises ``SystemExit``: a script exits, and W&B finishes the
+    run at exit. A kernel catches it and goes on, with the run still open, so the next fit's
+    ``WandbLogger`` would reuse it (its history, steps and artifacts mixed into the interrupted
+    run). Finishing it here does what the exit would have done. Returns whether a finish is due.
+    """
+    if not isinstance(exception, KeyboardInterrupt) or trainer.global_rank != 0:
+        return False
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    logger = find_wandb_logger(trainer)
+    run = getattr(logger, "_experiment", None) if logger is not None else None
+    if shell is None or run is None or not hasattr(run, "finish") or is_disabled(run):
+        return False
+    if id(run) in _FINISH_AFTER_CELL:
+        return True
+    _FINISH_AFTER_CELL.add(id(run))
+
+    def finish(*_: Any) -> None:
+        shell.events.unregister("post_run_cell", finish)
+        _FINISH_AFTER_CELL.discard(id(run))
+        try:
+            run.finish(exit_code=1)  # Lightning's exit code for an interrupted fit
+        except Exception as err:  # the run may be gone already
+            warn(f"finishing the interrupted W&B run failed ({type(err).__name__}: {err}).")
+
+    shell.events.register("post_run_cell", finish)
     return True
 
 

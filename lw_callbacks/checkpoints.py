@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from lw_callbacks import _compat, _state
 from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_path, warn
-from lw_callbacks._wandb import get_run, lightning_step, require_wandb_logger
+from lw_callbacks._wandb import finish_after_interrupted_cell, get_run, lightning_step, require_wandb_logger
 from lw_callbacks.core import uploader as files
 from lw_callbacks.core.publish import (
     LOGGED,
@@ -318,6 +318,7 @@ class UploadCheckpoints(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        finish_after_interrupted_cell(trainer, exception)  # in a kernel, once the cell is done
         if self.publisher.uploader is None:
             return
         try:

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from lw_callbacks import _compat, _state
 from lw_callbacks._errors import ConfigurationError, Option
-from lw_callbacks._wandb import is_disabled, lightning_step, require_wandb_logger, run_of
+from lw_callbacks._wandb import finish_after_interrupted_cell, is_disabled, lightning_step, require_wandb_logger, run_of
 from lw_callbacks.core.summaries import SUMMARY_KINDS, SummaryCore, SummaryValue, check_arguments
 
 __all__ = ["SUMMARY_KINDS", "MetricSummaries"]
@@ -317,6 +317,7 @@ class MetricSummaries(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn == "fit":
             self._core.finish(warn=False)
+        finish_after_interrupted_cell(trainer, exception)
 
     # ------------------------------------------------------------------ state
 

@@ -9,7 +9,13 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lw_callbacks._errors import Option
-from lw_callbacks._wandb import lightning_step, require_wandb_logger, run_of, skip_pandas_import
+from lw_callbacks._wandb import (
+    finish_after_interrupted_cell,
+    lightning_step,
+    require_wandb_logger,
+    run_of,
+    skip_pandas_import,
+)
 from lw_callbacks.core.histograms import GRAPH_KEY as GRAPH_KEY  # the summary key of the graph
 from lw_callbacks.core.histograms import HistogramCore, check_arguments
 
@@ -201,6 +207,7 @@ class WatchModel(Callback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._core.release()
+        finish_after_interrupted_cell(trainer, exception)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
