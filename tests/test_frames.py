@@ -45,8 +45,10 @@ def _log_rows(run: Any, first: int, count: int) -> list[dict[str, Any]]:
             flat["img"] = _pixels(i)
             flat["imgs"] = [_pixels(i + 1), _pixels(i + 2)]
         if i % 3 == 2:
+            masked = {"pred": {"mask_data": (_pixels(i) % 3).astype(np.uint8)}}
             row["tab"] = wandb.Table(columns=["id", "image", "score"],
-                                     data=[[k, wandb.Image(_pixels(k)), k / 4] for k in range(3)])
+                                     data=[[k, wandb.Image(_pixels(k), masks=masked if k == 1 else None), k / 4]
+                                           for k in range(3)])
             flat["tab"] = "table"
         run.log(row)
         expected.append(flat)
@@ -133,9 +135,12 @@ def test_table_frame_is_the_table_logged(runs: dict[str, Any]) -> None:
     assert len(records.tables("tab")) == len(logged_at) == 2
     for index in (0, -1):
         table = records.table_frame("tab", index)
-        assert list(table.columns) == ["id", "image", "score"]
+        assert list(table.columns) == ["id", "image", "score", "image.masks.pred"]
         assert list(table["id"]) == [0, 1, 2] and list(table["score"]) == [0.0, 0.25, 0.5]
         assert all(_same_image(path, _pixels(k)) for k, path in enumerate(table["image"]))
+        step = logged_at[index]
+        mask = np.asarray(Image.open(table["image.masks.pred"][1]))  # the mask's class ids
+        assert np.array_equal(mask, _pixels(step // 10) % 3) and table["image.masks.pred"].isna().sum() == 2
     with pytest.raises(KeyError, match=r"no table logged under 'nope'; the table keys are \['tab'\]"):
         records.table_frame("nope")
 

@@ -224,16 +224,29 @@ def table_cell(value: Any, table: LoggedTable) -> Any:
     return value
 
 
+def _cells(column: str, value: Any, table: LoggedTable) -> dict[str, Any]:
+    """``{column: cell}``, and for an image with masks ``{column}.masks.<layer>``: each mask's file."""
+    out = {column: table_cell(value, table)}
+    if isinstance(value, dict) and isinstance(value.get("masks"), dict):
+        for layer, mask in value["masks"].items():
+            out[f"{column}.masks.{layer}"] = table_cell(mask, table)
+    return out
+
+
 def table_frame(run: RunRecords, key: str, index: int = -1) -> Any:
     """See :meth:`RunRecords.table_frame`."""
     pd = require_pandas("RunRecords.table_frame")
     tables = run.tables(key)
     if not tables:
-        keys = sorted(k for k, v in _last_values(run).items() if isinstance(v, dict) and v.get("_type") == "table-file")
-        raise KeyError(f"no table logged under {key!r}; the table keys are {keys}")
+        raise KeyError(f"no table logged under {key!r}; the table keys are {table_keys(run)}")
     table = tables[index]
-    rows = [[table_cell(cell, table) for cell in row] for row in table.data.get("data", [])]
-    return pd.DataFrame(rows, columns=table.columns)
+    rows: list[dict[str, Any]] = []
+    for cells in table.data.get("data", []):
+        row: dict[str, Any] = {}
+        for column, value in zip(table.columns, cells, strict=False):
+            row.update(_cells(str(column), value, table))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(dict.fromkeys([*map(str, table.columns), *(k for r in rows for k in r)])))
 
 
 def table_keys(run: RunRecords) -> list[str]:
@@ -315,6 +328,7 @@ def samples_frame(run: RunRecords, key: str = "predictions", x_axis: str = "trai
             steps[_client_id(value)] = logged.get(x_axis)
             ordered.append(logged.get(x_axis))
     out: list[dict[str, Any]] = []
+    from_inputs: dict[str, None] = {}
     for position, table in enumerate(tables):
         step = steps.get(table.client_id, ordered[position] if position < len(ordered) else None)
         foreign = _foreign_tables(table)
@@ -325,17 +339,18 @@ def samples_frame(run: RunRecords, key: str = "predictions", x_axis: str = "trai
                 source = inputs.get(foreign.get(column, ""))
                 if source is not None and isinstance(cell, int) and 0 <= cell < len(source.data.get("data", [])):
                     for inner, value in zip(source.columns, source.data["data"][cell], strict=False):
-                        joined[inner] = table_cell(value, source)
+                        joined.update(_cells(str(inner), value, source))
                     continue
-                row[column] = table_cell(cell, table)
+                row.update(_cells(str(column), cell, table))
             for inner, value in joined.items():  # the input's columns after id; the table's own win
                 if inner not in row:
                     row[inner] = value
+                    from_inputs[inner] = None
             out.append(row)
     frame = pd.DataFrame(out)
     first = [c for c in ("step", "id") if c in frame.columns]
     rest = [c for c in frame.columns if c not in first]
-    inputs_cols = [c for c in rest if c not in tables[0].columns]
+    inputs_cols = [c for c in rest if c in from_inputs]
     return frame[first + inputs_cols + [c for c in rest if c not in inputs_cols]]
 
 

@@ -273,7 +273,8 @@ class RunRecords:
 
     def table_frame(self, key: str, index: int = -1) -> Any:
         """A logged ``wandb.Table`` as a DataFrame: the ``index``-th one logged under ``key``
-        (``-1``: the last), with image / audio / mask cells as the paths of their files.
+        (``-1``: the last), with image / audio cells as the paths of their files, and an image's
+        masks as the files of ``<column>.masks.<layer>`` columns.
 
         Raises:
             ImportError: pandas is not installed (``pip install "lw-callbacks[pandas]"``).
