@@ -45,6 +45,7 @@ __all__ = [
     "Tunable",
     "TwoValLoaders",
     "TwoValModel",
+    "TwoValOnStepOnEpoch",
     "UNetLike",
     "UNetLikeReturnsLogits",
     "VoidShapes",
@@ -148,6 +149,14 @@ class OnStepOnEpoch(DigitsClassifier):
         self.log(f"{stage}_loss", loss, on_step=True, on_epoch=True)
         self.log(f"{stage}_acc", (preds == y).float().mean(), on_step=True, on_epoch=True)
         return loss, preds
+
+
+class TwoValOnStepOnEpoch(OnStepOnEpoch):
+    """``on_step`` and ``on_epoch`` with two validation dataloaders: W&B receives
+    ``val_loss_epoch/dataloader_idx_0``, ``callback_metrics`` hold ``val_loss/dataloader_idx_0``."""
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._step(batch, "val")[1]
 
 
 class LogDictTorchmetrics(DigitsClassifier):

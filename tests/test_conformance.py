@@ -365,10 +365,13 @@ def check_summaries(out: Outcome, rec: RunRecords) -> None:
 def received(out: Outcome, rec: RunRecords, name: str) -> str:
     """The key W&B holds for a metric the module logs as ``name``: the logger's prefix before it, and
     ``<name>_epoch`` for one logged with ``on_step`` and ``on_epoch``."""
+    from lw_callbacks.core.summaries import forked
+
     prefix = out.row.logger.get("prefix")
     key = f"{prefix}-{name}" if prefix else name
     keys = rec.keys()
-    return key + "_epoch" if key not in keys and key + "_epoch" in keys else key
+    epoch = f"{prefix}-{forked(name, 'epoch')}" if prefix else forked(name, "epoch")
+    return epoch if key not in keys and epoch in keys else key
 
 
 def kept_files(out: Outcome) -> list[Path]:

@@ -23,12 +23,14 @@ from lw_callbacks.records import RunRecords, find_runs, read_run
 STEP = "trainer/global_step"
 
 
-def fit(model: Any, callbacks: list[Any], logger: Any = None, **options: Any) -> tuple[list[str], RunRecords]:
+def fit(
+    model: Any, callbacks: list[Any], logger: Any = None, datamodule: Any = None, **options: Any
+) -> tuple[list[str], RunRecords]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = make_trainer(callbacks, logger=logger, max_epochs=3, limit_train_batches=4, limit_val_batches=2,
                                **options)
-        trainer.fit(model, datamodule=modules.of().DigitsDataModule(batch_size=32))
+        trainer.fit(model, datamodule=datamodule or modules.DigitsDataModule(batch_size=32))
     wandb.finish()
     (run,) = find_runs("runs")
     return [str(w.message) for w in caught if "MetricSummaries" in str(w.message)], read_run(run)
@@ -58,6 +60,19 @@ def test_on_step_and_on_epoch_monitor_is_summarised_under_its_epoch_key() -> Non
     train = rec.series("train_loss_epoch")
     assert rec.summary["train_loss_epoch"] == {"min": pytest.approx(min(v for _, v in train))}
     assert rec.metric("train_loss_step") is None  # the per-step values keep W&B's default
+
+
+def test_on_step_and_on_epoch_with_two_validation_dataloaders() -> None:
+    mc = ModelCheckpoint(dirpath="ckpt", monitor="val_loss/dataloader_idx_1", save_top_k=1)
+    ours, rec = fit(modules.TwoValOnStepOnEpoch(), [mc, MetricSummaries(), UploadCheckpoints()],
+                    datamodule=modules.TwoValLoaders(batch_size=32))
+    assert not ours, ours
+    key = "val_loss_epoch/dataloader_idx_1"
+    definition = rec.metric(key)
+    assert definition is not None and definition.summary == {"min"} and definition.step_metric == STEP
+    series = rec.series(key)
+    assert rec.summary[f"{key}.best_step"] == min(series, key=lambda sv: sv[1])[0]
+    assert rec.summary[f"{key}.best_checkpoint_step"] == rec.summary[f"{key}.best_step"] == best_alias_step(rec)
 
 
 def test_logger_prefix_is_part_of_every_key() -> None:

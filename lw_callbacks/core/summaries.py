@@ -33,7 +33,17 @@ SUMMARY_KINDS = ("min", "max", "mean", "first", "last", "none")
 """Aggregates accepted in a ``MetricSummaries`` mapping (wandb's ``define_metric(summary=...)``)."""
 
 DATALOADER_SUFFIX = re.compile(r"^(?P<base>.+)/dataloader_idx_\d+$")
-STEP_SUFFIX, EPOCH_SUFFIX = "_step", "_epoch"  # what Lightning appends with `on_step=True, on_epoch=True`
+# `self.log(name, on_step=True, on_epoch=True)`: the loggers get `name_step` and `name_epoch` (before a
+# `/dataloader_idx_N` suffix); `callback_metrics` hold `name`, the epoch value.
+FORKED = re.compile(r"^(?P<base>.+)_(?P<kind>step|epoch)(?P<suffix>/dataloader_idx_\d+)?$")
+
+
+def forked(name: str, kind: str) -> str:
+    """``name``'s key when logged with both ``on_step`` and ``on_epoch``: ``kind`` is ``"step"`` / ``"epoch"``."""
+    match = DATALOADER_SUFFIX.match(name)
+    if match:
+        return f"{match['base']}_{kind}{name[len(match['base']):]}"
+    return f"{name}_{kind}"
 SummaryValue = str | Sequence[str]
 
 
@@ -200,18 +210,18 @@ class SummaryCore:
         of ``<name>/dataloader_idx_N`` counts as a name."""
         if key in self._names:
             return key, self._names[key]
-        base = key
         if self.dataloader_suffixes:
             match = DATALOADER_SUFFIX.match(key)
             if match and match["base"] in self._names:
                 return match["base"], self._names[match["base"]]
-            if match:
-                base = match["base"]
-        # `self.log(name, on_step=True, on_epoch=True)`: the loggers get `name_step` and `name_epoch`; an
-        # entry `name` is the epoch value (what ModelCheckpoint and EarlyStopping read as `name`).
-        if base.endswith(EPOCH_SUFFIX) and base[: -len(EPOCH_SUFFIX)] in self._names:
-            entry = base[: -len(EPOCH_SUFFIX)]
-            return entry, self._names[entry]
+        # an entry `name` logged with on_step and on_epoch is its epoch value (what ModelCheckpoint and
+        # EarlyStopping read as `name`): `name_epoch`, `name_epoch/dataloader_idx_N`
+        forked_key = FORKED.match(key)
+        if forked_key and forked_key["kind"] == "epoch":
+            plain = forked_key["base"] + (forked_key["suffix"] or "")
+            for entry in (plain, forked_key["base"] if self.dataloader_suffixes else None):
+                if entry is not None and entry in self._names:
+                    return entry, self._names[entry]
         prefix = max((p for p in self._globs if key.startswith(p)), key=len, default=None)
         if prefix is not None:
             return prefix + "*", self._globs[prefix]
@@ -261,9 +271,9 @@ class SummaryCore:
             found = self._spec_for(key)
             if found is not None:
                 self._define(run, key, found[1])
-            elif key.endswith(STEP_SUFFIX):
+            elif (forked_key := FORKED.match(key)) and forked_key["kind"] == "step":
                 # `name_step` comes first (per batch); define `name_epoch` before its first value
-                twin = key[: -len(STEP_SUFFIX)] + EPOCH_SUFFIX
+                twin = f"{forked_key['base']}_epoch{forked_key['suffix'] or ''}"
                 found = self._spec_for(twin)
                 if found is not None and twin not in self._defined:
                     self._define(run, twin, found[1])
@@ -370,9 +380,8 @@ class SummaryCore:
         """The key Lightning logs an entry's values under: ``entry`` itself, or ``<entry>_epoch`` for a
         metric logged with both ``on_step`` and ``on_epoch`` (before the logger's prefix)."""
         logged = self._logged_keys() | set(self._best)
-        if entry not in logged and entry + EPOCH_SUFFIX in logged:
-            return entry + EPOCH_SUFFIX
-        return entry
+        epoch = forked(entry, "epoch")
+        return epoch if entry not in logged and epoch in logged else entry
 
     def note_checkpoint(self, monitor: str, step: int) -> None:
         """Record that the best checkpoint of a ``ModelCheckpoint(monitor=monitor)`` is now the one saved at
