@@ -422,3 +422,10 @@ def add_hashed_file(artifact: Any, path: str, name: str, digest: str, policy: st
     if takes_digest and algorithm.upper().endswith("MD5"):
         return add(name, path, digest=digest, policy=policy)
     return artifact.add_file(path, name=name, policy=policy)
+
+
+def wandb_staging_dir() -> str:
+    """The folder W&B stages artifact files in (``$WANDB_DATA_DIR/artifacts/staging``), created if missing."""
+    from wandb.sdk.artifacts.staging import get_staging_dir
+
+    return str(get_staging_dir())

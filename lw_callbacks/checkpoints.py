@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -242,7 +243,11 @@ class UploadCheckpoints(Callback):
             _check_dirpath(mc.dirpath or trainer.default_root_dir)
         run = get_run(trainer, _OWNER)
         run_id = str(run.id) if run is not None else None
-        run_id = trainer.strategy.broadcast(run_id, src=0)  # every rank, so names are known everywhere
+        problem = self.publisher.staging_problem() if run is not None and self._tracked else None
+        # every rank, so names are known everywhere and a bad staging_dir stops every rank
+        run_id, problem = trainer.strategy.broadcast((run_id, problem), src=0)
+        if problem is not None:
+            raise ConfigurationError(problem)
         self.collection_names = self._names(run_id, trainer) if run_id is not None else []
         self._run_id = run_id or ""
         self._run_after_checkpoints(trainer)
@@ -262,6 +267,8 @@ class UploadCheckpoints(Callback):
         for mc, coll in zip(self._tracked, self.collection_names, strict=True):
             self.publisher.ledger.collection(coll, mc.monitor, mc.mode)
         self.publisher.begin(run, logger)
+        for mc in self._tracked:
+            _watch(mc, self)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -335,6 +342,8 @@ class UploadCheckpoints(Callback):
         if self.publisher.uploader is not None:
             self._wait_for_saves("teardown")
             self.publisher.flush("teardown")
+        for mc in self._tracked:
+            _unwatch(mc)
         setattr(trainer, "callbacks", self._without_helper(trainer))  # noqa: B010 - see _run_after_checkpoints
 
     def _without_helper(self, trainer: pl.Trainer) -> list[Callback]:
@@ -491,15 +500,22 @@ class UploadCheckpoints(Callback):
         assert uploader is not None
         ledger = publisher.ledger
         run_id = uploader.run_id
-        roots = [publisher.staging_for(mc.dirpath or ".") for mc in self._tracked]
+        roots = publisher.staging_roots([mc.dirpath or "." for mc in self._tracked])
         found = publisher.recover(self.collection_names, roots)
-        if not found.segments_read:
+        known, queued, saving = found.known, found.queued, found.saved
+        if not found.segments_read and not saving:
             return
-        known, queued, started = found.known, found.queued, found.started
-        every = _compat.model_checkpoints(trainer)
+        resumed_from = _mtime(trainer.ckpt_path)
+        loaded = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
+        resumed_step = loaded.get("global_step", trainer.global_step) if isinstance(loaded, dict) else None
         for index, mc in enumerate(self._tracked):
-            named = {os.path.realpath(p) for p in _files_on_disk(mc, every, None, glob=False)}
-            for path in _files_on_disk(mc, every, started):
+            # Only files this run's ModelCheckpoint saved: the ones its restored state names (saved no later
+            # than the checkpoint resumed from, so not a file another run wrote under the same name since)
+            # and the ones its claims name (uploaded by `recover`). Never other files of a shared folder.
+            dirpath = os.path.realpath(mc.dirpath) if mc.dirpath else None
+            claimed = [p for p in saving if dirpath and os.path.dirname(p) == dirpath]
+            named = _files_on_disk(mc) if found.segments_read else []
+            for path in dict.fromkeys([*named, *claimed]):
                 real = os.path.realpath(path)
                 if real in queued:
                     continue
@@ -507,6 +523,8 @@ class UploadCheckpoints(Callback):
                 try:
                     sig = files.folder_signature(real) if folder else files.signature(os.stat(real))
                 except OSError:
+                    continue
+                if real not in saving and (resumed_from is None or sig[3] > resumed_from + 2_000_000_000):
                     continue
                 known_file = ledger.files.get(real)
                 if known_file is not None and list(known_file.get("signature", [])) == sig:
@@ -518,20 +536,29 @@ class UploadCheckpoints(Callback):
                         or (known_file.get("collection"), known_file.get("digest")) in known
                     ):
                         continue
-                queued.add(real)
                 is_last = bool(mc.last_model_path) and os.path.realpath(mc.last_model_path) == real and not any(
                     os.path.realpath(p) == real for p in mc.best_k_models
                 )
+                if is_last and any(
+                    e.get("collection") == self.collection_names[index] and e.get("global_step") == resumed_step
+                    for e in ledger.files.values()
+                ):  # the last.ckpt saved at the step of a checkpoint handed over then: the same weights
+                    ledger.note(real, sig, SKIPPED, reason="same step as a top-k checkpoint")
+                    continue
+                queued.add(real)
                 moment = _Moment.of(trainer, mc)
-                self._hand_over(
-                    moment, index, mc, path, real, sig, is_last, fresh=False, unclaimed=real not in named, folder=folder
-                )
+                self._hand_over(moment, index, mc, path, real, sig, is_last, fresh=False, folder=folder)
+        for notes in saving.values():  # each such file is handed over (claimed again) or known by now
+            for note in notes:
+                publisher.saved(note)
 
     # ------------------------------------------------------------------ hand-over (training thread)
-    def _scan(self, trainer: pl.Trainer) -> None:
+    def _scan(self, trainer: pl.Trainer, only: ModelCheckpoint | None = None) -> None:
         if self.publisher.uploader is None:
             return
         for index, mc in enumerate(self._tracked):
+            if only is not None and mc is not only:
+                continue
             fingerprint = (
                 getattr(mc, "_last_global_step_saved", None),
                 getattr(mc, "_last_checkpoint_saved", None),
@@ -646,7 +673,7 @@ class UploadCheckpoints(Callback):
         best = mc.monitor is None and not is_last and _same_file(moment.best_model_path, real)
         self.publisher.stage_and_submit(
             path, real, sig, collection, score, metadata, aliases, unclaimed=unclaimed, best=best, remote=remote,
-            is_folder=folder,
+            is_folder=folder, in_place=not folder and not remote and _rewritten_in_place(mc, path, is_last),
         )
 
     # ------------------------------------------------------------------ flush
@@ -731,31 +758,68 @@ def _dir_stem(mc: ModelCheckpoint) -> str:
     return sanitize(os.path.basename(os.path.normpath(mc.dirpath))) if mc.dirpath else ""
 
 
-def _files_on_disk(
-    mc: ModelCheckpoint, every: list[ModelCheckpoint], since: float | None, glob: bool = True
-) -> list[str]:
-    """Checkpoint files (and checkpoint folders, as sharded strategies save) of ``mc`` on disk: the ones
-    its state names, and (``glob``), when no other ModelCheckpoint of the Trainer writes into its folder,
-    every ``*.ckpt`` there written since the run began (``since``); those are uploaded only if no
-    collection of the run holds their content."""
+def _files_on_disk(mc: ModelCheckpoint) -> list[str]:
+    """Checkpoint files (and checkpoint folders, as sharded strategies save) of ``mc`` on disk that its
+    state names."""
     paths = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
-    found = [str(p) for p in paths if p]
-    folder = mc.dirpath
-    if glob and folder and os.path.isdir(folder):
-        sharing = [o for o in every if o is not mc and o.dirpath and os.path.realpath(o.dirpath) ==
-                   os.path.realpath(folder)]
-        if not sharing:
-            for entry in sorted(Path(folder).glob(f"*{mc.FILE_EXTENSION}")):
-                try:
-                    if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
-                        continue
-                    newest = files.folder_signature(str(entry))[3] / 1e9 if entry.is_dir() else entry.stat().st_mtime
-                    if since is not None and newest < since - 1.0:
-                        continue
-                except OSError:
-                    continue
-                found.append(str(entry))
-    return [p for p in dict.fromkeys(found) if os.path.isfile(p) or os.path.isdir(p)]
+    return [p for p in dict.fromkeys(str(p) for p in paths if p) if os.path.isfile(p) or os.path.isdir(p)]
+
+
+def _mtime(path: Any) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def _rewritten_in_place(mc: ModelCheckpoint, path: str, is_last: bool) -> bool:
+    """Whether ``path`` may be saved again under the same name and written in place: a ``last.ckpt``
+    copy, or a ``filename`` without fields, in a folder on another filesystem than the temporary folder
+    (fsspec's local save writes there and, across filesystems, copies onto the existing file)."""
+    fixed = (is_last and mc.save_last is True) or (bool(mc.filename) and "{" not in str(mc.filename))
+    if not fixed:
+        return False
+    try:
+        return os.stat(os.path.dirname(os.path.realpath(path))).st_dev != os.stat(tempfile.gettempdir()).st_dev
+    except OSError:
+        return True
+
+
+def _watch(mc: ModelCheckpoint, owner: UploadCheckpoints) -> None:
+    """Claim each file ``mc`` saves the moment its save returns, and make its deletion of a checkpoint
+    (top-k rotation) wait while the file's bytes are only there: the upload worker deletes it once they
+    are kept elsewhere (staged or uploaded). Both run on global rank 0 only."""
+    if "_save_checkpoint" in vars(mc) or "_remove_checkpoint" in vars(mc):
+        return
+    save, remove = mc._save_checkpoint, mc._remove_checkpoint
+
+    def saved(trainer: pl.Trainer, filepath: str) -> None:
+        note = None
+        if trainer.is_global_zero and mc in owner._tracked:
+            try:
+                note = owner.publisher.saving(str(filepath), owner.collection_names[owner._tracked.index(mc)])
+            except Exception:
+                note = None
+        save(trainer, filepath)
+        if trainer.is_global_zero:
+            owner._scan(trainer, only=mc)
+            owner.publisher.saved(note)
+
+    def removing(trainer: pl.Trainer, filepath: str) -> None:
+        try:
+            held = trainer.is_global_zero and owner.publisher.hold(str(filepath))
+        except Exception:
+            held = False
+        if not held:
+            remove(trainer, filepath)
+
+    mc._save_checkpoint = saved  # type: ignore[method-assign]
+    mc._remove_checkpoint = removing  # type: ignore[method-assign]
+
+
+def _unwatch(mc: ModelCheckpoint) -> None:
+    vars(mc).pop("_save_checkpoint", None)
+    vars(mc).pop("_remove_checkpoint", None)
 
 
 class _AfterCheckpointsHook:

@@ -691,6 +691,7 @@ class FabricUploadCheckpoints:
                 "`float(tensor)` or `str(path)`."
             ) from None
         if publisher.uploader is None:
+            publisher.check_staging()  # a staging_dir that cannot be used: ConfigurationError naming it
             publisher.ledger.collection(self.collection_name, self.monitor, self.mode)
             publisher.begin(self._run, logger, owner=type(self).__name__)
         try:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +147,271 @@ def test_killed_fit_resumed_loses_nothing(
     assert len(records.segments) == 2
     if status is not None:
         assert records.cut_segments and records.cut_segments[0] == records.segments[0]
+
+
+# ---------------------------------------------------------------------- fault edges
+# Each row is real training processes of one run (killed, then resumed with the same id where the row
+# says so), with a witness recording the md5 of every file ModelCheckpoint wrote. Read back from the
+# run's records: every witnessed file is a version, or is named in a warning; no version holds a file
+# the run did not save; no partial file is left, ours (staging) or W&B's (its data folder).
+
+
+def start_fit(root: Path, run_id: str, fault: str, at: int, *extra: str, ckpts: Path | None = None,
+              resume: bool = False, tag: str = "") -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)
+    env["LW_REPORT_DIR"] = str(root / f"report-{tag}{'-resume' if resume else ''}")
+    env["LW_WITNESS"] = str(root / f"witness{tag}.jsonl")
+    env["WANDB_DATA_DIR"] = str(root / "wandb-data")
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(REPO), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, str(SCRIPTS / "checkpoint_faults.py"), str(root / "runs"), str(ckpts or root / "ckpts"),
+           run_id, fault, str(at), *extra, *(["--tag", tag] if tag else []), *(["--resume"] if resume else [])]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[str], clean: bool, limit: float = 300) -> int:
+    try:
+        out, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{proc.args} did not finish in {limit} s\n{out[-3000:]}") from None
+    if clean:
+        assert proc.returncode == 0, out[-4000:]
+    return proc.returncode
+
+
+def witness_rows(root: Path, tag: str = "") -> list[dict[str, Any]]:
+    journal = root / f"witness{tag}.jsonl"
+    return [json.loads(line) for line in (journal.read_text().splitlines() if journal.exists() else [])]
+
+
+def witnessed(root: Path, tag: str = "") -> dict[str, str]:
+    """md5 -> file name of every file ModelCheckpoint wrote in the row's processes (of ``tag``)."""
+    return {row["md5"]: row["file"] for row in witness_rows(root, tag)}
+
+
+def same_weights_uploaded(root: Path, tag: str, held: set[str]) -> set[str]:
+    """md5s of ``last.ckpt`` copies saved at the step of a top-k file of the same process that is uploaded:
+    the same weights, skipped by design (see UploadCheckpoints)."""
+    rows = witness_rows(root, tag)
+    uploaded_steps = {(r["pid"], r["step"]) for r in rows if not r.get("last") and r["md5"] in held}
+    return {r["md5"] for r in rows if r.get("last") and (r["pid"], r["step"]) in uploaded_steps}
+
+
+def warned(root: Path, tag: str = "") -> list[str]:
+    out = []
+    for path in root.glob(f"report-{tag}*/warnings.txt"):
+        out += [json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+def check_row(root: Path, run_id: str, tag: str = "", staging: Path | None = None, ckpts: Path | None = None) -> Any:
+    """The row's invariants, read back from the merged records of the run's segments."""
+    records = read_resumed(root / "runs", run_id)
+    held = {e.digest for name in records.artifact_names(type="model") for v in records.artifacts(name)
+            for e in v.entries}
+    saved = witnessed(root, tag)
+    assert saved, "the witness recorded no file"
+    messages = warned(root, tag)
+    covered = held | same_weights_uploaded(root, tag, held)
+    missing = {d: f for d, f in saved.items() if d not in covered and not any(f in m for m in messages)}
+    assert not missing, f"saved, not uploaded and not named in a warning: {missing}\n{messages}"
+    assert held <= set(saved), f"versions of files this run did not save: {held - set(saved)}"
+    for name in records.artifact_names(type="model"):  # one version per content (a re-log of it is that version)
+        digests = [e.digest for v in records.artifacts(name) for e in v.entries]
+        assert len(digests) == len(set(digests)), digests
+    for folder in [root, *(p for p in (staging, ckpts) if p is not None)]:
+        assert not [p for p in folder.rglob("*.partial")], "a partial staging copy was left"
+        assert not [p for p in folder.rglob(f"{_uploader.STAGING_FOLDER}/{run_id}/*/*") if p.is_file()], \
+            "staged files or claims of the run were left"
+    if staging is not None:
+        assert not [p for p in staging.rglob("*") if p.is_file()], "staged files were left"
+    wandb_staging = root / "wandb-data" / "artifacts" / "staging"  # shared by the row's runs
+    every = {row["md5"] for journal in root.glob("witness*.jsonl") for row in map(json.loads, journal.open())}
+    for path in [p for p in wandb_staging.iterdir() if p.is_file()] if wandb_staging.is_dir() else []:
+        assert md5(path) in every, f"W&B's staging folder holds a partial copy: {path}"
+    return records
+
+
+@pytest.fixture
+def shm_folder() -> Iterator[Path]:
+    """A folder on tmpfs (another filesystem than the test's temporary folder)."""
+    import shutil
+    import uuid
+
+    root = Path("/dev/shm")
+    if not root.is_dir() or not os.access(root, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    folder = root / f"lw-faults-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def other_filesystem(folder: Path, tmp: Path) -> None:
+    if os.stat(folder).st_dev == os.stat(tmp).st_dev:
+        pytest.skip(f"{folder} is on the same filesystem as {tmp} here")
+
+
+def kill_then_resume(root: Path, run_id: str, at: int, *extra: str, ckpts: Path | None = None) -> None:
+    code = finish(start_fit(root, run_id, "rot", at, *extra, ckpts=ckpts), clean=False)
+    assert code == -signal.SIGKILL, "the process was not killed after a rotation (none happened?)"
+    finish(start_fit(root, run_id, "none", 0, *extra, ckpts=ckpts, resume=True), clean=True)
+
+
+@pytest.mark.slow
+def test_copy_staging_with_a_slow_worker_killed_after_rotation(tmp_path: Path, shm_folder: Path) -> None:
+    """(1) Staging on another filesystem (copies), a worker copying at 40 MB/s, SIGKILL right after
+    ModelCheckpoint's rotation deleted a file that was handed over and not copied yet."""
+    other_filesystem(shm_folder, tmp_path)
+    staging = shm_folder / "staging"
+    kill_then_resume(tmp_path, "copykill", 1, "--staging", str(staging), "--inject", "slowcopy", "--pad-mb", "24",
+                     "--epochs", "5")
+    check_row(tmp_path, "copykill", staging=staging)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("condition", ["full", "eacces"])
+def test_staging_impossible_killed_after_rotation(tmp_path: Path, shm_folder: Path, condition: str) -> None:
+    """(2) The staging disk full (ENOSPC), or the staging root no longer writable (EACCES), for links,
+    copies and claims alike; SIGKILL right after a rotation. Claims go to the run's W&B folder, and the
+    rotated file waits in its folder until W&B holds it."""
+    staging = shm_folder / "staging"
+    run_id = f"{condition}kill"
+    kill_then_resume(tmp_path, run_id, 1, "--staging", str(staging), "--inject", condition, "--epochs", "5")
+    check_row(tmp_path, run_id, staging=staging)
+    messages = warned(tmp_path)
+    assert any(("EACCES" if condition == "eacces" else "disk full") in m for m in messages), messages
+
+
+@pytest.mark.slow
+def test_eacces_on_the_collection_folder_uploads_every_checkpoint(tmp_path: Path) -> None:
+    """(3) A clean fit whose collection staging folder cannot be written (EACCES): every checkpoint is
+    uploaded from its original, and no warning claims a staged copy that does not exist."""
+    finish(start_fit(tmp_path, "eaccescoll", "none", 0, "--inject", "eacces-collection", "--epochs", "6"), clean=True)
+    records = check_row(tmp_path, "eaccescoll")
+    (name,) = records.artifact_names(type="model")
+    saved = witnessed(tmp_path)
+    assert {e.digest for v in records.artifacts(name) for e in v.entries} == set(saved)  # all, none named
+    messages = warned(tmp_path)
+    assert sum("EACCES" in m for m in messages) == 1, messages
+    assert not any("staged copy kept" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_in_place_rewrites_across_filesystems_keep_every_version(tmp_path: Path, shm_folder: Path) -> None:
+    """(4) One file name saved every 2 steps into a folder on tmpfs while $TMPDIR is on disk: Lightning's
+    save copies onto the same inode. With hashing at 40 MB/s, each saved content is uploaded (copied on
+    the training thread while the worker is busy) or named in a warning."""
+    other_filesystem(shm_folder, Path(tempfile.gettempdir()))
+    ckpts = shm_folder / "ckpts"
+    finish(start_fit(tmp_path, "inplace", "none", 0, "--fixed", "--inject", "slowhash", "--pad-mb", "16",
+                     "--epochs", "3", ckpts=ckpts), clean=True)
+    check_row(tmp_path, "inplace", ckpts=ckpts)
+    saved = witnessed(tmp_path)
+    assert len(saved) >= 6  # six saves of model.ckpt, and last.ckpt's
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_folder_log_only_their_own_files(tmp_path: Path) -> None:
+    """(5) Two processes (two runs) write checkpoints into one folder; run B is killed and resumed while
+    run A still writes there. Each run's records hold only its own files, and all of them."""
+    stop = tmp_path / "stop-A"
+    a = start_fit(tmp_path, "sharedA", "none", 0, "--epochs", "200", "--epoch-sleep", "1", "--until", str(stop),
+                  tag="A")
+    try:
+        code = finish(start_fit(tmp_path, "sharedB", "rot", 1, "--epochs", "5", tag="B"), clean=False)
+        assert code == -signal.SIGKILL
+        assert a.poll() is None, "run A ended before run B was resumed"
+        finish(start_fit(tmp_path, "sharedB", "none", 0, "--epochs", "5", tag="B", resume=True), clean=True)
+        assert a.poll() is None, "run A ended before run B's resumed fit did"
+    finally:
+        stop.touch()
+        finish(a, clean=True)
+    assert len(witnessed(tmp_path, "A")) >= 3
+    for tag in "AB":
+        records = check_row(tmp_path, f"shared{tag}", tag=tag)
+        for name in records.artifact_names(type="model"):
+            for alias in ("latest", "best"):
+                version = next(v for v in records.artifacts(name) if alias in v.aliases)
+                assert version.entries[0].digest in witnessed(tmp_path, tag)
+
+
+@pytest.mark.slow
+def test_wandb_data_folder_full_leaves_no_partial_copy(tmp_path: Path) -> None:
+    """(6) W&B's data folder is full for its first three staged copies (each fails half-way): none of
+    them stays behind, and every checkpoint is uploaded on a retry."""
+    finish(start_fit(tmp_path, "wandbfull", "none", 0, "--inject", "wandb-full", "--epochs", "4"), clean=True)
+    records = check_row(tmp_path, "wandbfull")
+    (name,) = records.artifact_names(type="model")
+    assert {e.digest for v in records.artifacts(name) for e in v.entries} == set(witnessed(tmp_path))
+    assert any("could not make W&B's staged copy" in m for m in warned(tmp_path))
+
+
+def test_unusable_staging_dir_is_refused_at_setup(wandb_env: Path) -> None:
+    """Staging that cannot work is found at setup, before training: a staging root that cannot be
+    created or written raises ConfigurationError naming `staging_dir`."""
+    from harness import make_trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lw_callbacks import ConfigurationError
+    from lw_callbacks.checkpoints import UploadCheckpoints
+    from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+
+    blocker = wandb_env / "a-file"
+    blocker.write_text("not a folder")
+    for bad in (str(blocker / "staging"), "/proc/lw-staging"):
+        upload = UploadCheckpoints(staging_dir=bad)
+        trainer = make_trainer([upload, ModelCheckpoint(dirpath="ckpts")], max_epochs=1)
+        with pytest.raises(ConfigurationError, match=r"staging_dir=.*cannot stage checkpoints there") as err:
+            trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
+        assert bad in str(err.value)
+        assert not list(Path("ckpts").glob("*.ckpt"))  # refused before training
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_random_kills_lose_nothing(tmp_path: Path) -> None:
+    """At least 20 SIGKILLs of the whole process group at random moments (0.3 s to 4 s into each fit,
+    one in five inside the resumed fit's comparison with the records), each followed by a resume of the
+    same run, then a fit to the end: 0 lost, 0 duplicated, 0 corrupt. Staging is on another filesystem
+    (copies) where /dev/shm allows it."""
+    import uuid
+
+    extra: list[str] = []
+    shm = Path("/dev/shm")
+    staging = shm / f"lw-loop-{uuid.uuid4().hex[:8]}"
+    if shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
+        extra = ["--staging", str(staging)]
+    env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)
+    env["WANDB_DATA_DIR"] = str(tmp_path / "wandb-data")
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(REPO), env.get("PYTHONPATH", "")])
+    try:
+        proc = subprocess.run([sys.executable, str(SCRIPTS / "kill_loop.py"), str(tmp_path), "loop", "22", "7", *extra],
+                              env=env, capture_output=True, text=True, timeout=560, start_new_session=True)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        loop = json.loads((tmp_path / "loop.json").read_text())
+        assert loop["last_exit"] == 0
+        kills = [k for k in loop["kills"] if k["killed"]]
+        assert len(kills) >= 20 and any(k["in_resume"] for k in kills), loop["kills"]
+        records = read_resumed(tmp_path / "runs", "loop")
+        (name,) = records.artifact_names(type="model")
+        versions = records.artifacts(name)
+        held = {e.digest for v in versions for e in v.entries}
+        saved = witnessed(tmp_path)
+        lost = {d: f for d, f in saved.items() if d not in held | same_weights_uploaded(tmp_path, "", held)}
+        assert not lost, f"lost {len(lost)} of {len(saved)}: {lost}"
+        digests = [e.digest for v in versions for e in v.entries]
+        assert len(digests) == len(set(digests)), "duplicated"
+        assert held <= set(saved), "a version holds a file the run did not save"
+        for v in versions:  # corrupt: the file W&B will upload is whole and has the recorded digest
+            for e in v.entries:
+                assert e.local_path and md5(Path(e.local_path)) == e.digest, f"corrupt: v{v.version}"
+        assert not list((tmp_path / "ckpts").rglob("*.partial"))
+    finally:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)

@@ -291,17 +291,18 @@ def test_a_checkpoint_rewritten_while_wandb_copies_it_is_not_logged_under_the_ol
 ) -> None:
     from lw_callbacks.core import uploader as _uploader
 
-    real = _uploader.add_hashed_file
+    real = _uploader.copy_for_wandb
     rewritten: list[str] = []
 
-    def rewrite_first(artifact: Any, path: str, name: str, digest: str, policy: str = "mutable") -> Any:
-        if not rewritten:  # injected: the checkpoint is rewritten in place after it was hashed
+    def rewrite_first(path: str) -> str:
+        copy = real(path)
+        if not rewritten:  # injected: the checkpoint is rewritten in place while W&B's copy was made
+            rewritten.append(md5(path))
             with open(path, "ab") as fh:  # our staged hard link: the checkpoint file itself
                 fh.write(b"rewritten in place")
-            rewritten.append(digest)
-        return real(artifact, path, name, digest, policy)
+        return copy
 
-    monkeypatch.setattr(_uploader, "add_hashed_file", rewrite_first)
+    monkeypatch.setattr(_uploader, "copy_for_wandb", rewrite_first)
     mc = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, filename="{epoch}")
     trainer = make_trainer([mc, UploadCheckpoints(progress_bar=False)], max_epochs=2)
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))

@@ -17,11 +17,13 @@ Fabric loop passes) and say what each one is; a :class:`Publisher` does the rest
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
 import re
 import string
+import tempfile
 import threading
 import time
 import uuid
@@ -34,7 +36,7 @@ from typing import Any
 from lw_callbacks._errors import ConfigurationError, check_seconds, warn
 from lw_callbacks._wandb import at_finish, run_folder, run_is_offline
 from lw_callbacks.core import uploader as _uploader_module
-from lw_callbacks.core.uploader import PENDING, SENT, STAGING_FOLDER, UPLOADED, Job, Ledger, Uploader
+from lw_callbacks.core.uploader import LOST, PENDING, SAVING, SENT, STAGING_FOLDER, UPLOADED, Job, Ledger, Uploader
 
 OWNER = "UploadCheckpoints"
 NAME_FIELDS = ("run_id", "monitor", "mode", "index")
@@ -265,6 +267,7 @@ class Recovered:
     started: float | None = None
     known: set[tuple[str, str]] = field(default_factory=set)
     queued: set[str] = field(default_factory=set)
+    saved: dict[str, list[str]] = field(default_factory=dict)  # files claimed as being saved: source -> notes
 
 
 class Publisher:
@@ -297,7 +300,11 @@ class Publisher:
         self.last_uploader: Uploader | None = None  # the worker of the fit that ended last
         self.finishing: list[Uploader] = []  # workers whose versions the run's finish sees to
         self.warned_copy = False
+        self.warned_claim = False
         self.reported_others: set[str] = set()
+        self.claims_root: Path | None = None  # where claims go when the staging folder cannot hold them
+        self.copy_s = 0.0  # time the training thread spent copying files rewritten in place (see stage_and_submit)
+        self.copies = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the callbacks into the new processes: a live worker stays behind
@@ -322,10 +329,49 @@ class Publisher:
             return Path.cwd().resolve() / STAGING_FOLDER
         return Path(os.path.abspath(_uploader_module.local_path(folder))) / STAGING_FOLDER
 
+    def staging_problem(self) -> str | None:
+        """Why ``staging_dir`` cannot be used (it cannot be created, or a file cannot be written in it),
+        or ``None``. The default (``.upload-staging`` beside each checkpoint) is not checked: it lives in
+        the folder ``ModelCheckpoint`` itself writes to."""
+        if self.staging_dir is None:
+            return None
+        root = Path(os.path.abspath(self.staging_dir))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=root, prefix=".probe-")
+            os.close(fd)
+            os.remove(probe)
+        except OSError as err:
+            code = errno.errorcode.get(err.errno or 0, "error")
+            return (
+                f"{self.owner}(staging_dir={self.staging_dir!r}): cannot stage checkpoints there ({code}: "
+                f"{err.strerror or err}). Pass a folder you can write to (it is created if missing), e.g. on the "
+                "checkpoints' filesystem, or leave `staging_dir=None` to stage beside each checkpoint."
+            )
+        return None
+
+    def check_staging(self) -> None:
+        """Raise :class:`~lw_callbacks.ConfigurationError` naming ``staging_dir`` when it cannot be used."""
+        problem = self.staging_problem()
+        if problem is not None:
+            raise ConfigurationError(problem)
+
+    def staging_roots(self, folders: Sequence[str | os.PathLike[str]]) -> list[Path]:
+        """Every root that can hold this run's claims for checkpoints in ``folders``."""
+        roots = {self.staging_for(f) for f in folders}
+        roots |= {Path(os.path.abspath(f)) / STAGING_FOLDER for f in folders}
+        if self.claims_root is not None:
+            roots.add(self.claims_root)
+        return sorted(roots)
+
     def begin(self, run: Any, logger: Any, owner: str | None = None) -> Uploader:
         """Start the worker for this fit, told where the run's log is, and flushed at the run's finish."""
         offline = run_is_offline(run)
         log_path = None
+        try:
+            self.claims_root = run_folder(run, logger).parent / STAGING_FOLDER
+        except Exception:
+            self.claims_root = None
         if offline:
             log_path = run_folder(run, logger) / f"run-{run.id}.wandb"
         uploader = Uploader(
@@ -344,6 +390,8 @@ class Publisher:
 
             at_finish(run, early=self.at_run_finish, late=late)
         self.uploader = uploader
+        with contextlib.suppress(Exception):  # W&B's staged copies a killed process of ours left half-written
+            _uploader_module.sweep_partials(_uploader_module.wandb_staging_dir(), "lw-copy-*.partial", 2)
         uploader.start()
         return uploader
 
@@ -402,6 +450,8 @@ class Publisher:
                 if ours and (entry.get("collection"), entry.get("digest")) not in known:
                     ledger.forget(real)  # not in W&B after all: handed over again below
         queued: set[str] = set()
+        saved: dict[str, list[str]] = {}
+        lost: list[Job] = []
         for root in sorted(set(staging_roots)):
             jobs, others = _uploader_module.read_staged(root, run_id)
             for other, notes in others.items():
@@ -412,19 +462,41 @@ class Publisher:
                         "they are not uploaded into this run. Resume that run to upload them, or delete them."
                     )
             for job in jobs:
-                if job.staged in in_flight:
+                if job.status == SAVING:  # saved by this run, killed before its hand-over: the adapter hands it over
+                    saved.setdefault(job.source, []).append(str(job.note))
+                    continue
+                if job.staged and job.staged in in_flight:
+                    continue
+                if any(j.note == job.note for u in earlier for j in u.unsafe.values()):
                     continue
                 if job.digest and (job.collection, job.digest) in known:
                     ledger.set_status(job.source, UPLOADED)
+                    _uploader_module.release_source(job)
+                    Uploader.cleanup(job)
+                    continue
+                if job.status == LOST:
+                    lost.append(job)
                     Uploader.cleanup(job)
                     continue
                 job.seq = ledger.take_seq()
                 job.attempts, job.error, job.status, job.fd = 0, "", PENDING, None
                 ledger.collection(job.collection, job.metadata.get("monitor"), job.metadata.get("mode", "min"))
                 ledger.note(job.source, job.signature, PENDING, collection=job.collection, seq=job.seq, run_id=run_id)
+                if job.staged is None:
+                    # a claimed file the earlier process did not stage: its rotation waits until W&B holds it,
+                    # and a descriptor keeps the claimed content readable if a rerun saves over the name
+                    with contextlib.suppress(OSError):
+                        job.fd = _uploader_module.open_source(job.source)
+                    uploader.protect(job)
                 uploader.submit(job)
                 queued.add(job.source)
-        return Recovered(previous is not None, started, known, queued)
+        if lost:
+            warn(
+                f"{self.owner}: {len(lost)} checkpoint(s) claimed by an earlier process of this run were neither "
+                "staged nor left in place (deleted or changed on disk), and the run's records do not hold them; "
+                "they are not in W&B:\n" + "\n".join(f"  {j.source} -> {j.collection}" for j in lost)
+            )
+        return Recovered(previous is not None, started, known, queued, saved)
 
     # ------------------------------------------------------------------ hand-over (training thread)
     def stage_and_submit(
@@ -440,61 +512,141 @@ class Publisher:
         best: bool = False,
         remote: bool = False,
         is_folder: bool = False,
+        in_place: bool = False,
     ) -> None:
-        """Hand ``real`` over to the upload worker: a hard link in this run's staging folder, or (on
-        another filesystem) a descriptor open on it that the worker copies from. That is the only work
-        on the training thread. When staging fails, the original is uploaded at flush. A ``remote``
-        file (an fsspec URL) is streamed into the staging folder by the worker. If anything here
-        raises, nothing is left marked pending."""
+        """Hand ``real`` over to the upload worker and claim it on disk before returning.
+
+        The hand-over is a hard link in this run's staging folder, or (on another filesystem, or when
+        the link fails for any reason but a full disk) a descriptor open on the file that the worker
+        copies from. A file that may be rewritten in place (``in_place``, or its inode seen with another
+        content before) is copied here, on the training thread, when the worker is busy: a link or a
+        descriptor would see the next content. When staging fails, the worker uploads from the original
+        (or the descriptor) at once. The claim is a note (synced to disk) naming the source, its signature
+        and where it is staged, in the staging folder or, when that cannot hold it, under the run's W&B
+        folder; until the file's bytes are kept elsewhere, ``ModelCheckpoint``'s rotation of it waits
+        (:meth:`~lw_callbacks.core.uploader.Uploader.hold`). If anything here raises, nothing is left
+        marked pending. A ``remote`` file (an fsspec URL) is streamed into the staging folder by the worker;
+        a folder (``is_folder``) is hard-linked file by file, or copied by the worker."""
         uploader = self.uploader
         assert uploader is not None
         seq = self.ledger.take_seq()
         run_id = uploader.run_id
-        folder = self.staging_for(os.path.dirname(real)) / sanitize(run_id or "run") / collection
-        staged: str | None = str(folder / f"{seq:06d}-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+        run_part = sanitize(run_id or "run")
+        folder = self.staging_for(os.path.dirname(real)) / run_part / collection
+        name = f"{seq:06d}-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}"
+        staged: str | None = str(folder / name)
         assert staged is not None
         fd: int | None = None
+        copied = False
+        known = self.ledger.files.get(real)
+        rewritten = known is not None and list(known.get("signature", []))[:2] == sig[:2]
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if is_folder:  # one hard link per file; on another filesystem the worker copies the folder
                 how, fd = _uploader_module.link_folder(real, staged), None
+            elif remote:
+                how, fd = "fetch", None
+            elif (in_place or rewritten) and uploader.busy():
+                how = "copied"
+                began = time.perf_counter()
+                _uploader_module.reflink_or_copy(real, staged)
+                self.copy_s += time.perf_counter() - began
+                self.copies += 1
+                if _uploader_module.signature(os.stat(real))[2:] != sig[2:]:
+                    os.remove(staged)
+                    raise OSError(errno.EAGAIN, "rewritten while it was copied", real)
+                copied = True
             else:
-                how, fd = ("fetch", None) if remote else _uploader_module.hand_over(real, staged)
+                how, fd = _uploader_module.hand_over(real, staged)
             if how == "copy" and not self.warned_copy:
                 self.warned_copy = True
                 warn(
                     f"{self.owner}: could not hard-link checkpoints into {folder} (another filesystem?), so the "
-                    "upload worker copies each one there, from a file descriptor opened when it was saved (training "
-                    "does not wait for the copy; it costs disk space and I/O). Pass `staging_dir` on the "
-                    "checkpoints' filesystem to avoid the copy."
+                    "upload worker copies each one there, from a file descriptor opened when it was saved "
+                    "(training does not wait for the copy; it costs disk space and I/O, and ModelCheckpoint's "
+                    "rotation of a file waits until its copy is made). Pass `staging_dir` on the checkpoints' "
+                    "filesystem to avoid the copy."
                 )
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 uploader.disk_full(path, folder)
             else:
-                warn(
-                    f"{self.owner}: could not stage {path} for upload ({err}). It will be uploaded from the original "
-                    "file when fit ends, if it still exists then."
+                code = errno.errorcode.get(err.errno or 0, "error")
+                uploader.warn_once(
+                    f"stage:{err.errno}",
+                    f"{self.owner}: could not stage {path} in {folder} ({code}: {err.strerror or err}). "
+                    "It is uploaded from the original file (or a descriptor opened now), "
+                    "and so is any later checkpoint that cannot be staged there; ModelCheckpoint's rotation of such "
+                    f"a file waits until W&B holds it. Pass `{self.owner}(staging_dir=...)` on a folder you can "
+                    "write to.",
                 )
-            _uploader_module.remove_empty_parents(folder)
             staged = None
-            try:
-                fd = _uploader_module.open_source(real)  # keeps the content readable if rotation deletes the file
+            copied = False
+            try:  # keeps the content readable if rotation deletes the file
+                fd = None if remote or is_folder else _uploader_module.open_source(real)
             except OSError:
                 fd = None
         job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases, run_id=run_id, fd=fd,
-                  unclaimed=unclaimed, best=best, remote=remote, folder=is_folder)
-        self.ledger.note(real, sig, PENDING, collection=collection, seq=seq, run_id=run_id)
+                  unclaimed=unclaimed, best=best, remote=remote, folder=is_folder, copied=copied)
+        self.claim(job, [folder / (name + ".json")] if staged is None else [])
+        self.ledger.note(real, sig, PENDING, collection=collection, seq=seq, run_id=run_id,
+                         global_step=metadata.get("global_step"))
         try:
-            if staged is None:
-                uploader.defer(job)
-            else:
-                _uploader_module.write_note(job)
-                uploader.submit(job)
+            if (staged is None or fd is not None) and not (remote or is_folder):
+                uploader.protect(job)  # its bytes are only in the user's file until staged or uploaded
+            uploader.submit(job)
         except BaseException:
             self.ledger.forget(real)
             Uploader.cleanup(job)
             raise
+        if staged is None:  # nothing will be staged in the folder made for it
+            _uploader_module.remove_empty_parents(folder)
+
+    def saving(self, path: str, collection: str) -> str | None:
+        """Claim ``path`` before ``ModelCheckpoint`` writes it (not synced: it guards against the process
+        being killed between the write and :meth:`stage_and_submit`); returns the note, to pass to
+        :meth:`saved` once the file is handed over."""
+        uploader = self.uploader
+        if uploader is None or _uploader_module.is_remote(path):
+            return None
+        real = os.path.realpath(path)
+        run_part = sanitize(uploader.run_id or "run")
+        folder = self.staging_for(os.path.dirname(real)) / run_part / collection
+        job = Job(-1, collection, real, None, 0, [], None, {"time_ns": time.time_ns() - 50_000_000}, [],
+                  run_id=uploader.run_id, status=SAVING)
+        self.claim(job, [folder / f"saving-{uuid.uuid4().hex[:12]}.json"], first=False, sync=False)
+        return job.note
+
+    @staticmethod
+    def saved(note: str | None) -> None:
+        """The file claimed by ``note`` (from :meth:`saving`) is handed over, or needs no claim."""
+        if note:
+            with contextlib.suppress(OSError):
+                os.remove(note)
+            _uploader_module.remove_empty_parents(Path(note).parent)
+
+    def claim(self, job: Job, candidates: list[Path], first: bool = True, sync: bool = True) -> None:
+        """Write ``job``'s note: beside its staged file, else in ``candidates``, else under the run's W&B folder."""
+        places: list[str | None] = [None] if job.staged and first else []
+        places += [str(c) for c in candidates]
+        if self.claims_root is not None:
+            places.append(str(self.claims_root / sanitize(job.run_id or "run") / job.collection /
+                              f"{job.seq:06d}-{uuid.uuid4().hex[:8]}-{os.path.basename(job.source)}.json"))
+        for place in places:
+            if place is not None:
+                with contextlib.suppress(OSError):
+                    os.makedirs(os.path.dirname(place), exist_ok=True)
+            job.note = None
+            if _uploader_module.write_note(job, place, sync):
+                return
+        job.note = None
+        if not self.warned_claim:
+            self.warned_claim = True
+            warn(
+                f"{self.owner}: could not record {job.source} on disk as this run's checkpoint (no room or no "
+                "permission in the staging folder and in the run's W&B folder): it is uploaded, but if the process "
+                "dies before, a later fit of this run cannot know it was saved."
+            )
 
     # ------------------------------------------------------------------ flush
     def flush(self, why: str, timeout: float | None = None) -> None:
@@ -528,16 +680,19 @@ class Publisher:
                 "not in W&B:\n" + "\n".join(f"  {j.source} -> {j.collection}" for j in lost)
             )
         if left:
-            lines = "\n".join(
-                f"  {j.source} -> {j.collection}" + (f" ({j.error})" if j.error else " (not reached)")
-                + (f"; staged copy kept at {j.staged}" if j.staged else "")
-                for j in left
-            )
+            lines = "\n".join(f"  {j.source} -> {j.collection}" + (f" ({j.error})" if j.error else " (not reached)")
+                               + _kept_at(j) for j in left)
             warn(
                 f"{self.owner}: {len(left)} checkpoint(s) were not uploaded when {why} "
                 f"(flush_timeout={self.flush_timeout:g}s):\n{lines}\nThe next fit of this run (same run id) uploads "
-                "the staged copies; your checkpoint files are untouched."
+                "what is kept (staged copies, and files whose rotation was held back); your checkpoint files are "
+                "untouched."
             )
+
+    def hold(self, path: str) -> bool:
+        """Whether ``ModelCheckpoint``'s deletion of ``path`` waits (see :meth:`Uploader.hold`)."""
+        uploader = self.uploader
+        return uploader is not None and uploader.hold(path)
 
     def share_logged(self, is_global_zero: bool, broadcast: Callable[..., Any]) -> None:
         """Every rank learns what rank 0 logged (one broadcast: call on every rank), so `restore_checkpoint`
@@ -581,3 +736,16 @@ class Publisher:
             CLEANUPS.append(thread)
         except RuntimeError:  # interpreter shutting down: the next fit of this run cleans up
             pass
+
+
+def _kept_at(job: Job) -> str:
+    """Where the bytes of a job that was not uploaded are, as they are on disk now (never a copy that is gone)."""
+    if job.staged and os.path.isfile(job.staged):
+        return f"; staged copy kept at {job.staged}"
+    try:
+        same = _uploader_module.signature(os.stat(job.source)) == list(job.signature)
+    except OSError:
+        same = False
+    if same:
+        return "; the file is kept where it is" + (" (its rotation waits for the upload)" if job.held else "")
+    return "; no copy is left (the file was deleted or changed before it could be staged)"

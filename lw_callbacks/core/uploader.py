@@ -30,6 +30,8 @@ import os
 import queue
 import re
 import shutil
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lw_callbacks._errors import warn
-from lw_callbacks._wandb import add_hashed_file, log_artifact, model_artifact
+from lw_callbacks._wandb import add_hashed_file, log_artifact, model_artifact, wandb_staging_dir
 
 ENTRY_NAME = "model.ckpt"
 STAGING_FOLDER = ".upload-staging"
@@ -47,6 +49,9 @@ _CHUNK = 8 * 2**20
 # Uploading states of a file in the ledger. SENT: ``log_artifact`` returned, but W&B does not hold
 # it durably yet (offline: the record is not in the log on disk; online: not committed).
 PENDING, SENT, UPLOADED, DUPLICATE, SKIPPED, LOST = "pending", "sent", "uploaded", "duplicate", "skipped", "lost"
+# A claim written before ModelCheckpoint saves a file (its signature is not known yet): a file at that
+# path with a later mtime was written by this run.
+SAVING = "saving"
 DONE = (UPLOADED, DUPLICATE, SKIPPED, LOST)
 
 
@@ -55,6 +60,10 @@ def _link(src: str, dst: str) -> None:
 
 
 def _write(fh: Any, data: bytes) -> None:
+    fh.write(data)
+
+
+def _write_wandb(fh: Any, data: bytes) -> None:
     fh.write(data)
 
 
@@ -206,6 +215,50 @@ def copy_folder(src: str, dst: str) -> None:
         raise
 
 
+def copy_for_wandb(path: str) -> str:
+    """W&B's staged copy of ``path`` (what ``policy="mutable"`` makes: a read-only file in W&B's staging
+    folder, which W&B removes once uploaded and ``wandb sync`` uploads offline), made here so that a
+    failed copy (W&B's data folder full, say) leaves no partial file behind."""
+    folder = wandb_staging_dir()
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=f"lw-copy-{os.getpid()}-", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as fin:
+            while chunk := fin.read(_CHUNK):
+                _write_wandb(out, chunk)
+        os.chmod(partial, stat.S_IRUSR)
+        dst = partial[: -len(".partial")]
+        os.replace(partial, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+    return dst
+
+
+def _dead(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def sweep_partials(folder: str | os.PathLike[str], pattern: str, pid_at: int) -> int:
+    """Remove files in ``folder`` matching ``pattern`` left by processes that died while writing them
+    (the writer's pid is field ``pid_at`` of the name split on ``-`` or ``.``); how many were removed."""
+    removed = 0
+    for path in Path(folder).glob(pattern):
+        fields = path.name.replace(".", "-").split("-")
+        if len(fields) > pid_at and _dead(fields[pid_at]):
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o600)
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def open_source(src: str) -> int:
     """An open descriptor on ``src``: its content stays readable even if the file is deleted."""
     return os.open(src, os.O_RDONLY)
@@ -215,8 +268,10 @@ def hand_over(src: str, dst: str) -> tuple[str, int | None]:
     """Stage ``src`` at ``dst``: ``("link", None)`` when a hard link is possible, else
     ``("copy", fd)`` with ``fd`` open on ``src``, for the worker to copy from (:func:`copy_fd`).
 
-    A full disk (``ENOSPC``) is raised at once; any other failure of the link (another filesystem,
-    a filesystem without hard links) falls back to the descriptor.
+    A full disk (``ENOSPC``) is raised at once (a copy onto it fails too: the worker uploads from the
+    original or the descriptor); any other failure of the link (``EXDEV``: another filesystem; ``EPERM``
+    or ``EACCES``; a filesystem without hard links) falls back to the descriptor, whose copy has its own
+    fallback (:meth:`Uploader._stage_copy`).
     """
     try:
         _link(src, dst)
@@ -271,8 +326,11 @@ def signature(st: os.stat_result) -> list[int]:
 class Job:
     """One checkpoint file to upload as a new version of ``collection``.
 
-    ``staged`` is our staged file (a hard link, or the copy the worker makes from ``fd``), with a
-    note ``<staged>.json`` beside it; ``None`` when staging failed and the original is uploaded.
+    ``staged`` is our staged file (a hard link, or the copy the worker makes from ``fd``); ``None`` when
+    staging failed and the original (or ``fd``) is uploaded. ``note`` is the claim written on the training
+    thread before the hand-over returns (``<staged>.json``, or in a fallback folder when the staging folder
+    cannot hold it): it names the source, its signature and, once hashed, the digest, so a later process
+    of the run uploads the file, from the staged copy or from the source, whatever moment this one died at.
     """
 
     seq: int
@@ -296,6 +354,8 @@ class Job:
     local_paths: dict[str, str | None] = field(default_factory=dict)  # a folder's files -> W&B's staged copy
     unclaimed: bool = False  # found in the folder, not named by the ModelCheckpoint: skip content held anywhere
     best: bool = False  # the best by its saver's own account (ModelCheckpoint without monitor: its best_model_path)
+    note: str | None = None  # the claim on disk: where this job's note is (beside ``staged``, or a fallback folder)
+    held: bool = False  # ModelCheckpoint's rotation asked to delete ``source`` before its bytes were kept elsewhere
     fd: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -457,6 +517,10 @@ class Uploader:
         self.durable: set[tuple[str, str]] = set()  # (collection, file digest) W&B holds for good
         self.held_anywhere: set[str] = set()  # digests the run's earlier segments hold, in any collection
         self.uploaded: list[tuple[Job, str, list[str], str | None]] = []  # job, digest, aliases, W&B's copy
+        # Jobs whose bytes live only in the user's file (a copy not made yet, or staging failed): a
+        # rotation of that file is held back until they are kept elsewhere (see :meth:`hold`).
+        self.unsafe: dict[str, Job] = {}
+        self.warned: set[str] = set()
         self._warned_full = False
         self._thread: threading.Thread | None = None
 
@@ -477,6 +541,58 @@ class Uploader:
         with self._cond:
             self.deferred.append(job)
 
+    def busy(self) -> bool:
+        """Whether the worker has a job running or queued (a new hand-over would wait behind it)."""
+        with self._cond:
+            return self._active > 0
+
+    def protect(self, job: Job) -> None:
+        """Until ``job``'s bytes are kept outside the user's file, a rotation of that file is held back."""
+        with self._cond:
+            self.unsafe[job.source] = job
+
+    def hold(self, path: str) -> bool:
+        """``ModelCheckpoint`` is about to delete ``path``: if its bytes are not kept elsewhere yet, keep the
+        file (the claim on disk says so) and return True; the worker deletes it once they are (or, after a
+        crash, the next fit of the run does). False: delete it now."""
+        real = os.path.realpath(path)
+        with self._cond:
+            job = self.unsafe.get(real)
+            if job is None:
+                return False
+            try:
+                same = signature(os.stat(real)) == list(job.signature)
+            except OSError:
+                return False
+            if not same:
+                return False
+            job.held = True
+        write_note(job)
+        return True
+
+    def settle(self, job: Job) -> None:
+        """``job`` no longer needs its source file: delete the source if rotation asked to (and it still
+        holds what was claimed), then forget our staged file and note."""
+        with self._cond:
+            if self.unsafe.get(job.source) is job:
+                del self.unsafe[job.source]
+        release_source(job)
+        self.cleanup(job)
+
+    def kept(self, job: Job) -> None:
+        """``job``'s bytes are now kept in its staged copy: a held-back source can go."""
+        with self._cond:
+            if self.unsafe.get(job.source) is job:
+                del self.unsafe[job.source]
+        release_source(job)
+
+    def warn_once(self, key: str, message: str) -> None:
+        with self._cond:
+            if key in self.warned:
+                return
+            self.warned.add(key)
+        warn(message)
+
     def pending(self) -> int:
         with self._cond:
             return self._active + len(self.failed) + len(self.deferred)
@@ -492,9 +608,9 @@ class Uploader:
         self._warned_full = True
         warn(
             f"{self.owner}: the staging disk is full (disk full): {path} could not be staged in {folder}, nor can "
-            "any later checkpoint while it stays full. Each such file is uploaded from the original when fit ends, "
-            "if it still exists then: files that ModelCheckpoint's top-k rotation deletes before are at risk (the "
-            "ones lost are listed when fit ends). Free space on that disk, or pass "
+            "any later checkpoint while it stays full. Each such file is uploaded from the original instead, and "
+            "ModelCheckpoint's top-k rotation of it waits until W&B holds it (the file stays in its folder until "
+            "then, also across a crash: the next fit of the run uploads it). Free space on that disk, or pass "
             f"`{self.owner}(staging_dir=...)` on a disk with room."
         )
 
@@ -579,7 +695,7 @@ class Uploader:
                 left = len(self.sent)
             for job in done:
                 self.ledger.set_status(job.source, UPLOADED)
-                self.cleanup(job)
+                self.settle(job)
             return left
 
     def wait_durable(self, timeout: float) -> int:
@@ -641,11 +757,16 @@ class Uploader:
                 job.error = f"{type(err).__name__}: {err}"
                 with self._cond:
                     self.failed.append(job)
-                where = job.staged or job.source
+                if job.staged and os.path.isfile(job.staged):
+                    where = f"the copy to upload stays at {job.staged}"
+                elif job.fd is not None or os.path.isfile(job.source):
+                    where = "it is uploaded from the original file (or the descriptor opened when it was saved)"
+                else:
+                    where = "no copy of it is left"
                 warn(
                     f"{self.owner}: uploading {job.source} to artifact {job.collection!r} failed "
                     f"(attempt {job.attempts}, {job.error}). It is retried when fit ends; the checkpoint "
-                    f"file is untouched and the copy to upload stays at {where}."
+                    f"file is untouched and {where}."
                 )
             finally:
                 with self._cond:
@@ -659,13 +780,25 @@ class Uploader:
         if signature(os.fstat(job.fd))[2:] != job.signature[2:]:
             return  # rewritten in place already: _process skips it
         try:
+            os.makedirs(os.path.dirname(job.staged), exist_ok=True)
             copy_fd(job.fd, job.staged)
         except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-            self.disk_full(job.source, os.path.dirname(job.staged))
-            self.cleanup_files(job)
-            job.staged = None  # upload from the original (or the descriptor) at flush
+            folder = os.path.dirname(job.staged)
+            if err.errno == errno.ENOSPC:
+                self.disk_full(job.source, folder)
+            else:
+                self.warn_once(
+                    f"copy:{err.errno}",
+                    f"{self.owner}: could not copy {job.source} into the staging folder {folder} "
+                    f"({errno.errorcode.get(err.errno or 0, 'error')}: {err.strerror or err}); it is uploaded from the "
+                    "original file (or the descriptor opened when it was saved), and so is any later checkpoint that "
+                    f"cannot be copied there. Pass `{self.owner}(staging_dir=...)` on a folder you can write to.",
+                )
+            for path in (job.staged, job.staged + ".partial"):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            job.staged = None  # upload from the original (or the descriptor) now
+            write_note(job)
             return
         if signature(os.fstat(job.fd))[2:] != job.signature[2:]:
             with contextlib.suppress(OSError):
@@ -674,6 +807,7 @@ class Uploader:
         job.copied = True
         job.close_fd()
         write_note(job)
+        self.kept(job)
 
     def _fetch(self, job: Job) -> bool:
         """Stream a remote checkpoint into its staged path (off the training thread); False when it is
@@ -729,10 +863,6 @@ class Uploader:
             return
         if job.staged and job.fd is not None and not os.path.isfile(job.staged):
             self._stage_copy(job)
-            if job.staged is None:
-                with self._cond:
-                    self.deferred.append(job)
-                return
         path = job.staged if job.staged and os.path.isfile(job.staged) else None
         fd_path = f"/proc/self/fd/{job.fd}" if job.fd is not None else None
         if path is None:
@@ -741,7 +871,8 @@ class Uploader:
             if job.staged and job.fd is not None:
                 # the copy was dropped: the file changed while it was copied
                 ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
-                self.cleanup(job)
+                self.rewritten(job)
+                self.settle(job)
                 return
             if os.path.isfile(job.source) and signature(os.stat(job.source))[2:] == job.signature[2:]:
                 path = job.source
@@ -751,7 +882,7 @@ class Uploader:
                 ledger.set_status(job.source, LOST)
                 with self._cond:
                     self.lost.append(job)
-                self.cleanup(job)
+                self.settle(job)
                 return
         before = signature(os.stat(path))
         digest = md5_b64(path, self._progress)  # the only read of the file that hashes it
@@ -761,7 +892,8 @@ class Uploader:
             # The file was rewritten in place under our hard link; its new content has its own hand-over.
             # (A staged copy has an identity of its own: it is what was read, whole, and is uploaded.)
             ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
-            self.cleanup(job)
+            self.rewritten(job)
+            self.settle(job)
             return
         self._publish(job, path, digest, before)
 
@@ -774,7 +906,7 @@ class Uploader:
         held = job.unclaimed and digest in self.held_anywhere  # another ModelCheckpoint's file, say
         if digest in state.digests or (job.collection, digest) in self.durable or held:
             ledger.set_status(job.source, DUPLICATE, digest=digest, seq=job.seq)
-            self.cleanup(job)
+            self.settle(job)
             return
         aliases: list[str] = []
         if job.seq > state.latest_seq:
@@ -785,7 +917,8 @@ class Uploader:
         logged = self._log(job, path, aliases, digest, before)
         if logged is None:  # changed while W&B copied it: its new content has its own hand-over
             ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
-            self.cleanup(job)
+            self.rewritten(job)
+            self.settle(job)
             return
         staged_by_wandb, artifact = logged
         with ledger.lock:
@@ -818,7 +951,18 @@ class Uploader:
         with self._durable_lock:
             self.durable.add((job.collection, digest))
         ledger.set_status(job.source, UPLOADED, digest=digest, seq=job.seq, run_id=self.run_id)
-        self.cleanup(job)
+        self.settle(job)
+
+    def rewritten(self, job: Job) -> None:
+        """One warning per file whose content changed before it was read: that content is not uploaded."""
+        self.warn_once(
+            f"rewritten:{job.source}",
+            f"{self.owner}: {job.source} was rewritten in place (same file, new content) before its earlier "
+            "content could be read, so that content is not uploaded (the newer one is). This happens when the "
+            "file name does not change between saves and the checkpoint is written in place, as when the "
+            "checkpoint folder and the temporary folder ($TMPDIR) are on different filesystems. Put $TMPDIR on "
+            "the checkpoints' filesystem, or give ModelCheckpoint a `filename` with `{epoch}` or `{step}`.",
+        )
 
     def _log(
         self, job: Job, path: str, aliases: list[str], digest: str, before: list[int]
@@ -843,29 +987,39 @@ class Uploader:
             return None if not added else getattr(added[0], "local_path", None), (
                 logged if logged is not None else artifact
             )
-        # W&B's own staged copy, made on this thread, of the content we hashed; W&B does not hash it again
-        entry = add_hashed_file(artifact, path, ENTRY_NAME, digest)
+        # W&B's staged copy of the content we hashed, made on this thread (as `policy="mutable"` would, but
+        # removed if the copy fails); W&B does not hash it again
         try:
+            copy = copy_for_wandb(path)
+        except OSError as err:
+            raise OSError(
+                err.errno, f"could not make W&B's staged copy in {wandb_staging_dir()} ({err.strerror or err}); "
+                "free space there or set WANDB_DATA_DIR to a folder with room"
+            ) from err
+        try:
+            entry = add_hashed_file(artifact, copy, ENTRY_NAME, digest, policy="immutable")
             if getattr(entry, "digest", digest) != digest or signature(os.stat(path))[2:] != before[2:]:
-                _remove_wandb_copy(entry, path)
+                _remove_wandb_copy(copy)
                 return None
             logged = log_artifact(self.run, artifact, aliases)
         except BaseException:
-            _remove_wandb_copy(entry, path)
+            _remove_wandb_copy(copy)
             raise
-        return getattr(entry, "local_path", None), logged if logged is not None else artifact
+        return copy, logged if logged is not None else artifact
 
     @staticmethod
     def cleanup_files(job: Job) -> None:
-        if not job.staged:
-            return
-        for tree in (job.staged, job.staged + ".partial"):
+        paths = [job.staged, job.staged + ".json", job.staged + ".partial"] if job.staged else []
+        if job.note:
+            paths.append(job.note)
+        for tree in paths[:1] + paths[2:3]:
             if os.path.isdir(tree) and not os.path.islink(tree):
                 shutil.rmtree(tree, ignore_errors=True)
-        for path in (job.staged, job.staged + ".json", job.staged + ".partial"):
+        for path in paths:
             with contextlib.suppress(OSError):
                 os.remove(path)
-        remove_empty_parents(Path(job.staged).parent)
+        for folder in {os.path.dirname(p) for p in paths}:
+            remove_empty_parents(Path(folder))
 
     @classmethod
     def cleanup(cls, job: Job) -> None:
@@ -874,15 +1028,30 @@ class Uploader:
         cls.cleanup_files(job)
 
 
-def _remove_wandb_copy(entry: Any, path: str) -> None:
-    """Remove W&B's staged copy made for an artifact that is not logged: nothing refers to it."""
-    staged_by_wandb = getattr(entry, "local_path", None)
-    if staged_by_wandb and os.path.abspath(staged_by_wandb) != os.path.abspath(path):
-        try:
-            os.chmod(staged_by_wandb, 0o600)
-            os.remove(staged_by_wandb)
-        except OSError:
-            pass
+def _remove_wandb_copy(copy: Any, path: str | None = None) -> None:
+    """Remove W&B's staged copy (a path, or a manifest entry whose ``local_path`` is not ``path``) made
+    for an artifact that is not logged: nothing refers to it."""
+    staged = copy if isinstance(copy, str) else getattr(copy, "local_path", None)
+    if not staged or (path is not None and os.path.abspath(staged) == os.path.abspath(path)):
+        return
+    try:
+        os.chmod(staged, 0o600)
+        os.remove(staged)
+    except OSError:
+        pass
+
+
+def release_source(job: Job) -> None:
+    """Delete ``job``'s source if ``ModelCheckpoint``'s rotation asked to while it was held back, and the
+    file still holds the content that was claimed (never a newer file saved under the same name)."""
+    if not job.held:
+        return
+    try:
+        if signature(os.stat(job.source)) == list(job.signature):
+            os.remove(job.source)
+    except OSError:
+        pass
+    job.held = False
 
 
 def remove_empty_parents(folder: Path) -> None:
@@ -897,30 +1066,47 @@ def remove_empty_parents(folder: Path) -> None:
             return
 
 
-def write_note(job: Job) -> None:
-    """Write ``<staged>.json`` beside a staged copy (atomically) so that a later process can upload it
-    if this one dies; it carries the run id, the status and, once hashed, the digest."""
-    if job.staged is None:
-        return
-    note = job.staged + ".json"
-    tmp = f"{note}.{os.getpid()}.tmp"
+def write_note(job: Job, note: str | None = None, sync: bool = True) -> bool:
+    """Write ``job``'s claim (``note``, else ``job.note``, else ``<staged>.json``) atomically and synced to
+    disk, so that a later process can upload the file if this one dies; it carries the run id, the source
+    and its signature, the staged path, the status and, once hashed, the digest. True when written."""
+    note = note or job.note or (job.staged + ".json" if job.staged else None)
+    if note is None:
+        return False
+    job.note = note
+    tmp = f"{note}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         with open(tmp, "w") as fh:
             json.dump(job.to_dict(), fh)
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, note)
+        return True
     except OSError:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        return False
 
 
 def read_staged(root: Path, run_id: str) -> tuple[list[Job], dict[str, list[Path]]]:
-    """What processes of run ``run_id`` left staged under ``root`` (``<root>/<run id>/<collection>/``),
-    oldest first, and the notes of other runs found there (run id -> notes), which are not ours to
-    upload. Notes whose staged file never came to be (a copy cut short) are removed."""
+    """What processes of run ``run_id`` claimed under ``root`` (``<root>/<run id>/<collection>/``) and did
+    not see into W&B, oldest first, and the notes of other runs found there (run id -> notes), which are
+    not ours to upload.
+
+    A claim whose staged file exists is uploaded from it. One whose staged file never came to be (a copy
+    cut short, or staging impossible) is uploaded from its source, when the source still holds the
+    claimed content (``staged`` is then ``None``); otherwise the job comes back with status ``lost`` (the
+    caller checks whether the run's records hold its digest, and names it if not)."""
     jobs: list[Job] = []
     others: dict[str, list[Path]] = {}
     if not root.is_dir():
         return jobs, others
+    for tmp in root.glob("*/*/*.json.*.tmp"):  # a note being written when its process was killed
+        pid = tmp.name.split(".json.", 1)[1].split(".")[0]
+        if _dead(pid):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     for note in sorted(root.glob("*/*/*.json")) + sorted(root.glob("*.json")):
         try:
             job = Job.from_dict(json.loads(note.read_text()))
@@ -929,10 +1115,36 @@ def read_staged(root: Path, run_id: str) -> tuple[list[Job], dict[str, list[Path
         if job.run_id != run_id:
             others.setdefault(job.run_id or "(unknown)", []).append(note)
             continue
+        job.note = str(note)
+        if job.status == SAVING:
+            try:
+                st = os.stat(job.source)
+                written = os.path.isfile(job.source) and st.st_mtime_ns >= int(job.metadata.get("time_ns", 0))
+            except OSError:
+                written = False
+            if written:
+                job.signature = signature(st)
+                jobs.append(job)
+            else:  # nothing was saved (or another file is there now): no claim
+                with contextlib.suppress(OSError):
+                    os.remove(note)
+            continue
         if job.staged and (os.path.isdir(job.staged) if job.folder else os.path.isfile(job.staged)):
             jobs.append(job)
-        else:
-            for path in (note, Path(str(note)[: -len(".json")] + ".partial")):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            continue
+        if job.staged:
+            with contextlib.suppress(OSError):
+                os.remove(job.staged + ".partial")
+        if job.folder or job.remote:  # the adapter finds these on disk (or remote) again: no claim to keep
+            with contextlib.suppress(OSError):
+                note.unlink()
+            continue
+        job.staged = None
+        try:
+            same = signature(os.stat(job.source)) == list(job.signature)
+        except OSError:
+            same = False
+        if not same:
+            job.status = LOST
+        jobs.append(job)
     return sorted(jobs, key=lambda j: j.seq), others

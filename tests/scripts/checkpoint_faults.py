@@ -1,7 +1,7 @@
 """A small fit with UploadCheckpoints that stops itself at a chosen point, or resumes the same run.
 
 Usage: python checkpoint_faults.py SAVE_DIR CKPT_DIR RUN_ID FAULT AT [--resume] [--epochs N] [--pad-mb N]
-    [--staging DIR]
+    [--staging DIR] [--inject NAME ...] [--tag T] [--fixed] [--kill-after S]
 
 FAULT is where the fit is stopped, at the AT-th occurrence (1 = first):
     none  no fault
@@ -12,10 +12,24 @@ FAULT is where the fit is stopped, at the AT-th occurrence (1 = first):
     term  SIGTERM at the AT-th hand-over
     int   SIGINT (Ctrl+C) at the AT-th hand-over
     async SIGKILL while AsyncCheckpointIO writes its AT-th checkpoint (with --async-io)
+    rot   SIGKILL right after ModelCheckpoint's AT-th deletion of a checkpoint (top-k rotation)
+    resume  SIGKILL while the resumed fit compares what is on disk with the run's records
 
 With --async-io checkpoints are written by ``AsyncCheckpointIO`` on a slow disk (training runs ahead
 of the writes), without ``last.ckpt`` (Lightning cannot link to a file not written yet); a resume
 starts from the newest checkpoint on disk.
+
+--inject adds a fault condition for the whole process (several may be given):
+    slowcopy   the staging copy writes at about 40 MB/s (a slow disk): the worker falls behind
+    slowhash   hashing reads at about 40 MB/s
+    full       the staging disk is full (ENOSPC for links, copies and claims written there)
+    eacces     the staging root is not writable any more (EACCES for links, copies and claims there)
+    eacces-collection  only the collection's staging folder is not writable (EACCES there)
+    exdev      hard links fail with EXDEV (another filesystem) even where they would work
+    wandb-full W&B's data folder is full for its first 3 staged copies (ENOSPC half-way through each)
+
+Every file ModelCheckpoint writes is recorded by a witness (its name and md5, once the save returned)
+in LW_WITNESS; every warning is appended to LW_REPORT_DIR/warnings.txt.
 
 SIGKILL goes to the whole process group (the training process and W&B's service process), as a
 scheduler or the OOM killer ends a job: nothing gets to write anything after it.
@@ -27,6 +41,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -54,11 +69,132 @@ def kill_all() -> None:
     time.sleep(60)
 
 
+def inject_conditions(names: list[str], staging: str | None) -> None:
+    """Fault conditions injected where the package touches the filesystem."""
+    import errno
+
+    from lw_callbacks.core import uploader as _uploader
+
+    root = os.path.abspath(staging) if staging else None
+    codes = {"full": errno.ENOSPC, "eacces": errno.EACCES, "eacces-collection": errno.EACCES}
+    for name in names:
+        if name in codes:
+            fail_in(_uploader, name, codes[name], root)
+        elif name == "exdev":
+            def exdev(src: str, dst: str) -> None:
+                raise OSError(errno.EXDEV, "Invalid cross-device link (injected)", dst)
+
+            _uploader._link = exdev
+        elif name == "wandb-full":
+            wandb_full(_uploader)
+        elif name not in ("slowcopy", "slowhash"):
+            raise SystemExit(f"unknown --inject {name}")
+    if "slowcopy" in names:
+        inner = _uploader._write
+
+        def slow_write(fh: Any, data: bytes) -> None:
+            time.sleep(len(data) / 40e6)
+            inner(fh, data)
+
+        _uploader._write = slow_write
+    if "slowhash" in names:
+        inner_md5 = _uploader.md5_b64
+
+        def slow_md5(path: Any, progress: Any = None) -> str:
+            time.sleep(os.path.getsize(path) / 40e6)
+            return inner_md5(path, progress)
+
+        _uploader.md5_b64 = slow_md5
+
+
+def fail_in(_uploader: Any, name: str, code: int, root: str | None) -> None:
+    """Links, copies and claims written in the staging root (or only its collection folders) fail with ``code``."""
+    real_link, real_write, real_note = _uploader._link, _uploader._write, _uploader.write_note
+
+    def failing(path: str) -> bool:
+        inside = root is not None and os.path.abspath(path).startswith(root + os.sep)
+        if name == "eacces-collection":
+            return inside and os.path.basename(os.path.dirname(os.path.abspath(path))).startswith("model-")
+        return inside
+
+    def link(src: str, dst: str) -> None:
+        if failing(dst):
+            raise OSError(code, os.strerror(code) + " (injected)", dst)
+        real_link(src, dst)
+
+    def write(fh: Any, data: bytes) -> None:
+        if failing(fh.name):
+            real_write(fh, data[: len(data) // 2])
+            fh.flush()
+            raise OSError(code, os.strerror(code) + " (injected)", fh.name)
+        real_write(fh, data)
+
+    def note(job: Any, place: Any = None, sync: bool = True) -> bool:
+        target = place or job.note or (job.staged + ".json" if job.staged else None)
+        if target is not None and failing(str(target)):
+            return False
+        return real_note(job, place, sync)
+
+    _uploader._link, _uploader._write, _uploader.write_note = link, write, note
+
+
+def wandb_full(_uploader: Any) -> None:
+    """W&B's data folder is full for the first three staged copies (each fails half-way through)."""
+    import errno
+
+    real_wandb = _uploader._write_wandb
+    failed = {"n": 0}
+
+    def wandb_write(fh: Any, data: bytes) -> None:
+        if failed["n"] < 3:
+            failed["n"] += 1
+            real_wandb(fh, data[: len(data) // 2])
+            fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device (injected)", fh.name)
+        real_wandb(fh, data)
+
+    _uploader._write_wandb = wandb_write
+
+
+def record_warnings(out: Path) -> None:
+    import warnings
+
+    out.mkdir(parents=True, exist_ok=True)
+    shown = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        with open(out / "warnings.txt", "a") as fh:
+            fh.write(json.dumps(str(message)) + "\n")
+        shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def inject(fault: str, at: int) -> None:
     from lw_callbacks.core import uploader as _uploader
     from lw_callbacks.core.publish import Publisher
 
     counts = {"n": 0}
+    if fault == "rot":
+        original_hold = _uploader.Uploader.hold
+
+        def hold(self: Any, path: str) -> bool:
+            held = original_hold(self, path)
+            counts["n"] += 1
+            if counts["n"] == at:
+                kill_all()
+            return held
+
+        _uploader.Uploader.hold = hold  # type: ignore[method-assign]
+    if fault == "resume":
+        original_recover = Publisher.recover
+
+        def recover(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original_recover(self, *args, **kwargs)
+            kill_all()
+            return result
+
+        Publisher.recover = recover  # type: ignore[method-assign]
     if fault in ("a", "term", "int"):
         original_stage = Publisher.stage_and_submit
 
@@ -113,12 +249,21 @@ def main() -> None:
     parser.add_argument("--pad-mb", type=int, default=0)
     parser.add_argument("--staging", default=None)
     parser.add_argument("--async-io", action="store_true")
+    parser.add_argument("--inject", action="append", default=[])
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--fixed", action="store_true")
+    parser.add_argument("--kill-after", type=float, default=0.0)
+    parser.add_argument("--epoch-sleep", type=float, default=0.0)
+    parser.add_argument("--until", default=None, help="stop at the end of the first epoch after this file exists")
     args = parser.parse_args()
+    if args.kill_after > 0:
+        threading.Timer(args.kill_after, kill_all).start()
+    record_warnings(Path(os.environ["LW_REPORT_DIR"]))
 
     import torch
     import wandb
     from lightning.pytorch import Trainer, seed_everything
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
     from lightning.pytorch.loggers import WandbLogger
 
     from lw_callbacks.checkpoints import UploadCheckpoints
@@ -133,8 +278,37 @@ def main() -> None:
             self.save_hyperparameters()
             self.register_buffer("pad", torch.zeros(pad_mb * 2**20 // 4))
 
+    class Witness(Callback):
+        """Records the name and md5 of every file ModelCheckpoint writes, once its save returned."""
+
+        def __init__(self, mc: ModelCheckpoint, journal: Path) -> None:
+            self.mc, self.journal = mc, journal
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            save = self.mc._save_checkpoint
+
+            def saved(trainer: Any, filepath: str) -> None:
+                save(trainer, filepath)
+                if trainer.is_global_zero and os.path.isfile(filepath):
+                    with open(self.journal, "a") as fh:
+                        fh.write(json.dumps({"file": os.path.basename(filepath), "md5": md5(Path(filepath)),
+                                             "pid": os.getpid(), "step": trainer.global_step,
+                                             "last": filepath == self.mc.last_model_path}) + "\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
+
+            self.mc._save_checkpoint = saved  # type: ignore[method-assign]
+
+    inject_conditions(args.inject, args.staging or os.path.join(args.ckpt_dir, ".upload-staging"))
     inject(args.fault, args.at)
-    seed_everything(0)
+    seed_everything(sum(map(ord, args.tag)))
+
+    class Slow(Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            time.sleep(args.epoch_sleep)
+            if args.until and os.path.exists(args.until):
+                trainer.should_stop = True
+
     ckpt_dir = Path(args.ckpt_dir)
     plugins: list[Any] = []
     if args.async_io:
@@ -151,15 +325,21 @@ def main() -> None:
                 super().save_checkpoint(checkpoint, path, storage_options)
 
         plugins.append(AsyncCheckpointIO(SlowDisk()))
-    mc = ModelCheckpoint(
-        dirpath=ckpt_dir, monitor="val_acc", mode="max", save_top_k=2, save_last=False if args.async_io else "link",
-        filename="{epoch}-{step}",
-    )
+    prefix = f"{args.tag}-" if args.tag else ""
+    if args.fixed:  # one file name, saved again and again (written in place across filesystems)
+        mc = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=1, filename=f"{prefix}model", every_n_train_steps=2,
+                             save_last=True)
+    else:
+        mc = ModelCheckpoint(dirpath=ckpt_dir, monitor="val_acc", mode="max", save_top_k=2,
+                             save_last=False if args.async_io else "link", filename=prefix + "{epoch}-{step}")
+    mc.CHECKPOINT_NAME_LAST = f"{prefix}last"
     upload = UploadCheckpoints(staging_dir=args.staging, progress_bar=False)
     logger = WandbLogger(save_dir=args.save_dir, project="lw-tests", id=args.run_id, resume="allow")
+    witness = Witness(mc, Path(os.environ.get("LW_WITNESS", str(Path(args.save_dir) / "witness.jsonl"))))
+    last = ckpt_dir / f"{prefix}last.ckpt"
     trainer = Trainer(
         logger=logger,
-        callbacks=[upload, mc],
+        callbacks=[upload, *([] if args.async_io else [witness]), mc, Slow()],
         accelerator="cpu",
         devices=1,
         max_epochs=args.epochs,
@@ -172,7 +352,7 @@ def main() -> None:
         default_root_dir=args.save_dir,
         plugins=plugins,
     )
-    ckpt_path: str | None = "last" if args.resume else None
+    ckpt_path: str | None = str(last) if args.resume and os.path.lexists(last) else None
     if args.resume and args.async_io:
         ckpt_path = str(max(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns))
     trainer.fit(Padded(args.pad_mb), datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
