@@ -775,14 +775,14 @@ class FabricShareRunDir:
 
     def __init__(self, set_env: bool = True) -> None:
         self._set_env = check_flag("set_env", set_env, type(self).__name__)
-        self.core = SharedRun()
+        self.core = SharedRun(type(self).__name__)
 
     set_env = Option[bool]("Whether ``WANDB_DIR`` is set on every rank to rank 0's W&B folder.")
 
     def share_run_dir(self, fabric: Any) -> Path | None:
         """Broadcast rank 0's run folder to every rank; returns it (``None`` when W&B is disabled)."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
-        info = describe_run(run_of(logger, 0), logger) if fabric.global_rank == 0 else None
+        info = describe_run(run_of(logger, 0), logger, type(self).__name__) if fabric.global_rank == 0 else None
         info = fabric.broadcast(info, src=0)  # every rank enters it
         self.core.adopt(info, fabric.global_rank, self._set_env)
         return self.core.run_dir

@@ -344,7 +344,7 @@ def _digest_tag(digest: str) -> str:
         return sanitize(digest)[:8]
 
 
-def _restore_online(ref: str, name: str, out_root: Path, timeout: float) -> Path:  # pragma: no cover - needs a server
+def _restore_online(ref: str, name: str, out_root: Path, timeout: float) -> Path:
     api = public_api()
     try:
         artifact = api.artifact(ref, type="model")
@@ -353,14 +353,14 @@ def _restore_online(ref: str, name: str, out_root: Path, timeout: float) -> Path
         try:
             collection_path = ref.rsplit(":", 1)[0]
             versions = api.artifacts("model", collection_path)
-            known = "; it has " + ", ".join(f"v{v.version} {v.aliases}" for v in versions)
+            known = "; it has " + ", ".join(f"{v.version} {v.aliases}" for v in versions)  # version is "v<n>"
         except Exception:
             pass
         raise LookupError(f"restore_checkpoint: W&B has no {ref!r} ({err}){known}") from err
     target_dir = out_root / f"{name}-{artifact.version}"
     done = target_dir / ".complete"
     lock = target_dir.with_name(target_dir.name + ".lock")
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
+    target_dir.mkdir(parents=True, exist_ok=True)  # also for a version with no file
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:  # another process downloads it: wait for it

@@ -141,7 +141,7 @@ class ShareRunDir(Callback):
         self._checkpoints_in_run_dir = check_flag("checkpoints_in_run_dir", checkpoints_in_run_dir, owner)
         self._set_env = check_flag("set_env", set_env, owner)
         self._apply_config_to_hparams = check_flag("apply_config_to_hparams", apply_config_to_hparams, owner)
-        self._shared = SharedRun()
+        self._shared = SharedRun(owner)
         self._redirected: set[int] = set()
 
     checkpoints_in_run_dir = Option[bool]("Whether ModelCheckpoints without ``dirpath`` save into the run's folder.")
@@ -207,7 +207,7 @@ class ShareRunDir(Callback):
         logger = require_wandb_logger(trainer, type(self).__name__)
         info: dict[str, Any] | None = None
         if trainer.global_rank == 0:
-            info = describe_run(run_of(logger, 0), logger)
+            info = describe_run(run_of(logger, 0), logger, type(self).__name__)
         # Every rank enters the broadcast (never a rank-0-only collective); None means "disabled".
         # The run's config travels in the same broadcast, each value pickled on its own.
         info = trainer.strategy.broadcast(info, src=0)
@@ -342,7 +342,7 @@ def shared_run_config(logger: Any, timeout: float = 300.0) -> dict[str, Any]:
         # Lightning's `ddp` launcher re-runs this script for the other local ranks with a copy of this
         # environment: they take the config from here (only as direct children of this process).
         os.environ[_ENV_KEY] = _b64({"pid": os.getpid(), "config": packed})
-        return unpack_config(packed)
+        return unpack_config(packed, 0, "shared_run_config")
     return _exchange(logger, *rendezvous, timeout=timeout)
 
 
@@ -360,7 +360,7 @@ def _inherited_config() -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict) or data.get("pid") != os.getppid():
         return None
-    return unpack_config(data["config"], int(os.environ.get("LOCAL_RANK", "0")))
+    return unpack_config(data["config"], int(os.environ.get("LOCAL_RANK", "0")), "shared_run_config")
 
 
 def _rendezvous_env() -> tuple[int, int, str, int] | None:
@@ -381,7 +381,7 @@ def _rendezvous_env() -> tuple[int, int, str, int] | None:
 
 def _packed_run_config(logger: Any) -> dict[str, bytes]:
     run = run_of(logger, 0)
-    return {} if run is None else pack_config(run_config(run))
+    return {} if run is None else pack_config(run_config(run, owner="shared_run_config"), "shared_run_config")
 
 
 def _exchange(logger: Any, rank: int, world_size: int, address: str, port: int, timeout: float) -> dict[str, Any]:
@@ -390,7 +390,7 @@ def _exchange(logger: Any, rank: int, world_size: int, address: str, port: int, 
     from torch.distributed import TCPStore
 
     if world_size <= 1:
-        return unpack_config(_packed_run_config(logger), rank)
+        return unpack_config(_packed_run_config(logger), rank, "shared_run_config")
     # torchrun's agent hosts a store at MASTER_ADDR:MASTER_PORT for its workers; otherwise rank 0 hosts
     # one here and closes it once every rank has read, before the process group binds that port.
     host = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
@@ -408,7 +408,7 @@ def _exchange(logger: Any, rank: int, world_size: int, address: str, port: int, 
                 raise
             store.set(f"{key}/data", _b64({"config": packed}))
             store.wait([f"{key}/done"])
-            return unpack_config(packed, rank)
+            return unpack_config(packed, rank, "shared_run_config")
         try:
             data = pickle.loads(base64.b64decode(store.get(f"{key}/data")))
         except Exception as err:
@@ -420,6 +420,6 @@ def _exchange(logger: Any, rank: int, world_size: int, address: str, port: int, 
             store.set(f"{key}/done", "1")
         if "error" in data:
             raise RuntimeError(f"shared_run_config: rank 0 failed to start the run: {data['error']}")
-        return unpack_config(data["config"], rank)
+        return unpack_config(data["config"], rank, "shared_run_config")
     finally:
         del store

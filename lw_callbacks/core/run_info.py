@@ -37,7 +37,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def pack_config(config: Any) -> dict[str, bytes]:
+def pack_config(config: Any, owner: str = "ShareRunDir") -> dict[str, bytes]:
     """Each key of a run's config (W&B's own ``_``-keys left out) pickled on its own, for a broadcast.
 
     A value that cannot be pickled is left out with one warning naming its key (on global rank 0,
@@ -54,13 +54,13 @@ def pack_config(config: Any) -> dict[str, bytes]:
             packed[str(key)] = pickle.dumps(_plain(value))
         except Exception as err:
             warning_cache.warn(
-                f"ShareRunDir: the run's config value {key!r} cannot be sent to the other ranks "
+                f"{owner}: the run's config value {key!r} cannot be sent to the other ranks "
                 f"({type(err).__name__}: {err}); `share.config` leaves it out on every rank."
             )
     return packed
 
 
-def unpack_config(packed: Mapping[str, bytes], global_rank: int = 0) -> dict[str, Any]:
+def unpack_config(packed: Mapping[str, bytes], global_rank: int = 0, owner: str = "ShareRunDir") -> dict[str, Any]:
     """The plain config dict of :func:`pack_config`'s output; a value that fails to load is left out
     with a warning naming its key (e.g. an object whose class this process cannot import)."""
     config: dict[str, Any] = {}
@@ -69,14 +69,14 @@ def unpack_config(packed: Mapping[str, bytes], global_rank: int = 0) -> dict[str
             config[key] = pickle.loads(blob)
         except Exception as err:
             warn(
-                f"[rank {global_rank}] ShareRunDir: the run's config value {key!r} could not be loaded on this "
+                f"[rank {global_rank}] {owner}: the run's config value {key!r} could not be loaded on this "
                 f"rank ({type(err).__name__}: {err}); `share.config` leaves it out here.",
                 all_ranks=True,
             )
     return config
 
 
-def sweep_values(run: Any = None) -> dict[str, Any]:
+def sweep_values(run: Any = None, owner: str = "ShareRunDir") -> dict[str, Any]:
     """The values a W&B sweep agent gave this run, read with wandb's own reader from the file the agent
     wrote (``WANDB_SWEEP_PARAM_PATH``, the file ``wandb.init`` reads); ``{}`` outside a sweep.
 
@@ -92,32 +92,32 @@ def sweep_values(run: Any = None) -> dict[str, Any]:
     try:
         values = config_util.dict_from_config_file(path) or {}
     except Exception as err:
-        warning_cache.warn(f"ShareRunDir: could not read the sweep's parameters from {path} ({err}).")
+        warning_cache.warn(f"{owner}: could not read the sweep's parameters from {path} ({err}).")
         return {}
     return {str(k): v for k, v in values.items() if not str(k).startswith("_")}
 
 
-def run_config(run: Any, sweep: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_config(run: Any, sweep: Mapping[str, Any] | None = None, owner: str = "ShareRunDir") -> dict[str, Any]:
     """The run's config as a plain dict: its own items, with a sweep's values over them (as wandb
     locks them), W&B's own ``_``-keys left out. ``sweep``: :func:`sweep_values` if already read."""
     config = {str(k): v for k, v in run.config.items() if not str(k).startswith("_")}
-    config.update(sweep_values(run) if sweep is None else sweep)
+    config.update(sweep_values(run, owner) if sweep is None else sweep)
     return config
 
 
-def describe_run(run: Any, logger: Any) -> dict[str, Any] | None:
+def describe_run(run: Any, logger: Any, owner: str = "ShareRunDir") -> dict[str, Any] | None:
     """Rank 0's description of ``run`` for a broadcast; ``None`` when there is no run (W&B disabled)."""
     if run is None:
         return None
     folder = run_folder(run, logger)  # <root>/wandb/<offline-run-...>, also for an attached run
-    sweep = sweep_values(run)
+    sweep = sweep_values(run, owner)
     return {
         "run_dir": str(folder),
         "files_dir": str(folder / "files"),
         "wandb_dir": str(folder.parent.parent),
         "run_id": run.id,
         "run_name": run.name or None,
-        "config": pack_config(run_config(run, sweep)),
+        "config": pack_config(run_config(run, sweep, owner), owner),
         "sweep_keys": sorted(sweep),
     }
 
@@ -125,7 +125,8 @@ def describe_run(run: Any, logger: Any) -> dict[str, Any] | None:
 class SharedRun:
     """Rank 0's run as this rank knows it: ``None`` / ``{}`` / ``[]`` until :meth:`adopt` took a description."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "ShareRunDir") -> None:
+        self.owner = owner  # the class the user built, named in warnings
         self.run_dir: Path | None = None
         self.files_dir: Path | None = None
         self.wandb_dir: Path | None = None
@@ -145,14 +146,14 @@ class SharedRun:
         self.wandb_dir = Path(info["wandb_dir"])
         self.run_id = info["run_id"]
         self.run_name = info["run_name"]
-        self.config = unpack_config(info.get("config", {}), global_rank)
+        self.config = unpack_config(info.get("config", {}), global_rank, self.owner)
         self.sweep_keys = list(info.get("sweep_keys", []))
         if set_env:
             os.environ["WANDB_DIR"] = str(self.wandb_dir)
         if not self.run_dir.exists():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             warn(
-                f"[rank {global_rank}] ShareRunDir: rank 0's run folder {self.run_dir} does not exist on this "
+                f"[rank {global_rank}] {self.owner}: rank 0's run folder {self.run_dir} does not exist on this "
                 "node (no shared filesystem?); created it here empty. Files written there stay on this node.",
                 all_ranks=True,
             )

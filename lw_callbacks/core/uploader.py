@@ -486,6 +486,9 @@ class Uploader:
 
     MAX_ATTEMPTS = 3
     CHECK_EVERY = 2.0
+    #: Seconds the worker waits online for W&B to confirm a version is committed (``Artifact.wait``);
+    #: a version not confirmed by then stays ``sent``, its staged copy kept, and the worker goes on.
+    COMMIT_TIMEOUT = 300
 
     def __init__(
         self,
@@ -938,7 +941,7 @@ class Uploader:
             job.close_fd()
             return
         try:
-            artifact.wait()  # committed on the server: durable
+            artifact.wait(timeout=self.COMMIT_TIMEOUT)  # committed on the server: durable
         except Exception as err:  # logged, but not known to be committed: keep the staged copy
             warn(
                 f"{self.owner}: W&B did not confirm that {job.source} ({job.collection!r}) was committed "
