@@ -42,8 +42,12 @@ REF = "team/proj/model-abc-val_acc"
 class FakeArtifact:
     """An artifact as ``Api().artifact`` returns it: ``download(root)`` writes its files under ``root``."""
 
-    def __init__(self, name: str, version: str, files: dict[str, bytes], aliases: list[str]) -> None:
+    def __init__(
+        self, name: str, version: str, files: dict[str, bytes], aliases: list[str],
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self.name, self.version, self.files, self.aliases = name, version, files, aliases
+        self.metadata = metadata or {}  # wandb: the dict logged with the version
         self.downloads: list[str] = []
 
     def download(self, root: str | None = None, **kwargs: Any) -> str:
@@ -137,6 +141,14 @@ def test_contract_restore_online_refuses_a_version_without_one_checkpoint(
         restore_checkpoint(f"{REF}:latest", root=tmp_path)
 
 
+def test_contract_restore_online_folder_checkpoint_is_the_folder(online: Any, tmp_path: Path) -> None:
+    files = {"checkpoint/__0_0.distcp": b"shard0", "checkpoint/.metadata": b"meta"}
+    online(FakeApi([FakeArtifact("model-abc-val_acc", "v0", files, ["latest"], metadata={"folder": True})]))
+    path = restore_checkpoint(f"{REF}:latest", root=tmp_path)
+    assert path == (tmp_path / "model-abc-val_acc-v0").resolve()
+    assert (path / "checkpoint" / "__0_0.distcp").read_bytes() == b"shard0"
+
+
 def _other_process(target: Path, lock: Path, completes: bool) -> threading.Thread:
     """Another process holding the download lock: it finishes the download (or dies) a moment later."""
 
@@ -172,7 +184,9 @@ def test_contract_restore_online_waits_for_another_process(online: Any, tmp_path
 def test_contract_restore_with_a_live_offline_run_reads_the_records(online: Any, tmp_path: Path) -> None:
     """With ``entity/project/`` in the ref but an offline run live in this process, the API is not asked."""
     api = online(FakeApi(_versions()))
-    run = wandb.init(mode="offline", project="proj", dir=str(tmp_path))
+    with pytest.MonkeyPatch.context() as mp:  # wandb's settings of this process keep the mode they start with
+        mp.setenv("WANDB_MODE", "offline")
+        run = wandb.init(mode="offline", project="proj", dir=str(tmp_path))
     try:
         with pytest.raises((LookupError, FileNotFoundError)):
             restore_checkpoint(f"{REF}:best", root=tmp_path / "out", timeout=0)
