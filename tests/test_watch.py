@@ -376,6 +376,21 @@ def test_histograms_equal_histc_with_the_finite_min_and_max(bins: int) -> None:
     assert sum(hists["sparse_large"].histogram) == 100_000
 
 
+def test_the_device_path_counts_as_histc() -> None:
+    """The counts taken on a non-CPU device (CUDA: bincount per chunk, deterministic), run here on
+    CPU tensors: the same as torch.histc with the tensor's min and max."""
+    from lw_callbacks.core import histograms as core
+
+    gen = torch.Generator().manual_seed(1)
+    flats = {0: torch.randn(300_000, generator=gen) * 1e-3 + 5.0, 1: torch.randn(100, generator=gen),
+             2: torch.tensor([0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0])}
+    ranges = {i: (f.min().item(), f.max().item()) for i, f in flats.items()}
+    for bins in (1, 7, 64, 512):
+        counts = core._device_counts(flats, ranges, bins)
+        for i, flat in flats.items():
+            assert counts[i].tolist() == torch.histc(flat, bins, *ranges[i]).long().tolist(), (i, bins)
+
+
 class OwnersGradients(Callback):
     """Copies, at each optimizer step, the gradients of the parameters that optimizer owns (runs
     after WatchModel): ``steps`` holds (optimizer index, W&B step of the batch, {name: gradient})."""
