@@ -59,6 +59,16 @@ def test_main_example_reports_what_was_logged(tmp_path: Path) -> None:
     assert f"step-{best_step}" in best.aliases
     assert best_step in [s for s, _ in run.series("predictions/table")]
     assert f"alias step-{best_step}) back as a local file" in out
+    # the samples offline as a DataFrame: one row per (validation step, sample), as the tables logged them
+    from lw_callbacks.records import samples_frame
+
+    frame = samples_frame(run)
+    tables = run.tables("predictions/table")
+    steps = [s for s, _ in run.series("predictions/table")]
+    assert len(frame) == sum(len(t.rows) for t in tables) and list(dict.fromkeys(frame["step"])) == steps
+    by_step = [group for _, group in frame.groupby("step", sort=False)]
+    assert all(list(g["id"]) == list(by_step[0]["id"]) for g in by_step)  # the same samples at every step
+    assert all(list(g["prediction"]) == [r["prediction"] for r in t.rows] for g, t in zip(by_step, tables, strict=True))
 
 
 def test_the_guides_recipe_still_logs_everything_it_did(tmp_path: Path) -> None:
