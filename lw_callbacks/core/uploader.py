@@ -726,10 +726,17 @@ class Uploader:
             if last[name][0].seq == job.seq:
                 continue
             try:
-                if not copy or not os.path.isfile(copy):
-                    raise FileNotFoundError(f"W&B's staged copy {copy} is gone")
                 artifact = model_artifact(name, job.metadata)
-                add_hashed_file(artifact, copy, ENTRY_NAME, digest, policy="immutable")
+                if job.folder:  # a folder checkpoint: W&B's staged copy of each of its files
+                    for rel, file_digest in job.entries.items():
+                        local = job.local_paths.get(rel)
+                        if not local or not os.path.isfile(local):
+                            raise FileNotFoundError(f"W&B's staged copy {local} is gone")
+                        add_hashed_file(artifact, local, rel, file_digest, policy="immutable")
+                else:
+                    if not copy or not os.path.isfile(copy):
+                        raise FileNotFoundError(f"W&B's staged copy {copy} is gone")
+                    add_hashed_file(artifact, copy, ENTRY_NAME, digest, policy="immutable")
                 aliases = ["latest", *job.aliases]
                 log_artifact(self.run, artifact, aliases)
                 self.uploaded.append((job, digest, aliases, copy))
