@@ -933,7 +933,10 @@ class _Moment:
         paths = list(dict.fromkeys(str(p) for p in named if p))
         best_k = {str(p): as_float(v) for p, v in mc.best_k_models.items()}
         last = {str(mc.last_model_path)} - set(best_k) if mc.last_model_path else set()
-        current = as_float(trainer.callback_metrics.get(mc.monitor)) if mc.monitor else None
+        # the monitored value now, the score of a file saved outside the top k (`last.ckpt`)
+        current = None
+        if mc.monitor and set(paths) - set(best_k):
+            current = as_float(trainer.callback_metrics.get(mc.monitor))
         return cls(
             paths, last, best_k, str(mc.best_model_path or ""), mc.monitor, current, trainer.current_epoch,
             lightning_step(trainer), trainer.global_step, _settings(mc),
