@@ -331,3 +331,29 @@ def test_a_state_of_an_unknown_future_version_is_refused_clearly(name: str, vers
         callback.load_state_dict(saved)
     with pytest.raises(ConfigurationError, match=rf"^{name}\.load_state_dict: the saved state is a list"):
         callback.load_state_dict([1])  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- the shared cores name the class built
+def test_fabric_classes_name_themselves_in_core_errors_and_warnings() -> None:
+    """The cores are shared, so their messages come from one place: each names the class the user built."""
+    import torch
+    from torch import nn
+
+    from lw_callbacks import LWCallbacksWarning
+    from lw_callbacks.core import tasks
+
+    watch = FabricWatchModel(include=["nothing.*"])
+    with pytest.warns(LWCallbacksWarning, match=r"^FabricWatchModel: these patterns match no trainable parameter"):
+        watch.core.select(nn.Linear(2, 2))
+    trainer_watch = WatchModel(include=["nothing.*"])
+    with pytest.warns(LWCallbacksWarning, match=r"^WatchModel: these patterns"):
+        trainer_watch._core.select(nn.Linear(2, 2))
+
+    samples = FabricPredictionSamples()
+    with pytest.raises(ConfigurationError, match=r"^FabricPredictionSamples: cannot read a batch of type int"):
+        samples.core.read_batch("validation", 3, None)
+    with pytest.raises(ConfigurationError, match=r"^LogPredictionSamples: cannot read a batch of type int"):
+        LogPredictionSamples()._core.read_batch("validation", 3, None)
+    audio = FabricPredictionSamples(task="audio", sample_rate=16000)
+    with pytest.raises(ConfigurationError, match=r"^FabricPredictionSamples\(task='audio'\): sample 0"):
+        tasks.check_audio(torch.zeros(2, 3, 4), audio.core.task_opts, "validation")
