@@ -419,7 +419,7 @@ class SampleCore:
                 f"would wait forever for the other ranks. Return the predictions from the {stage} step, as one of: "
                 f"{_ACCEPTED_OUTPUT.split(', or nothing usable')[0]}."
             )
-        if y is not None and _batch_len(y) != n:
+        if y is not None and _batch_len(y, self.owner) != n:
             raise InputError(
                 f"{self.owner}: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
                 f"targets ({tasks.describe(y)}); inputs and targets must have the same first dimension."
@@ -485,7 +485,7 @@ class SampleCore:
                 f"{task} needs image inputs (N, C, H, W) / (N, H, W) / (N, H, W, C) or a list of images."
             )
         st.input_kind = "image"
-        if y is not None and _batch_len(y) != n:
+        if y is not None and _batch_len(y, self.owner) != n:
             raise InputError(
                 f"{self.owner}: the {stage} batch holds {n} inputs ({tasks.describe(x)}) but {_batch_len(y)} "
                 f"targets ({tasks.describe(y)}); inputs and targets must have the same first dimension."
@@ -621,7 +621,7 @@ class SampleCore:
     ) -> tuple[Any, list[int], int, str]:
         """Where the chosen rows' predictions are: ``(outputs, rows of it, its length, what it is)``, from the
         step output, or from ``predict`` / ``predict_step`` / ``forward`` run on the chosen rows only."""
-        n = _batch_len(x)
+        n = _batch_len(x, self.owner)
         if not self.uses_fallback(outputs):
             return outputs, local, n, "step output"
         if module is None:
