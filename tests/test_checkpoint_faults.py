@@ -304,7 +304,7 @@ def test_eacces_on_the_collection_folder_uploads_every_checkpoint(tmp_path: Path
 def test_in_place_rewrites_across_filesystems_keep_every_version(tmp_path: Path, shm_folder: Path) -> None:
     """(4) One file name saved every 2 steps into a folder on tmpfs while $TMPDIR is on disk: Lightning's
     save copies onto the same inode. With hashing at 40 MB/s, each saved content is uploaded (copied on
-    the training thread while the worker is busy) or named in a warning."""
+    the training thread) or named in a warning."""
     other_filesystem(shm_folder, Path(tempfile.gettempdir()))
     ckpts = shm_folder / "ckpts"
     finish(start_fit(tmp_path, "inplace", "none", 0, "--fixed", "--inject", "slowhash", "--pad-mb", "16",

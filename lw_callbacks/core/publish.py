@@ -519,8 +519,8 @@ class Publisher:
         The hand-over is a hard link in this run's staging folder, or (on another filesystem, or when
         the link fails for any reason but a full disk) a descriptor open on the file that the worker
         copies from. A file that may be rewritten in place (``in_place``, or its inode seen with another
-        content before) is copied here, on the training thread, when the worker is busy: a link or a
-        descriptor would see the next content. When staging fails, the worker uploads from the original
+        content before) is copied here, on the training thread: a link or a descriptor would see the next
+        content if it came before the worker read this one. When staging fails, the worker uploads from the original
         (or the descriptor) at once. The claim is a note (synced to disk) naming the source, its signature
         and where it is staged, in the staging folder or, when that cannot hold it, under the run's W&B
         folder; until the file's bytes are kept elsewhere, ``ModelCheckpoint``'s rotation of it waits
@@ -539,14 +539,17 @@ class Publisher:
         fd: int | None = None
         copied = False
         known = self.ledger.files.get(real)
-        rewritten = known is not None and list(known.get("signature", []))[:2] == sig[:2]
+        # the same inode with a new content while the earlier one is not read yet: written in place (a link keeps
+        # the inode of a pending file alive, so this is never an inode number reused after a deletion)
+        rewritten = (known is not None and list(known.get("signature", []))[:2] == sig[:2]
+                     and known.get("status") == PENDING)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if is_folder:  # one hard link per file; on another filesystem the worker copies the folder
                 how, fd = _uploader_module.link_folder(real, staged), None
             elif remote:
                 how, fd = "fetch", None
-            elif (in_place or rewritten) and uploader.busy():
+            elif in_place or rewritten:
                 how = "copied"
                 began = time.perf_counter()
                 _uploader_module.reflink_or_copy(real, staged)

@@ -544,11 +544,6 @@ class Uploader:
         with self._cond:
             self.deferred.append(job)
 
-    def busy(self) -> bool:
-        """Whether the worker has a job running or queued (a new hand-over would wait behind it)."""
-        with self._cond:
-            return self._active > 0
-
     def protect(self, job: Job) -> None:
         """Until ``job``'s bytes are kept outside the user's file, a rotation of that file is held back."""
         with self._cond:
