@@ -55,7 +55,9 @@ def test_quickstart_interrupted_in_a_kernel_then_fit_again(tmp_path: Path) -> No
     code = [c for c in nb.cells if c.cell_type == "code"]
     setup, make, fit, report = code  # the notebook's four code cells, in order
     assert FIT_CELL in fit.source
-    env = {k: v for k, v in os.environ.items()}
+    # the kernel starts its own W&B service, as in a Jupyter session (not this process's, which an
+    # earlier test may have started in another folder: it resolves the relative save_dir there)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent.parent), env.get("PYTHONPATH")) if p)
     client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3", allow_errors=True,
                                      resources={"metadata": {"path": str(tmp_path)}})
