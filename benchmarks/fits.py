@@ -252,6 +252,21 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             marks["epoch_start"].append([time.perf_counter(), cpu_seconds(), clock.total, clock.cpu,
                                          time.thread_time(), trainer.global_step])
+            marks["batches_from"] = (time.thread_time(), trainer.global_step)
+
+        def _batches_done(self, trainer: Any) -> None:
+            """The epoch's training batches are over (validation or the epoch end follows): note their
+            training-thread CPU and optimizer steps."""
+            start = marks.pop("batches_from", None)
+            if start is not None:
+                marks.setdefault("batches", []).append([time.thread_time() - start[0], trainer.global_step - start[1]])
+
+        def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+            if not trainer.sanity_checking:
+                self._batches_done(trainer)
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            self._batches_done(trainer)
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:  # before the tested callbacks' own
             marks["train_end"] = [time.perf_counter(), cpu_seconds(), clock.total, clock.cpu,
@@ -313,6 +328,9 @@ def fit_once(arm: str, case: str, quick: bool) -> dict[str, Any]:
         "cpu_steady": end[1] - steady[1],
         "thread_cpu_steady": end[4] - steady[4],  # the training thread's CPU over the steady epochs
         "steps_steady": end[5] - steady[5],
+        # the same over the training batches of those epochs only (no validation, no epoch ends)
+        "batch_cpu_steady": sum(cpu for cpu, _ in marks.get("batches", [])[1:]),
+        "batch_steps_steady": sum(steps for _, steps in marks.get("batches", [])[1:]),
         "hooks": clock.total,
         "hooks_steady": end[2] - steady[2],
         "hooks_cpu": clock.cpu,
@@ -330,6 +348,11 @@ def main() -> None:
     parser.add_argument("arm", choices=ARMS)
     parser.add_argument("--case", default="cnn", choices=("cnn", "digits", "steps"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--fits", type=int, default=1, help="fit this many times in this process, one after another")
+    parser.add_argument("--barrier", default=None,
+                        help="a folder shared with --parties processes: each fit starts when all of them are ready "
+                             "for it, so the fits of one index run at the same time")
+    parser.add_argument("--parties", type=int, default=1)
     args = parser.parse_args()
     for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
         if name not in os.environ:
@@ -344,12 +367,28 @@ def main() -> None:
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    result = fit_once(args.arm, args.case, args.quick)
-    print("LWBENCH " + json.dumps(result), flush=True)
     import shutil
 
+    kept = len(_FOLDERS)
+    for index in range(args.fits):
+        if args.barrier:
+            _wait_for_all(Path(args.barrier), index, args.arm, args.parties)
+        result = fit_once(args.arm, args.case, args.quick)
+        result["fit_index"] = index
+        print("LWBENCH " + json.dumps(result), flush=True)
+        for folder in _FOLDERS[kept:]:  # this fit's run folders are not kept
+            shutil.rmtree(folder, ignore_errors=True)
+        del _FOLDERS[kept:]
     for folder in _FOLDERS:  # after the measurement: the runs' folders are not kept
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for_all(folder: Path, index: int, arm: str, parties: int, timeout: float = 3600.0) -> None:
+    """Note that ``arm`` is ready for fit ``index`` and wait until ``parties`` processes are."""
+    (folder / f"{index}.{arm}").touch()
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob(f"{index}.*"))) < parties and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":
