@@ -12,7 +12,11 @@ every arm pays the same for it. ``benchmarks/run.py`` starts one such process pe
 Arms: ``bare`` (an offline ``WandbLogger`` and a ``ModelCheckpoint``, what a user has before adding
 anything), each callback alone at its defaults, ``all_five``, and ``guide``: the W&B guide's
 recipe on the same model, ``WandbLogger(log_model="all")``, ``logger.watch(model, log="all")``
-and the guide's sample callback that logs the first validation batch's images and a table.
+and the guide's sample callback that logs the first validation batch's images and a table; ``empty`` and
+``five_empty``, one and five empty ``Callback`` subclasses (Lightning's hook dispatch alone). The
+``steps`` case (``benchmarks/bench_steps.py``) wraps no hook: it times whole training steps.
+``--fits N`` fits N times in this process (``--barrier`` / ``--parties``: each fit starts with the
+other processes' of the same index).
 """
 
 from __future__ import annotations
