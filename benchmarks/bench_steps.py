@@ -96,7 +96,7 @@ def table(records: Sequence[dict[str, Any]]) -> str:
         "min / median / max over rounds of the training thread's extra CPU per optimizer step over bare's in "
         "the same round, in the steady epochs: over their training batches (µs, and as a share of bare's "
         "step), and over the whole epochs, validation and epoch ends included (per-epoch work spread over "
-        "400 steps).",
+        "the epoch's steps).",
         "",
         "| arm | extra per training step (µs) | share of the step (%) | extra per step, whole epochs (µs) |",
         "|---|---|---|---|",
