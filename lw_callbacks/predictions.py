@@ -257,6 +257,10 @@ class LogPredictionSamples(Callback):
         self._log_sanity_check = log_sanity_check
         self._dataloader_idx = dataloader_idx
         self._warnings = WarnOnce()
+        self._quiet = False  # fast_dev_run (set at setup)
+        self._fit_ended = False  # on_fit_end reached: the fit ran to its end
+        self._said: set[str] = set()  # stages already said at setup to run no batch
+        self._passes: dict[str, int] = {}  # evaluation passes outside the sanity check, per stage
         self._state_key = self._generate_state_key(key=self.key, stages=self.stages)
 
     every_n_epochs = Option[int]("Log every ``every_n_epochs``-th validation epoch.")
@@ -296,24 +300,75 @@ class LogPredictionSamples(Callback):
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if _wandb.require_wandb_logger(trainer, type(self).__name__) is not None:
+        logger = _wandb.require_wandb_logger(trainer, type(self).__name__)
+        if logger is not None:
             _wandb.warm_up_media()  # W&B's first image / table log loads modules: load them now, off this thread
+        self._quiet = logger is None  # fast_dev_run: nothing is logged, so nothing is said about what is not
         self._core.resolve(pl_module)  # dotted paths imported and ignored labels read: a bad one fails before training
         self._core.sharded = _shards_parameters(trainer.strategy)
+        self._fit_ended = False
+        self._said = set()
+        self._passes = dict.fromkeys(self._core.states, 0)
         for name in self._stages_of(stage):  # a new fit / test / predict may bring other data
             self._core.reset(name)
+            why = None if self._quiet else _why_never_runs(trainer, pl_module, name, stage)
+            if why is not None:
+                self._said.add(name)
+                self._warnings.warn(f"{type(self).__name__}: `stages` includes {name!r}, but {why}", cause=(name, why))
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_ended = True  # not reached by a tuner's trial fit, which ends at teardown
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        owner = type(self).__name__
         for name in self._stages_of(stage):
             st = self._core.states[name]
             why = None if st.ran else _why_no_batch(trainer, name, self.dataloader_idx)
             if why is not None:
-                self._warnings.warn(f"{type(self).__name__}: the {name} loop ran no batch ({why}); nothing was logged.")
+                self._warnings.warn(f"{owner}: the {name} loop ran no batch ({why}); nothing was logged.")
+                continue
+            if self._quiet or name in self._said or st.disabled or st.logged or trainer.global_rank != 0:
+                continue  # said already (at setup, or when logging stopped), or nothing to say
+            fit = _fn_name(stage) == "fit"
+            if fit and not self._fit_ended:
+                continue
+            self._warnings.warn(
+                f"{owner}: no {name} sample was logged in this {_fn_name(stage)} "
+                f"({self._why_nothing_logged(trainer, name, fit, st.ran)}).",
+                cause=("nothing logged", name),
+            )
+
+    def _why_nothing_logged(self, trainer: pl.Trainer, stage: str, fit: bool, ran: bool) -> str:
+        if not ran and not fit:
+            return f"the {stage} loop ran no batch"
+        if not ran:
+            return (
+                f"the {stage} loop never ran: with `check_val_every_n_epoch={trainer.check_val_every_n_epoch}`, "
+                f"`val_check_interval={trainer.val_check_interval}` the fit ended before its first validation; "
+                "validate more often, or set `stages=` to the stages that run"
+            )
+        passes = self._passes.get(stage, 0)
+        if fit and passes == 0:
+            return (
+                "the validation loop ran only in the sanity check, which is logged only with "
+                "`log_sanity_check=True`; the fit ended before its first validation (see "
+                "`check_val_every_n_epoch`, `val_check_interval`, `max_steps`)"
+            )
+        if fit and self.every_n_epochs > 1:
+            return (
+                f"`every_n_epochs={self.every_n_epochs}` logs after epochs {self.every_n_epochs - 1}, "
+                f"{2 * self.every_n_epochs - 1}, ..., and no validation of this fit fell on one; lower "
+                "`every_n_epochs` or train longer"
+            )
+        return "no chosen sample was collected; see the warnings above"
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._core.start_epoch("validation")
+        if not trainer.sanity_checking and "validation" in self._passes:
+            self._passes["validation"] += 1
 
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -373,8 +428,9 @@ class LogPredictionSamples(Callback):
 
     # ------------------------------------------------------------------ per batch
     def _stages_of(self, trainer_stage: str | None) -> list[str]:
-        name = str(getattr(trainer_stage, "value", trainer_stage) or "")  # TrainerFn or its string value
-        wanted = {"fit": "validation", "validate": "validation", "test": "test", "predict": "predict"}.get(name, "")
+        wanted = {"fit": "validation", "validate": "validation", "test": "test", "predict": "predict"}.get(
+            _fn_name(trainer_stage), ""
+        )
         return [wanted] if wanted in self._core.states else []
 
     def _active(self, stage: str, trainer: pl.Trainer) -> bool:
@@ -432,6 +488,51 @@ class LogPredictionSamples(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
+_LIMIT = {"validation": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
+
+
+def _fn_name(trainer_stage: Any) -> str:
+    """``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``, from a ``TrainerFn`` or its string value."""
+    return str(getattr(trainer_stage, "value", trainer_stage) or "")
+
+
+def _overrides(module: Any, method: str) -> bool:
+    """Whether ``module`` (a LightningModule of either namespace) defines its own ``method``."""
+    from lightning_utilities.core.overrides import is_overridden
+
+    bases = [cls for cls in _compat.classes("core.module", "LightningModule") if isinstance(module, cls)]
+    return not bases or is_overridden(method, module, bases[0])
+
+
+def _why_never_runs(trainer: pl.Trainer, module: Any, stage: str, trainer_fn: Any) -> str | None:
+    """Why ``stage`` will run no batch under this ``trainer.<fn>`` call (known at ``setup``), with the fix;
+    ``None`` when it may run. Lightning itself refuses ``validate`` / ``test`` without their step."""
+    other = "or set `stages=` to the stages that run (e.g. `stages=['test']` with `trainer.test`)."
+    fn = _fn_name(trainer_fn)
+    if fn == "fit" and not _overrides(module, "validation_step"):
+        return (
+            f"{type(module).__name__} has no `validation_step`, so Lightning runs no validation loop in this fit "
+            f"and no validation sample is logged. Add a `validation_step` and a val dataloader to the module, {other}"
+        )
+    limit = getattr(trainer, _LIMIT[stage], None)
+    if limit == 0:
+        return (
+            f"the Trainer has `{_LIMIT[stage]}=0`, so the {stage} loop runs no batch and no {stage} sample is "
+            f"logged. Set `{_LIMIT[stage]}` above 0, {other}"
+        )
+    if fn == "fit":
+        source = getattr(getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "val_loop", None),
+                         "_data_source", None)
+        is_defined = getattr(source, "is_defined", None)
+        if callable(is_defined) and not is_defined():
+            return (
+                "this fit has no val dataloader (no `val_dataloaders=` given to `fit`, no `val_dataloader()` on the "
+                "module or datamodule), so Lightning runs no validation loop and no validation sample is logged. "
+                f"Pass a val dataloader, {other}"
+            )
+    return None
+
+
 def _shards_parameters(strategy: Any) -> bool:
     """Whether a strategy splits the parameters across ranks (FSDP, DeepSpeed, model parallel)."""
     return _compat.has_class_named(strategy, "FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")

@@ -11,11 +11,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import modules
 import numpy as np
 import pytest
 import torch
 import wandb
-from harness import build_with_cli, finish_and_read, make_trainer
+from harness import build_with_cli, finish_and_read, make_logger, make_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from modules import (
     VOID,
@@ -30,7 +31,7 @@ from PIL import Image
 from test_prediction_tasks import panel_class_labels
 from torch.utils.data import DataLoader
 
-from lw_callbacks import ConfigurationError, LogPredictionSamples
+from lw_callbacks import ConfigurationError, LogPredictionSamples, LWCallbacksWarning
 from lw_callbacks.core.reconstruction import GAP
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.demo_tasks import SHAPE_NAMES
@@ -423,3 +424,91 @@ def test_fabric_samples_take_predict_and_read_the_ignore_label_from_the_model() 
     assert table.columns[-1] == "ignored" and [r["ignored"] for r in table.rows] == [
         int((shapes.mask(i) == VOID).sum()) for i in range(2)
     ]
+
+
+# ---------------------------------------------------------------- stages that log nothing are said, once
+def fit_saying(namespace: str = "lightning.pytorch", model: Any = None, val: bool = True,
+               callback: LogPredictionSamples | None = None, **kwargs: Any) -> tuple[list[str], RunRecords]:
+    """A tiny fit on the digits; the package's warnings it gave, and the run's records."""
+    L = modules.api(namespace)
+    dm = DigitsDataModule(batch_size=32)
+    dm.setup("fit")
+    data = {"train_dataloaders": dm.train_dataloader()}
+    if val:
+        data["val_dataloaders"] = dm.val_dataloader()
+    options: dict[str, Any] = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2,
+                               "num_sanity_val_steps": 0, "accelerator": "cpu", "log_every_n_steps": 1,
+                               "enable_progress_bar": False, "enable_model_summary": False,
+                               "enable_checkpointing": False, "default_root_dir": "lightning"}
+    options.update(kwargs)
+    callback = callback or LogPredictionSamples(num_samples=4)
+    trainer = L.Trainer(logger=make_logger(namespace=namespace), callbacks=[callback], **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model if model is not None else DigitsClassifier(), **data)
+    ours = [str(w.message) for w in caught if issubclass(w.category, LWCallbacksWarning)]
+    return ours, finish_and_read()
+
+
+def no_validation_step(namespace: str) -> Any:
+    """A module with a training step only, as Lightning's LSTM and transformer demos are."""
+
+    class NoValidationStep(modules.api(namespace).LightningModule):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x.reshape(len(x), -1))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return NoValidationStep()
+
+
+def predictions_keys(rec: RunRecords) -> list[str]:
+    return [k for k in rec.keys() if k.startswith("predictions")]  # noqa: SIM118
+
+
+@pytest.mark.parametrize("namespace", modules.NAMESPACES)
+def test_a_module_without_validation_step_is_said_once(namespace: str) -> None:
+    ours, rec = fit_saying(namespace, model=no_validation_step(namespace), max_epochs=2)
+    assert len(ours) == 1, ours
+    (message,) = ours
+    assert message.startswith("LogPredictionSamples:")
+    assert "NoValidationStep has no `validation_step`" in message and "stages=" in message
+    assert not predictions_keys(rec)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "val", "says"),
+    [
+        ({"limit_val_batches": 0}, True, "`limit_val_batches=0`"),
+        ({}, False, "no val dataloader"),
+    ],
+    ids=["limit_val_batches=0", "no-val-dataloader"],
+)
+def test_a_validation_loop_without_batches_is_said_once(kwargs: dict[str, Any], val: bool, says: str) -> None:
+    ours, rec = fit_saying(val=val, **kwargs)
+    assert len(ours) == 1 and says in ours[0] and "stages=" in ours[0], ours
+    assert not predictions_keys(rec)
+
+
+def test_validations_that_never_fall_on_a_logged_epoch_are_said_at_the_end_of_the_fit() -> None:
+    ours, rec = fit_saying(callback=LogPredictionSamples(num_samples=4, every_n_epochs=3), max_epochs=2)
+    assert len(ours) == 1 and "no validation sample was logged in this fit" in ours[0], ours
+    assert "`every_n_epochs=3`" in ours[0]
+    assert not predictions_keys(rec)
+
+
+def test_a_sampled_module_and_fast_dev_run_say_nothing() -> None:
+    ours, rec = fit_saying()
+    assert ours == [] and "predictions/table" in predictions_keys(rec)
+    # fast_dev_run logs nothing and says nothing of it, even for a module that could never be sampled
+    ours, _ = fit_saying(model=no_validation_step("lightning.pytorch"), fast_dev_run=True)
+    assert ours == []

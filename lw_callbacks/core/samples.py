@@ -85,6 +85,7 @@ class StageState:
     seen: int = 0  # examples of the stream passed so far in this epoch
     checked: bool = False  # the first batch's layout and output have been validated
     ran: bool = False  # at least one batch reached the callback during this fit / test / predict
+    logged: bool = False  # rank 0 handed samples to the run during this fit / test / predict
     collected: dict[int, _Sample] = field(default_factory=dict)  # this epoch's samples, by stream position
     images: dict[int, Any] = field(default_factory=dict)  # display form of each id, computed once
     encoded: dict[int, Any] = field(default_factory=dict)  # id -> last logged wandb.Image: its PNG, encoded once
@@ -232,7 +233,7 @@ class SampleCore:
         """Forget what was chosen and checked for ``stage``: a new fit / test / predict may bring other data."""
         st = self.states[stage]
         st.ran, st.checked, st.positions, st.ids, st.images, st.encoded = False, False, None, {}, {}, {}
-        st.disabled, st.task, st.nan_warned = False, None, False
+        st.disabled, st.task, st.nan_warned, st.logged = False, None, False, False
         self._step_failed = False  # a new fit / test / predict may bring another module
 
     def start_epoch(self, stage: str) -> None:
@@ -858,6 +859,7 @@ class SampleCore:
         run = get_run()
         if run is None:
             return
+        st.logged = True  # a failure below warns on its own
         try:
             self._log(stage, run, samples, step)
         except Exception as err:  # a logging failure never ends training
