@@ -91,6 +91,13 @@ class LogPredictionSamples(Callback):
     turns out unreadable after training began (``num_sanity_val_steps=0``), the callback warns once
     and logs no more samples in that fit instead of ending a fit that has trained.
 
+    **A stage that logs nothing is said, once.** At ``setup``, a stage in ``stages`` that this fit /
+    test / predict cannot run (a fit whose module has no ``validation_step`` or that has no val
+    dataloader, ``limit_<stage>_batches=0``) warns, naming the stage, the reason and the fix; at the end
+    of a fit (and of ``trainer.validate`` / ``test`` / ``predict``) a listed stage that logged no sample
+    warns with the reason when known (only the sanity check ran, no validation fell on ``every_n_epochs``).
+    Under ``fast_dev_run`` nothing is logged and none of this is said.
+
     **Other tasks** (``task="auto"`` tells them from the first batch and step output; pass ``task=`` to
     say which):
 

@@ -98,7 +98,7 @@ ROWS = [
     Row("fast_dev_run_3", trainer={"fast_dev_run": 3}, logs=False),
     Row("limit_val_batches_0", trainer={"limit_val_batches": 0},
         checkpoints=lambda L: [L.ModelCheckpoint(dirpath="ckpt", monitor="train_loss", save_top_k=2)],
-        val_key="", per_step_monitor=True),
+        val_key="", per_step_monitor=True, allowed=(r"^LogPredictionSamples: .*`limit_val_batches=0`",)),
     Row("no_sanity_check", trainer={"num_sanity_val_steps": 0}),
     Row("full_sanity_check", trainer={"num_sanity_val_steps": -1}),
     Row("check_val_every_2_epochs", trainer={"check_val_every_n_epoch": 2, "max_epochs": 4}),
