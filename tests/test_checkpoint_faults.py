@@ -380,11 +380,11 @@ def test_random_kills_lose_nothing(tmp_path: Path) -> None:
     (copies) where /dev/shm allows it."""
     import uuid
 
-    extra: list[str] = []
+    extra: list[str] = ["--monitor", "step"]  # a save and a top-k rotation every epoch
     shm = Path("/dev/shm")
     staging = shm / f"lw-loop-{uuid.uuid4().hex[:8]}"
     if shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
-        extra = ["--staging", str(staging)]
+        extra += ["--staging", str(staging)]
     env = dict(os.environ)
     env.pop("WANDB_SERVICE", None)
     env["WANDB_DATA_DIR"] = str(tmp_path / "wandb-data")
@@ -410,6 +410,7 @@ def test_random_kills_lose_nothing(tmp_path: Path) -> None:
         for v in versions:  # corrupt: the file W&B will upload is whole and has the recorded digest
             for e in v.entries:
                 assert e.local_path and md5(Path(e.local_path)) == e.digest, f"corrupt: v{v.version}"
+        assert len(saved) >= 8, f"the loop saved only {len(saved)} checkpoints"
         assert not list((tmp_path / "ckpts").rglob("*.partial"))
     finally:
         import shutil

@@ -254,6 +254,7 @@ def main() -> None:
     parser.add_argument("--fixed", action="store_true")
     parser.add_argument("--kill-after", type=float, default=0.0)
     parser.add_argument("--epoch-sleep", type=float, default=0.0)
+    parser.add_argument("--monitor", default="val_acc", help="'step': a save (and a rotation) every epoch")
     parser.add_argument("--until", default=None, help="stop at the end of the first epoch after this file exists")
     args = parser.parse_args()
     if args.kill_after > 0:
@@ -330,7 +331,7 @@ def main() -> None:
         mc = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=1, filename=f"{prefix}model", every_n_train_steps=2,
                              save_last=True)
     else:
-        mc = ModelCheckpoint(dirpath=ckpt_dir, monitor="val_acc", mode="max", save_top_k=2,
+        mc = ModelCheckpoint(dirpath=ckpt_dir, monitor=args.monitor, mode="max", save_top_k=2,
                              save_last=False if args.async_io else "link", filename=prefix + "{epoch}-{step}")
     mc.CHECKPOINT_NAME_LAST = f"{prefix}last"
     upload = UploadCheckpoints(staging_dir=args.staging, progress_bar=False)

@@ -5,7 +5,7 @@ Usage: python kill_loop.py ROOT RUN_ID KILLS SEED [--staging DIR]
 The torch, Lightning and W&B imports are paid once: each fit runs in a child forked from this
 process, in a session of its own (with the W&B service it starts). A first child fits 2 epochs to
 the end; it takes D seconds. Then each child resumes the run from ``last.ckpt`` and SIGKILL goes to
-its whole session at a random moment, 0.3 s to 1.5 D (at most 8 s) after the fork: before, during or after the
+its whole session at a random moment, 0.3 s to 2 D (at most 12 s) after the fork: before, during or after the
 resumed fit's comparison of the disk with the run's records, a save, a hand-over, an upload. One
 kill in five is made inside that comparison (``Publisher.recover``), the resume itself. After KILLS
 kills, a last child fits two more epochs to the end.
@@ -61,7 +61,7 @@ def main() -> None:
     for i in range(kills):
         in_resume = i % 5 == 4 and (root / "ckpts" / "last.ckpt").exists()
         pid = fit("resume" if in_resume else "none")
-        delay = rng.uniform(0.3, min(1.5 * calibration, 8.0))
+        delay = rng.uniform(0.3, min(2.0 * calibration, 12.0))
         deadline = time.monotonic() + (60.0 if in_resume else delay)
         status = None
         while time.monotonic() < deadline:
