@@ -6,6 +6,7 @@ notices what they save, and hands each file over with its metadata and aliases.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tempfile
@@ -199,6 +200,8 @@ class UploadCheckpoints(Callback):
         self._tracked: list[ModelCheckpoint] = []
         self._fingerprints: dict[int, tuple[Any, ...]] = {}
         self._handed_step: dict[int, int] = {}
+        # (step of the save under way or None, the state before that step's first save, that step)
+        self._step_state: tuple[int | None, dict[str, Any], int] | None = None
         self._fit_start_ns = 0
         self._run_id = ""
         self._async: _AsyncSaves | None = None
@@ -254,6 +257,7 @@ class UploadCheckpoints(Callback):
         self._fit_start_ns = time.time_ns() - 50_000_000  # file mtimes use a coarse clock
         self._fingerprints.clear()
         self._handed_step.clear()
+        self._step_state = None
         self._async = _AsyncSaves.find(trainer.strategy)
         if run is None or not self._tracked:
             if run is not None:
@@ -352,6 +356,11 @@ class UploadCheckpoints(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # Inside a ModelCheckpoint save, the state as it was before the step's first save: every file
+        # saved at one step (a top-k file and its `last.ckpt`) then holds the same bytes, although
+        # each save's hand-over updates the ledger in between.
+        if self._step_state is not None and self._step_state[0] is not None:
+            return _state.save(copy.deepcopy(self._step_state[1]))
         return _state.save(self.publisher.state_dict())
 
     @override
@@ -800,7 +809,14 @@ def _watch(mc: ModelCheckpoint, owner: UploadCheckpoints) -> None:
                 note = owner.publisher.saving(str(filepath), owner.collection_names[owner._tracked.index(mc)])
             except Exception:
                 note = None
-        save(trainer, filepath)
+        step = trainer.global_step
+        if owner._step_state is None or owner._step_state[2] != step:
+            owner._step_state = (None, copy.deepcopy(owner.publisher.state_dict()), step)
+        owner._step_state = (step, owner._step_state[1], step)
+        try:
+            save(trainer, filepath)
+        finally:
+            owner._step_state = (None, owner._step_state[1], step)
         if trainer.is_global_zero:
             owner._scan(trainer, only=mc)
             owner.publisher.saved(note)
