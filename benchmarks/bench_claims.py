@@ -4,7 +4,8 @@ Run: ``python benchmarks/bench_claims.py [SIZE_MB] [ROUNDS]``. Prints, per hand-
 of SIZE_MB (default 256):
 
 - link: a hard link into the staging folder (the hand-over before claims were written);
-- link + claim: the same, plus the claim (a note written and synced to disk): today's hand-over;
+- link + claim: the same, plus the claim (a note written, not synced): the hand-over today;
+- link + synced claim: the same with the note synced to disk (what the worker writes after hashing);
 - copy now: the copy the training thread makes of a file rewritten in place while the worker is busy;
 - descriptor: the hand-over on another filesystem (an open descriptor; the worker copies);
 
@@ -55,11 +56,11 @@ def main() -> None:
     def link() -> None:
         uploader.hand_over(str(src), dst())
 
-    def link_claim() -> None:
+    def link_claim(sync: bool = False) -> None:
         path = dst()
         uploader.hand_over(str(src), path)
         job = uploader.Job(0, "c", str(src), path, sig[2], sig, None, {}, [], run_id="r")
-        uploader.write_note(job)
+        uploader.write_note(job, sync=sync)
 
     def copy_now() -> None:
         uploader.reflink_or_copy(str(src), dst())
@@ -72,7 +73,8 @@ def main() -> None:
         os.remove(uploader.copy_for_wandb(str(src)))
 
     results = {}
-    for name, fn in [("link", link), ("link + claim", link_claim), ("copy now", copy_now),
+    for name, fn in [("link", link), ("link + claim", link_claim),
+                     ("link + synced claim", lambda: link_claim(sync=True)), ("copy now", copy_now),
                      ("descriptor", descriptor), ("worker: hash + W&B copy", worker)]:
         results[name] = timed(fn, rounds)
         for path in staging.iterdir():

@@ -591,7 +591,9 @@ class Publisher:
                 fd = None
         job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases, run_id=run_id, fd=fd,
                   unclaimed=unclaimed, best=best, remote=remote, folder=is_folder, copied=copied)
-        self.claim(job, [folder / (name + ".json")] if staged is None else [])
+        # Written, not synced, on the training thread: in the page cache it outlives the process (a kill),
+        # as the checkpoint file itself does; the worker writes it again synced, with the digest.
+        self.claim(job, [folder / (name + ".json")] if staged is None else [], sync=False)
         self.ledger.note(real, sig, PENDING, collection=collection, seq=seq, run_id=run_id,
                          global_step=metadata.get("global_step"))
         try:

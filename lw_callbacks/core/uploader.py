@@ -565,7 +565,7 @@ class Uploader:
             if not same:
                 return False
             job.held = True
-        write_note(job)
+        write_note(job, sync=False)  # the training thread: outlives a killed process, as the file does
         return True
 
     def settle(self, job: Job) -> None:
