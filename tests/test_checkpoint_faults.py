@@ -350,6 +350,56 @@ def test_wandb_data_folder_full_leaves_no_partial_copy(tmp_path: Path) -> None:
     assert any("could not make W&B's staged copy" in m for m in warned(tmp_path))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["corrupt", "truncate"])
+def test_a_damaged_first_segment_costs_only_itself(tmp_path: Path, fault: str) -> None:
+    """(7) A fit of 3 epochs, resumed for 3 more (two segments: a killed segment's log holds almost
+    nothing, its records are written every 15 s); then 64 bytes in the middle of the first segment's log
+    are corrupted, or the log is cut there. Read back: the damage is reported, every version recorded in
+    the intact second segment is there with its bytes, no version holds a file the run did not save, and
+    ``latest`` restores; ``inspect`` shows the damage and the rest of the run."""
+    from lw_callbacks import restore_checkpoint
+    from lw_callbacks.records import read_run
+
+    finish(start_fit(tmp_path, "damaged", "none", 0, "--epochs", "3"), clean=True)
+    finish(start_fit(tmp_path, "damaged", "none", 0, "--epochs", "6", resume=True), clean=True)
+    intact = check_row(tmp_path, "damaged")  # the row's invariants hold before the damage
+    first, second = segments_of(tmp_path / "runs", "damaged")
+    (name,) = intact.artifact_names(type="model")
+    later = {e.digest for v in read_run(second, timeout=0).artifacts(name, type="model") for e in v.entries}
+    assert later, "the resumed fit logged no version"
+    latest = next(v for v in intact.artifacts(name) if "latest" in v.aliases).entries[0].digest
+
+    (log,) = first.glob("run-*.wandb")
+    data = bytearray(log.read_bytes())
+    bad = len(data) // 2
+    if fault == "corrupt":
+        data[bad : bad + 64] = bytes(b ^ 0x5A for b in data[bad : bad + 64])
+    else:
+        data = data[:bad]
+    log.write_bytes(bytes(data))
+
+    merged = read_resumed(tmp_path / "runs", "damaged", timeout=0)
+    if fault == "corrupt":
+        assert [(d[0], d[1] <= bad) for d in merged.damaged] == [(log, True)]
+    else:
+        assert first in merged.cut_segments
+    held = {e.digest for v in merged.artifacts(name) for e in v.entries}
+    assert later <= held, f"versions of the intact segment lost: {later - held}"
+    assert held <= set(witnessed(tmp_path)), "a version holds a file this run did not save"
+    for v in merged.artifacts(name):
+        for entry in v.entries:
+            if entry.digest in later:
+                assert md5(Path(entry.local_path)) == entry.digest
+    restored = restore_checkpoint(f"{name}:latest", run_dir=tmp_path / "runs", root=tmp_path / "out", timeout=5)
+    assert md5(restored) == latest
+    out = subprocess.run([sys.executable, "-m", "lw_callbacks", "inspect", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"{name}:v" in out.stdout
+    assert ("damaged (1 ranges skipped" in out.stdout) if fault == "corrupt" else ("[cut" in out.stdout)
+
+
 def test_unusable_staging_dir_is_refused_at_setup(wandb_env: Path) -> None:
     """Staging that cannot work is found at setup, before training: a staging root that cannot be
     created or written raises ConfigurationError naming `staging_dir`."""
