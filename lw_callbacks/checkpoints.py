@@ -894,7 +894,10 @@ class _AsyncSaves:
         for _ in range(8):  # wrappers of wrappers
             if io is None:
                 return None
-            if callable(getattr(io, "_ensure_setup", None)) and hasattr(io, "_executor"):
+            # Lightning 2.4 makes the executor in __init__; later releases lazily, in `_ensure_setup`
+            if hasattr(io, "_executor") and (
+                callable(getattr(io, "_ensure_setup", None)) or getattr(io, "_executor", None) is not None
+            ):
                 return _AsyncSaves(io)
             io = getattr(io, "checkpoint_io", None)
         return None
@@ -902,7 +905,8 @@ class _AsyncSaves:
     def submit(self, fn: Callable[..., None], *args: Any) -> bool:
         """Run ``fn(*args)`` after every save submitted so far; False when it cannot (run it yourself)."""
         try:
-            self.io._ensure_setup()
+            if callable(getattr(self.io, "_ensure_setup", None)):
+                self.io._ensure_setup()
             future = self.io._executor.submit(self._run, fn, *args)
         except Exception:  # shut down, or not the executor we know
             return False
