@@ -8,6 +8,7 @@ import base64
 import errno
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -138,6 +139,7 @@ def test_restore_after_an_offline_resume_keeps_every_path_it_returned(wandb_env:
     first_v0_md5 = md5(first_v0)
     wandb.finish()
     wait_for_cleanups()
+    time.sleep(1.1)  # a segment's folder is named by the second it starts in: two in one second share it
     (name_b,), mc_b = fit(4, resume=True)
     assert name_b == name
     wandb.finish()
