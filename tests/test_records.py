@@ -335,6 +335,28 @@ def test_corruption_is_an_error(logged_run: Path, tmp_path: Path) -> None:
         read_run(not_a_log)
 
 
+def test_64_damaged_bytes_anywhere_in_a_finished_log_are_reported(logged_run: Path, tmp_path: Path) -> None:
+    """64 bytes garbled at any offset past the file header (here every 7th, and each offset of the
+    first chunk headers) never pass as fewer records: each is reported in ``damaged`` or changes
+    nothing. A garbled chunk header whose length points past the end of the file once passed as a
+    tail still being written, and the records after it went missing unreported."""
+    (log,) = logged_run.glob("run-*.wandb")
+    src = log.read_bytes()
+    whole = [r.SerializeToString() for r, _ in records_from(log, 0)]
+    bad = tmp_path / log.name
+    silent: list[int] = []
+    for at in sorted(set(range(7, len(src) - 1, 7)) | set(range(7, 300))):
+        data = bytearray(src)
+        data[at : at + 64] = bytes(b ^ 0x5A for b in data[at : at + 64])
+        bad.write_bytes(bytes(data))
+        damaged: list[tuple[int, int]] = []
+        read = [r.SerializeToString() for r, _ in records_from(bad, 0, damaged)]
+        if not damaged and read != whole:
+            silent.append(at)
+        assert all(start <= at + 64 for start, _end in damaged), (at, damaged)
+    assert not silent, f"garbled at {silent[:10]}: records lost without a report"
+
+
 def test_folder_lookup(logged_run: Path, tmp_path: Path) -> None:
     assert read_run(logged_run.parent.parent).run_id == read_run(logged_run).run_id  # a folder with one run
     for i in range(2):

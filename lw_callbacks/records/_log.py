@@ -89,6 +89,13 @@ def records_from(path: Path, start: int, damaged: list[tuple[int, int]] | None =
                     break
                 rel = pos - base
                 crc, length, kind = struct.unpack_from("<IHB", block, rel)
+                if not _FULL <= kind <= _LAST and any(block[rel : rel + _HEADER_LEN]):
+                    # No writer writes this header: damage, not a tail being written (whose length
+                    # may point past the end of the file as a damaged one's can).
+                    damage(pos, f"a chunk of unknown type {kind}")
+                    pos = block_end
+                    ended = stop < block_end
+                    break
                 if _HEADER_LEN + length > left:  # no chunk crosses a block's end
                     damage(pos, "a chunk longer than its block")
                     pos = block_end

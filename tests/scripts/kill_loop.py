@@ -41,7 +41,7 @@ def main() -> None:
     rng = random.Random(seed)
     made = []
 
-    def fit(fault: str, epochs: str = "200") -> int:
+    def fit(fault: str, epochs: str = "100000") -> int:  # never reached: each fit is killed
         pid = os.fork()
         if pid == 0:
             os.setsid()
