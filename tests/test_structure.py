@@ -212,15 +212,15 @@ def test_the_private_name_check_finds_a_use() -> None:
     owners = _private_members()
     uploader = PACKAGE / "core" / "uploader.py"
     some = next(name for name, where in owners.items() if where == {uploader})
-    fabric = PACKAGE / "fabric.py"
+    fabric = PACKAGE / "fabric" / "checkpoints.py"
     probe = f"def f(x):\n    return x.{some}\n"
     assert _private_uses(fabric, probe, owners) == [
-        f"lw_callbacks/fabric.py:2: .{some} of a class in lw_callbacks/core/uploader.py"
+        f"lw_callbacks/fabric/checkpoints.py:2: .{some} of a class in lw_callbacks/core/uploader.py"
     ]
     assert _private_uses(uploader, probe, owners) == []
     imports = "from lw_callbacks.core.uploader import _link\n"
     assert _private_uses(fabric, imports, owners) == [
-        "lw_callbacks/fabric.py:1: imports lw_callbacks.core.uploader._link"
+        "lw_callbacks/fabric/checkpoints.py:1: imports lw_callbacks.core.uploader._link"
     ]
 
 

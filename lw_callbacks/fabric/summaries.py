@@ -1,0 +1,108 @@
+"""W&B summaries of metrics logged with ``fabric.log_dict``: :class:`FabricMetricSummaries`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lw_callbacks import _state
+from lw_callbacks._errors import Option
+from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
+from lw_callbacks.core.summaries import SummaryCore, SummaryValue
+from lw_callbacks.core.summaries import check_arguments as summary_arguments
+
+
+class FabricMetricSummaries:
+    r"""Define W&B summaries (min / max / mean / first / last) of metrics logged with ``fabric.log_dict``.
+
+    :meth:`define_summaries` sends each ``define_metric`` with the ``trainer/global_step`` x-axis
+    that W&B's loggers use, exactly as :class:`~lw_callbacks.MetricSummaries` does (it is that
+    callback's core, with ``from_callbacks=False``: Fabric has no ``ModelCheckpoint``). W&B then
+    keeps the summaries itself. Optionally, :meth:`observe_metrics` beside each ``fabric.log_dict``
+    records each min / max entry's best step (and epoch), and defines keys matched by a ``prefix/*``
+    entry by name; :meth:`training_done` writes ``<key>.best_step`` / ``<key>.best_epoch`` to the
+    summary and warns about entries never observed.
+
+    Args:
+        summaries: metric name or ``prefix/*`` -> ``"min"``, ``"max"``, ``"mean"``, ``"first"``,
+            ``"last"``, ``"none"`` or a list of them (as ``MetricSummaries``).
+        hidden: hide all entries (``True``) or those named from the W&B panels.
+        record_best_step: record best steps in :meth:`observe_metrics`.
+        warn_missing: at :meth:`training_done`, warn about entries :meth:`observe_metrics` never saw.
+
+    Raises:
+        ValueError: at construction, for bad ``summaries`` or ``hidden`` (as ``MetricSummaries``).
+        ConfigurationError: from a hook, when the Fabric has no W&B logger.
+
+    Example::
+
+        >>> import lightning as L
+        >>> from lightning.pytorch.loggers import WandbLogger
+        >>> from lw_callbacks.fabric import FabricMetricSummaries
+        >>> fabric = L.Fabric(accelerator="cpu", devices=1, loggers=[WandbLogger(project="digits")],
+        ...                   callbacks=[FabricMetricSummaries({"val_acc": "max"})])
+        >>> fabric.launch()
+        >>> fabric.call("define_summaries", fabric)
+        >>> for step, val_acc in enumerate([0.5, 0.8, 0.7]):
+        ...     fabric.log_dict({"val_acc": val_acc}, step=step)
+        ...     fabric.call("observe_metrics", fabric, {"val_acc": val_acc}, step=step)
+        >>> fabric.call("training_done", fabric)
+        >>> fabric.logger.experiment.summary["val_acc.best_step"]
+        1
+    """
+
+    def __init__(
+        self,
+        summaries: Mapping[str, SummaryValue],
+        hidden: bool | Sequence[str] = False,
+        record_best_step: bool = True,
+        warn_missing: bool = True,
+    ) -> None:
+        owner = type(self).__name__
+        parsed, hidden_keys = summary_arguments(summaries, False, hidden, False, record_best_step, warn_missing, owner)
+        self.core = SummaryCore(
+            parsed, hidden=hidden_keys, record_best_step=record_best_step, warn_missing=warn_missing, owner=owner
+        )
+        self._observed = False
+
+    summaries = Option["dict[str, tuple[str, ...]]"](
+        "Metric name or suffix glob -> the aggregates W&B keeps for it (parsed).", via="core"
+    )
+    hidden = Option["bool | tuple[str, ...]"](
+        "``True`` / ``False``, or the names and suffix globs whose charts are hidden.", via="core"
+    )
+    record_best_step = Option[bool]("Whether ``<metric>.best_step`` / ``.best_epoch`` are written.", via="core")
+    warn_missing = Option[bool]("Whether entries that matched no logged metric are named in a warning.", via="core")
+
+    def define_summaries(self, fabric: Any) -> None:
+        """Define every entry on the run (global rank 0; a no-op elsewhere). Call it once, before logging."""
+        logger = require_fabric_wandb_logger(fabric, type(self).__name__)
+        self.core.resolve()
+        self.core.use_logger(logger)
+        self.core.apply(run_of(logger, fabric.global_rank))
+        self.core.start(forget_held=False)
+
+    def observe_metrics(
+        self, fabric: Any, metrics: Mapping[str, Any], step: int, epoch: int | None = None
+    ) -> None:
+        """Note the values logged with ``fabric.log_dict(metrics, step=step)`` (optional)."""
+        core = self.core
+        if not core.active:
+            return
+        self._observed = True
+        if core.needs_scan:
+            core.expand(metrics)
+        # every call is a new value, even when it is the same object
+        core.observe(metrics, True, int(step), epoch, fresh=True)
+
+    def training_done(self, fabric: Any) -> None:
+        """Write the best steps recorded by :meth:`observe_metrics` to the run summary."""
+        self.core.finish(warn=self._observed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Best values seen so far, for ``fabric.save(path, {..., "summaries": callback})``-style resumes."""
+        return _state.save(self.core.state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.core.load_state_dict(_state.load(type(self).__name__, state_dict))
