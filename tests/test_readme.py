@@ -24,7 +24,8 @@ from harness import REPO, build_with_cli
 
 from lw_callbacks.records import find_runs
 
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+README_MAX_LINES = 300  # the rest belongs in docs/
 FRAGMENT = re.compile(r"<!--\s*fragment:\s*(?P<why>.+?)\s*-->")
 FAST_TRAINER = {
     "PL_TRAINER_MAX_EPOCHS": "2",
@@ -155,6 +156,14 @@ def test_yaml_block_builds_with_lightning_cli(block: Block, tmp_path: Path) -> N
     built = {type(cb).__name__ for cb in cli.trainer.callbacks}
     for entry in callbacks:
         assert entry["class_path"].rsplit(".", 1)[-1] in built
+
+
+def test_readme_stays_short_and_links_only_to_pages_that_exist() -> None:
+    readme = REPO / "README.md"
+    lines = readme.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move prose to a page of docs/"
+    for target in re.findall(r"\]\((docs/[^)#]+)", readme.read_text()):
+        assert (REPO / target).is_file(), f"README.md links to {target}, which does not exist"
 
 
 def test_every_python_block_runs_or_says_why_not() -> None:
