@@ -158,12 +158,20 @@ def test_yaml_block_builds_with_lightning_cli(block: Block, tmp_path: Path) -> N
         assert entry["class_path"].rsplit(".", 1)[-1] in built
 
 
-def test_readme_stays_short_and_links_only_to_pages_that_exist() -> None:
+def anchors_of(doc: Path) -> set[str]:
+    """The anchors of a page's headings, as GitHub and mkdocs' ``toc`` spell them."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", doc.read_text(), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_readme_stays_short_and_links_only_to_pages_and_sections_that_exist() -> None:
     readme = REPO / "README.md"
-    lines = readme.read_text().splitlines()
-    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move prose to a page of docs/"
-    for target in re.findall(r"\]\((docs/[^)#]+)", readme.read_text()):
-        assert (REPO / target).is_file(), f"README.md links to {target}, which does not exist"
+    text = readme.read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES, "README.md is too long: move prose to a page of docs/"
+    for target, anchor in re.findall(r"\]\(((?:docs/[^)#]+)?)(?:#([^)]+))?\)", text):
+        page = REPO / target if target else readme
+        assert page.is_file(), f"README.md links to {target}, which does not exist"
+        assert not anchor or anchor in anchors_of(page), f"README.md links to {target}#{anchor}: no such heading"
 
 
 def test_every_python_block_runs_or_says_why_not() -> None:
