@@ -6,7 +6,6 @@ import base64
 import copy
 import os
 import pickle
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,8 +16,9 @@ from lw_callbacks import _compat
 from lw_callbacks._errors import ConfigurationError, Option, check_seconds
 from lw_callbacks._wandb import require_wandb_logger, run_of, warning_cache
 from lw_callbacks.core.run_info import (
+    RunDirOptions,
     SharedRun,
-    check_flag,
+    ShareRunDirMixin,
     describe_run,
     pack_config,
     run_config,
@@ -36,7 +36,7 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-class ShareRunDir(Callback):
+class ShareRunDir(ShareRunDirMixin, Callback):
     r"""Make rank 0's W&B run directory, id, name and config known on every rank.
 
     Only global rank 0 has a live ``wandb`` run; on the other ranks ``wandb.run`` is ``None`` and
@@ -138,69 +138,19 @@ class ShareRunDir(Callback):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self._checkpoints_in_run_dir = check_flag("checkpoints_in_run_dir", checkpoints_in_run_dir, owner)
-        self._set_env = check_flag("set_env", set_env, owner)
-        self._apply_config_to_hparams = check_flag("apply_config_to_hparams", apply_config_to_hparams, owner)
+        self._options = RunDirOptions.check(
+            owner, checkpoints_in_run_dir=checkpoints_in_run_dir, set_env=set_env,
+            apply_config_to_hparams=apply_config_to_hparams,
+        )
         self._shared = SharedRun(owner)
         self._redirected: set[int] = set()
 
-    checkpoints_in_run_dir = Option[bool]("Whether ModelCheckpoints without ``dirpath`` save into the run's folder.")
-    set_env = Option[bool]("Whether ``WANDB_DIR`` is set on every rank to rank 0's W&B folder.")
-    apply_config_to_hparams = Option[bool]("Whether the run's config is set into ``pl_module.hparams`` at setup.")
-
-    @property
-    def run_dir(self) -> Path | None:
-        """The run's own folder."""
-        return self._shared.run_dir
-
-    @run_dir.setter
-    def run_dir(self, value: Path | None) -> None:
-        self._shared.run_dir = value
-
-    @property
-    def files_dir(self) -> Path | None:
-        """``run_dir / "files"``: files there are uploaded with the run."""
-        return self._shared.files_dir
-
-    @files_dir.setter
-    def files_dir(self, value: Path | None) -> None:
-        self._shared.files_dir = value
-
-    @property
-    def wandb_dir(self) -> Path | None:
-        """The root W&B writes under; the value ``WANDB_DIR`` gets."""
-        return self._shared.wandb_dir
-
-    @wandb_dir.setter
-    def wandb_dir(self, value: Path | None) -> None:
-        self._shared.wandb_dir = value
-
-    @property
-    def run_id(self) -> str | None:
-        """The run's id."""
-        return self._shared.run_id
-
-    @run_id.setter
-    def run_id(self, value: str | None) -> None:
-        self._shared.run_id = value
-
-    @property
-    def run_name(self) -> str | None:
-        """The run's display name."""
-        return self._shared.run_name
-
-    @run_name.setter
-    def run_name(self, value: str | None) -> None:
-        self._shared.run_name = value
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The run's config, the same plain ``dict`` on every rank (a sweep's values included)."""
-        return self._shared.config
-
-    @config.setter
-    def config(self, value: dict[str, Any]) -> None:
-        self._shared.config = value
+    checkpoints_in_run_dir = Option[bool](
+        "Whether ModelCheckpoints without ``dirpath`` save into the run's folder.", via="options"
+    )
+    apply_config_to_hparams = Option[bool](
+        "Whether the run's config is set into ``pl_module.hparams`` at setup.", via="options"
+    )
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -12,12 +12,12 @@ from typing_extensions import override
 from lw_callbacks import _compat, _state
 from lw_callbacks._errors import ConfigurationError, Option
 from lw_callbacks._wandb import finish_after_interrupted_cell, is_disabled, lightning_step, require_wandb_logger, run_of
-from lw_callbacks.core.summaries import SUMMARY_KINDS, SummaryCore, SummaryValue, check_arguments
+from lw_callbacks.core.summaries import SUMMARY_KINDS, SummaryCore, SummaryOptions, SummaryOptionsMixin, SummaryValue
 
 __all__ = ["SUMMARY_KINDS", "MetricSummaries"]
 
 
-class MetricSummaries(Callback):
+class MetricSummaries(SummaryOptionsMixin, Callback):
     r"""Choose what the W&B runs table shows for a metric, and record when its best value happened.
 
     Unless told otherwise W&B keeps the *last* value of every metric in the run summary. This
@@ -113,15 +113,10 @@ class MetricSummaries(Callback):
         warn_missing: bool = True,
     ) -> None:
         super().__init__()
-        owner = type(self).__name__
-        parsed, hidden_keys = check_arguments(
-            summaries, from_callbacks, hidden, dataloader_suffixes, record_best_step, warn_missing, owner
+        self._options = SummaryOptions.check(
+            summaries, from_callbacks, hidden, dataloader_suffixes, record_best_step, warn_missing, type(self).__name__
         )
-        self._from_callbacks = from_callbacks
-        self._core = SummaryCore(
-            parsed, hidden=hidden_keys, dataloader_suffixes=dataloader_suffixes,
-            record_best_step=record_best_step, warn_missing=warn_missing, owner=owner,
-        )
+        self._core = SummaryCore(self._options)
         # (step, epoch) of a training epoch end whose metrics Lightning logs after this callback's hook
         self._epoch_end: tuple[int, int] | None = None
         # Lightning reads state_key on every hook call; it names no option, so it is built here, once.
@@ -133,21 +128,9 @@ class MetricSummaries(Callback):
         self._pending_step: int | None = None
         self._saves_in_batches = False  # a monitored ModelCheckpoint may save after a training batch
 
-    from_callbacks = Option[bool]("Whether entries are derived from ModelCheckpoint / EarlyStopping.")
-    summaries = Option["dict[str, tuple[str, ...]]"](
-        "Metric name or suffix glob -> the aggregates W&B keeps for it (parsed).", via="_core"
-    )
-    hidden = Option["bool | tuple[str, ...]"](
-        "``True`` / ``False``, or the names and suffix globs whose charts are hidden.", via="_core"
-    )
+    from_callbacks = Option[bool]("Whether entries are derived from ModelCheckpoint / EarlyStopping.", via="options")
     dataloader_suffixes = Option[bool](
-        "Whether an entry also applies to its ``<name>/dataloader_idx_N`` keys.", via="_core"
-    )
-    record_best_step = Option[bool](
-        "Whether ``<metric>.best_step`` and ``<metric>.best_epoch`` are written at the end of fit.", via="_core"
-    )
-    warn_missing = Option[bool](
-        "Whether entries that matched no logged metric are named in a warning at the end of fit.", via="_core"
+        "Whether an entry also applies to its ``<name>/dataloader_idx_N`` keys.", via="options"
     )
 
     @property

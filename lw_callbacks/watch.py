@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lw_callbacks._errors import Option
 from lw_callbacks._wandb import (
     finish_after_interrupted_cell,
     lightning_step,
@@ -17,7 +15,7 @@ from lw_callbacks._wandb import (
     skip_pandas_import,
 )
 from lw_callbacks.core.histograms import GRAPH_KEY as GRAPH_KEY  # the summary key of the graph
-from lw_callbacks.core.histograms import HistogramCore, check_arguments
+from lw_callbacks.core.histograms import WatchBase
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -26,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["WatchModel"]
 
 
-class WatchModel(Callback):
+class WatchModel(WatchBase, Callback):
     r"""Log histograms of gradients and / or parameters to W&B every ``log_freq`` optimizer steps.
 
     The callback form of ``WandbLogger.watch`` / ``wandb.watch``, with the same keys and panels
@@ -101,46 +99,15 @@ class WatchModel(Callback):
               init_args: {log: all, log_freq: 50}
     """
 
-    def __init__(
-        self,
-        log: Literal["gradients", "parameters", "all"] = "gradients",
-        log_freq: int = 100,
-        log_graph: bool = False,
-        include: str | Sequence[str] | None = None,
-        exclude: str | Sequence[str] | None = None,
-        bins: int = 64,
-    ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        include_patterns, exclude_patterns = check_arguments(log, log_freq, log_graph, include, exclude, bins, owner)
-        self._core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins, owner)
-        self._optimizer_steps: dict[int, int] = {}  # steps of each optimizer, with several
-
-    # not ``log``: Lightning sets ``callback.log = pl_module.log`` on every callback at fit start
-    log_mode = Option[str]('What is logged: ``"gradients"``, ``"parameters"`` or ``"all"`` (the ``log`` argument).',
-                           via="_core")
-    log_freq = Option[int]("Optimizer steps between two logs.", via="_core")
-    log_graph = Option[bool]("Whether the module graph is logged from the first training batch of each fit.",
-                             via="_core")
-    include = Option["list[str] | None"]("Parameter-name patterns to watch (``None``: every trainable parameter).",
-                                        via="_core")
-    exclude = Option["list[str] | None"]("Parameter-name patterns not to watch.", via="_core")
-    bins = Option[int]("Bins per histogram.", via="_core")
-
     @property
     def log_gradients(self) -> bool:
         """Whether gradient histograms are logged."""
-        return self._core.log_gradients
+        return self.options.log_gradients
 
     @property
     def log_parameters(self) -> bool:
         """Whether parameter histograms are logged."""
-        return self._core.log_parameters
-
-    @property
-    def watched_names(self) -> list[str]:
-        """Names of the parameters watched in the current fit (empty outside a fit and off rank 0)."""
-        return self._core.watched_names
+        return self.options.log_parameters
 
     # ----------------------------------------------------------------------------------------- hooks
 
@@ -151,25 +118,25 @@ class WatchModel(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._core.release()
+        self.core.release()
         if trainer.global_step == 0:  # a fresh fit; a resumed or continued one keeps counting
-            self._optimizer_steps = {}
-        watched = self._core.select(pl_module)
+            self.core.optimizer_steps = {}
+        watched = self.core.select(pl_module)
         if trainer.global_rank != 0:
             return
-        self._core.start(run_of(require_wandb_logger(trainer, type(self).__name__), trainer.global_rank), watched)
+        self.core.start(run_of(require_wandb_logger(trainer, type(self).__name__), trainer.global_rank), watched)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._core.arm_graph(pl_module)
+        self.core.arm_graph(pl_module)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._core.finish_graph()
+        self.core.finish_graph()
 
     @override
     def on_before_optimizer_step(
@@ -179,36 +146,36 @@ class WatchModel(Callback):
         if len(optimizers) < 2:
             # runs on every optimizer step: leave on an integer test unless this step logs
             step = trainer.global_step
-            if step % self._core.log_freq:
+            if step % self.options.log_freq:
                 return
-            self._core.log_histograms(step, lightning_step(trainer))
+            self.core.log_histograms(step, lightning_step(trainer))
             return
         # several optimizers (manual optimization): each one's steps are counted apart, and at its
         # log steps the parameters it owns are logged, their gradients fresh
         index = next((i for i, opt in enumerate(optimizers) if opt is optimizer), -1)
-        step = self._optimizer_steps.get(index, 0)
-        self._optimizer_steps[index] = step + 1
-        if step % self._core.log_freq == 0:
-            self._core.log_histograms(step, lightning_step(trainer), optimizer)
+        step = self.core.optimizer_steps.get(index, 0)
+        self.core.optimizer_steps[index] = step + 1
+        if step % self.options.log_freq == 0:
+            self.core.log_histograms(step, lightning_step(trainer), optimizer)
 
     @override
     def state_dict(self) -> dict[str, Any]:
         # the steps of each optimizer of a model with several, so that a resumed fit goes on counting
-        return {"optimizer_steps": dict(self._optimizer_steps)} if self._optimizer_steps else {}
+        return {"optimizer_steps": dict(self.core.optimizer_steps)} if self.core.optimizer_steps else {}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
+        self.core.optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._core.release()
+        self.core.release()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._core.release()
+        self.core.release()
         finish_after_interrupted_cell(trainer, exception)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._core.release()
+        self.core.release()

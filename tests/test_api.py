@@ -347,7 +347,7 @@ def test_fabric_classes_name_themselves_in_core_errors_and_warnings() -> None:
         watch.core.select(nn.Linear(2, 2))
     trainer_watch = WatchModel(include=["nothing.*"])
     with pytest.warns(LWCallbacksWarning, match=r"^WatchModel: these patterns"):
-        trainer_watch._core.select(nn.Linear(2, 2))
+        trainer_watch.core.select(nn.Linear(2, 2))
 
     samples = FabricPredictionSamples()
     with pytest.raises(ConfigurationError, match=r"^FabricPredictionSamples: cannot read a batch of type int"):

@@ -1,6 +1,6 @@
 """Parameter selection, histogram computation and logging at a step, and graph recording.
 
-:func:`check_arguments` validates the options; a :class:`HistogramCore` selects a module's
+:class:`WatchOptions` holds the checked options; a :class:`HistogramCore` selects a module's
 parameters, logs ``gradients/<name>`` / ``parameters/<name>`` histograms at a logging step through
 the doorway, records the module graph from one forward pass, and removes every hook it installed.
 """
@@ -10,16 +10,17 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lw_callbacks._errors import ConfigurationError, WarnOnce, warn
+from lw_callbacks._errors import ConfigurationError, Option, WarnOnce, warn
 from lw_callbacks._wandb import log, update_summary
 
-__all__ = ["GRAPH_KEY", "LOG_CHOICES", "MAX_BINS", "HistogramCore", "check_arguments", "histograms"]
+__all__ = ["GRAPH_KEY", "LOG_CHOICES", "MAX_BINS", "HistogramCore", "WatchBase", "WatchOptions", "histograms"]
 
 LOG_CHOICES = ("gradients", "parameters", "all")
 MAX_BINS = 512  # wandb.Histogram.MAX_LENGTH
@@ -28,71 +29,49 @@ GRAPH_KEY = "graph_0"
 OWNER = "WatchModel"  # the name warnings give, for the Trainer callback and the Fabric class
 
 
-def check_arguments(
-    log: Any, log_freq: Any, log_graph: Any, include: Any, exclude: Any, bins: Any, owner: str = OWNER
-) -> tuple[list[str] | None, list[str] | None]:
-    """Validate ``WatchModel``'s arguments; returns ``include`` and ``exclude`` as lists of patterns.
+@dataclass(frozen=True)
+class WatchOptions:
+    """The options of one ``WatchModel`` or ``FabricWatchModel``, checked once by :meth:`check`."""
 
-    Raises:
-        ConfigurationError: for any argument ``WatchModel`` does not accept, naming it and the fix.
-    """
-    if log not in LOG_CHOICES:
-        raise ConfigurationError(
-            f"{owner}(log={log!r}) is not supported: `log` must be one of "
-            f"{', '.join(repr(c) for c in LOG_CHOICES)}. To log nothing, leave {owner} out of the callbacks."
-        )
-    if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
-        raise ConfigurationError(
-            f"{owner}(log_freq={log_freq!r}) is not supported: `log_freq` must be an int >= 1 "
-            "(the number of optimizer steps between two logs), e.g. log_freq=100."
-        )
-    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
-        raise ConfigurationError(
-            f"{owner}(bins={bins!r}) is not supported: `bins` must be an int from 1 to {MAX_BINS} "
-            "(W&B keeps at most 512 bins per histogram), e.g. bins=64."
-        )
-    if not isinstance(log_graph, bool):
-        raise ConfigurationError(
-            f"{owner}(log_graph={log_graph!r}) is not supported: `log_graph` must be True or False, "
-            f"got {type(log_graph).__name__}."
-        )
-    return _patterns("include", include, owner), _patterns("exclude", exclude, owner)
+    log_mode: str = "gradients"
+    log_freq: int = 100
+    log_graph: bool = False
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    bins: int = 64
+    owner: str = field(default=OWNER, compare=False)  # the class the user built, named in messages
 
+    @classmethod
+    def check(
+        cls, log: Any, log_freq: Any, log_graph: Any, include: Any, exclude: Any, bins: Any, owner: str = OWNER
+    ) -> WatchOptions:
+        """The options of the constructor's arguments, ``include`` / ``exclude`` as lists of patterns.
 
-class HistogramCore:
-    """The histograms and graph of one ``WatchModel`` (Trainer or Fabric); options as validated by
-    :func:`check_arguments`. Between :meth:`start` and :meth:`release` it holds the run and the
-    watched parameters; only global rank 0 starts it."""
-
-    def __init__(
-        self,
-        log_mode: str = "gradients",
-        log_freq: int = 100,
-        log_graph: bool = False,
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-        bins: int = 64,
-        owner: str = OWNER,
-    ) -> None:
-        self.owner = owner  # the class the user built, named in warnings
-        self.log_mode = log_mode
-        self.log_freq = log_freq
-        self.log_graph = log_graph
-        self.include = include
-        self.exclude = exclude
-        self.bins = bins
-        self._run: Any | None = None
-        self._watched: list[tuple[str, nn.Parameter]] = []
-        self._last_step: int | None = None
-        self._graph_pending = False
-        self._graph: Any | None = None
-        self._graph_handles: list[Any] = []
-        self._warnings = WarnOnce()
-
-    @property
-    def run(self) -> Any | None:
-        """The run histograms are logged to (between :meth:`start` and :meth:`release`, on rank 0)."""
-        return self._run
+        Raises:
+            ConfigurationError: for any argument ``WatchModel`` does not accept, naming it and the fix.
+        """
+        if log not in LOG_CHOICES:
+            raise ConfigurationError(
+                f"{owner}(log={log!r}) is not supported: `log` must be one of "
+                f"{', '.join(repr(c) for c in LOG_CHOICES)}. To log nothing, leave {owner} out of the callbacks."
+            )
+        if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
+            raise ConfigurationError(
+                f"{owner}(log_freq={log_freq!r}) is not supported: `log_freq` must be an int >= 1 "
+                "(the number of optimizer steps between two logs), e.g. log_freq=100."
+            )
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= MAX_BINS:
+            raise ConfigurationError(
+                f"{owner}(bins={bins!r}) is not supported: `bins` must be an int from 1 to {MAX_BINS} "
+                "(W&B keeps at most 512 bins per histogram), e.g. bins=64."
+            )
+        if not isinstance(log_graph, bool):
+            raise ConfigurationError(
+                f"{owner}(log_graph={log_graph!r}) is not supported: `log_graph` must be True or False, "
+                f"got {type(log_graph).__name__}."
+            )
+        return cls(log, log_freq, log_graph, _patterns("include", include, owner), _patterns("exclude", exclude, owner),
+                   bins, owner)
 
     @property
     def log_gradients(self) -> bool:
@@ -103,6 +82,69 @@ class HistogramCore:
     def log_parameters(self) -> bool:
         """Whether parameter histograms are logged."""
         return self.log_mode in ("parameters", "all")
+
+
+class WatchBase:
+    """The constructor and the read-only options shared by ``WatchModel`` and ``FabricWatchModel``: the
+    options checked once into :class:`WatchOptions`, and the :class:`HistogramCore` that uses them."""
+
+    def __init__(
+        self,
+        log: Literal["gradients", "parameters", "all"] = "gradients",
+        log_freq: int = 100,
+        log_graph: bool = False,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        bins: int = 64,
+    ) -> None:
+        super().__init__()
+        self._options = WatchOptions.check(log, log_freq, log_graph, include, exclude, bins, type(self).__name__)
+        self.core = HistogramCore(self._options)
+
+    @property
+    def options(self) -> WatchOptions:
+        """The checked options (frozen), shared with the core."""
+        return self._options
+
+    @property
+    def watched_names(self) -> list[str]:
+        """Names of the watched parameters (rank 0, while watching; empty otherwise)."""
+        return self.core.watched_names
+
+    # not ``log``: Lightning sets ``callback.log = pl_module.log`` on every callback at fit start
+    log_mode = Option[str](
+        'What is logged: ``"gradients"``, ``"parameters"`` or ``"all"`` (the ``log`` argument).', via="options"
+    )
+    log_freq = Option[int]("Optimizer steps between two logs.", via="options")
+    log_graph = Option[bool]("Whether the module graph is logged from the first training batch.", via="options")
+    include = Option["list[str] | None"]("Parameter-name patterns to watch (``None``: every trainable one).",
+                                        via="options")
+    exclude = Option["list[str] | None"]("Parameter-name patterns not to watch.", via="options")
+    bins = Option[int]("Bins per histogram.", via="options")
+
+
+class HistogramCore:
+    """The histograms and graph of one ``WatchModel`` (Trainer or Fabric), with its :class:`WatchOptions`.
+    Between :meth:`start` and :meth:`release` it holds the run and the watched parameters; only global
+    rank 0 starts it."""
+
+    def __init__(self, options: WatchOptions) -> None:
+        self.options = options
+        self.owner = options.owner  # the class the user built, named in warnings
+        self._run: Any | None = None
+        self._watched: list[tuple[str, nn.Parameter]] = []
+        self._last_step: int | None = None
+        self._graph_pending = False
+        self._graph: Any | None = None
+        self._graph_handles: list[Any] = []
+        self._warnings = WarnOnce()
+        # optimizer steps counted, per optimizer (a model with several), so that a resumed fit goes on counting
+        self.optimizer_steps: dict[int, int] = {}
+
+    @property
+    def run(self) -> Any | None:
+        """The run histograms are logged to (between :meth:`start` and :meth:`release`, on rank 0)."""
+        return self._run
 
     @property
     def watched_names(self) -> list[str]:
@@ -115,7 +157,7 @@ class HistogramCore:
         names = [n for n, _ in trainable]
         unmatched = tuple(
             f"{kind}={pattern!r}"
-            for kind, patterns in (("include", self.include), ("exclude", self.exclude))
+            for kind, patterns in (("include", self.options.include), ("exclude", self.options.exclude))
             for pattern in patterns or ()
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
         )
@@ -128,8 +170,8 @@ class HistogramCore:
         watched = [
             (n, p)
             for n, p in trainable
-            if (self.include is None or any(fnmatch.fnmatchcase(n, pat) for pat in self.include))
-            and not any(fnmatch.fnmatchcase(n, pat) for pat in self.exclude or ())
+            if (self.options.include is None or any(fnmatch.fnmatchcase(n, pat) for pat in self.options.include))
+            and not any(fnmatch.fnmatchcase(n, pat) for pat in self.options.exclude or ())
         ]
         if not watched:
             why = "it has no trainable parameter" if not trainable else "`include` / `exclude` leave none"
@@ -146,7 +188,7 @@ class HistogramCore:
             return False
         self._watched = watched
         self._last_step = None
-        self._graph_pending = self.log_graph
+        self._graph_pending = self.options.log_graph
         return True
 
     def log_histograms(self, step: int, wandb_step: int | None = None, optimizer: Any | None = None) -> None:
@@ -157,7 +199,7 @@ class HistogramCore:
         only the watched parameters in its ``param_groups`` are logged: their gradients are the ones
         it is about to step with, while the others' may be left over from another optimizer's step.
         """
-        if self._run is None or step % self.log_freq != 0 or not self._watched:
+        if self._run is None or step % self.options.log_freq != 0 or not self._watched:
             return
         if optimizer is None:
             if step == self._last_step:
@@ -168,12 +210,12 @@ class HistogramCore:
             owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
             watched = [(n, p) for n, p in self._watched if id(p) in owned]
         tensors: list[tuple[str, Tensor]] = []
-        if self.log_gradients:
+        if self.options.log_gradients:
             tensors += [(f"gradients/{n}", p.grad) for n, p in watched if p.grad is not None]
-        if self.log_parameters:
+        if self.options.log_parameters:
             tensors += [(f"parameters/{n}", p) for n, p in watched]
         try:
-            payload = histograms(tensors, self.bins)  # both kinds in one pass
+            payload = histograms(tensors, self.options.bins)  # both kinds in one pass
         except Exception as err:  # a logging failure must never end a training run
             warn(
                 f"{self.owner}: computing histograms at step {step} failed ({type(err).__name__}: {err}); "

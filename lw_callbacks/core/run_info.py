@@ -10,22 +10,23 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
-from lw_callbacks._errors import check_bool, warn
+from lw_callbacks._errors import Option, check_bool, warn
 from lw_callbacks._wandb import run_folder, warning_cache
 
-__all__ = ["SharedRun", "check_flag", "describe_run", "pack_config", "run_config", "sweep_values", "unpack_config"]
-
-
-def check_flag(name: str, value: Any, owner: str = "ShareRunDir") -> bool:
-    """``value`` if it is a ``bool``.
-
-    Raises:
-        ConfigurationError: otherwise, naming ``owner``'s argument ``name``.
-    """
-    return check_bool(owner, name, value)
+__all__ = [
+    "RunDirOptions",
+    "ShareRunDirMixin",
+    "SharedRun",
+    "describe_run",
+    "pack_config",
+    "run_config",
+    "sweep_values",
+    "unpack_config",
+]
 
 
 def _plain(value: Any) -> Any:
@@ -158,3 +159,71 @@ class SharedRun:
                 all_ranks=True,
             )
         return True
+
+
+@dataclass(frozen=True)
+class RunDirOptions:
+    """The options of one ``ShareRunDir`` or ``FabricShareRunDir``, checked once by :meth:`check`."""
+
+    set_env: bool = True
+    checkpoints_in_run_dir: bool = False
+    apply_config_to_hparams: bool = False
+    owner: str = field(default="ShareRunDir", compare=False)  # the class the user built, named in messages
+
+    @classmethod
+    def check(cls, owner: str, **flags: Any) -> RunDirOptions:
+        """The options of the constructor's arguments (each a ``bool``).
+
+        Raises:
+            ConfigurationError: for an argument that is not a ``bool``, naming it.
+        """
+        return cls(**{name: check_bool(owner, name, value) for name, value in flags.items()}, owner=owner)
+
+
+T = TypeVar("T")
+
+
+class _Found(Generic[T]):
+    """What rank 0's run told this rank: the attribute of the same name of the object's ``SharedRun``,
+    readable and assignable (a result, not an option)."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _Found[T]: ...
+
+    @overload
+    def __get__(self, obj: ShareRunDirMixin, objtype: type | None = None) -> T: ...
+
+    def __get__(self, obj: ShareRunDirMixin | None, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj._shared, self.name)
+
+    def __set__(self, obj: ShareRunDirMixin, value: T) -> None:
+        setattr(obj._shared, self.name, value)
+
+
+class ShareRunDirMixin:
+    """The options of a ``ShareRunDir`` or ``FabricShareRunDir`` (read-only) and what it found (the
+    run's folder, id, name and config), as attributes of the object that keeps them under ``_options``
+    and ``_shared``."""
+
+    _options: RunDirOptions
+    _shared: SharedRun
+
+    @property
+    def options(self) -> RunDirOptions:
+        """The checked options (frozen)."""
+        return self._options
+
+    set_env = Option[bool]("Whether ``WANDB_DIR`` is set on every rank to rank 0's W&B folder.", via="options")
+    run_dir = _Found["Path | None"]("The run's own folder.")
+    files_dir = _Found["Path | None"]("``run_dir / \"files\"``: files there are uploaded with the run.")
+    wandb_dir = _Found["Path | None"]("The root W&B writes under; the value ``WANDB_DIR`` gets.")
+    run_id = _Found["str | None"]("The run's id.")
+    run_name = _Found["str | None"]("The run's display name.")
+    config = _Found["dict[str, Any]"]("The run's config, the same plain ``dict`` on every rank (a sweep's values).")

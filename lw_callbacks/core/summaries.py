@@ -1,6 +1,6 @@
 """Summary bookkeeping: which aggregates W&B keeps for which metric, and when each best value happened.
 
-:func:`check_arguments` validates the options; a :class:`SummaryCore` resolves them into named and
+:class:`SummaryOptions` holds the checked options; a :class:`SummaryCore` resolves them into named and
 glob definitions, defines them on a run, observes the values logged at a step (and epoch), and at
 the end writes each min / max entry's best step and epoch into the run summary through the doorway.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lw_callbacks import _errors
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import ConfigurationError, Option, check_bool
 from lw_callbacks._wandb import STEP_KEY, define_metric, update_summary
 
 __all__ = [
@@ -23,8 +23,9 @@ __all__ = [
     "SUMMARY_KINDS",
     "Spec",
     "SummaryCore",
+    "SummaryOptions",
+    "SummaryOptionsMixin",
     "SummaryValue",
-    "check_arguments",
 ]
 
 OWNER = "MetricSummaries"  # the name warnings and errors give, for the Trainer callback and the Fabric class
@@ -59,72 +60,95 @@ class Spec:
         return ",".join(self.summary) if self.summary else None
 
 
-def check_arguments(
-    summaries: Any,
-    from_callbacks: Any,
-    hidden: Any,
-    dataloader_suffixes: Any,
-    record_best_step: Any,
-    warn_missing: Any,
-    owner: str = OWNER,
-) -> tuple[dict[str, tuple[str, ...]], bool | tuple[str, ...]]:
-    """Validate ``MetricSummaries``' arguments; returns the parsed ``summaries`` and ``hidden``.
+@dataclass(frozen=True)
+class SummaryOptions:
+    """The options of one ``MetricSummaries`` or ``FabricMetricSummaries``, checked once by :meth:`check`."""
 
-    Raises:
-        ConfigurationError: for any argument ``MetricSummaries`` does not accept, naming it and the fix.
-    """
-    for flag, value in (
-        ("from_callbacks", from_callbacks),
-        ("dataloader_suffixes", dataloader_suffixes),
-        ("record_best_step", record_best_step),
-        ("warn_missing", warn_missing),
-    ):
-        if not isinstance(value, bool):
+    summaries: dict[str, tuple[str, ...]]
+    from_callbacks: bool = True
+    hidden: bool | tuple[str, ...] = False
+    dataloader_suffixes: bool = False
+    record_best_step: bool = True
+    warn_missing: bool = True
+    owner: str = field(default=OWNER, compare=False)  # the class the user built, named in messages
+
+    @classmethod
+    def check(
+        cls,
+        summaries: Any,
+        from_callbacks: Any,
+        hidden: Any,
+        dataloader_suffixes: Any,
+        record_best_step: Any,
+        warn_missing: Any,
+        owner: str = OWNER,
+    ) -> SummaryOptions:
+        """The options of the constructor's arguments, ``summaries`` and ``hidden`` parsed.
+
+        Raises:
+            ConfigurationError: for any argument ``MetricSummaries`` does not accept, naming it and the fix.
+        """
+        for flag, value in (
+            ("from_callbacks", from_callbacks),
+            ("dataloader_suffixes", dataloader_suffixes),
+            ("record_best_step", record_best_step),
+            ("warn_missing", warn_missing),
+        ):
+            check_bool(owner, flag, value)
+        if summaries is None and not from_callbacks:
             raise ConfigurationError(
-                f"{owner}({flag}={value!r}): `{flag}` must be True or False, got {type(value).__name__}."
+                f"{owner}(summaries=None): there is nothing to define. Pass a mapping such as "
+                '`summaries={"val_acc": "max"}`'
+                + ("" if owner.startswith("Fabric") else ", or keep `from_callbacks=True` to derive summaries from "
+                   "the Trainer's ModelCheckpoint / EarlyStopping")
+                + "."
             )
-    if summaries is None and not from_callbacks:
-        raise ConfigurationError(
-            f"{owner}(summaries=None): there is nothing to define. Pass a mapping such as "
-            '`summaries={"val_acc": "max"}`'
-            + ("" if owner.startswith("Fabric") else ", or keep `from_callbacks=True` to derive summaries from "
-               "the Trainer's ModelCheckpoint / EarlyStopping")
-            + "."
-        )
-    parsed = _parse_summaries(summaries, owner)
-    if isinstance(hidden, bool):
-        return parsed, hidden
-    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
-        raise ConfigurationError(
-            f"{owner}(hidden={hidden!r}): `hidden` must be True / False or a list of metric names or suffix globs, "
-            f"got {type(hidden).__name__}."
-            + (f" Write `hidden=[{hidden!r}]` to hide one metric." if isinstance(hidden, str) else "")
-        )
-    return parsed, tuple(_check_key(key, "hidden", owner) for key in hidden)
+        parsed = _parse_summaries(summaries, owner)
+        if not isinstance(hidden, bool):
+            if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+                raise ConfigurationError(
+                    f"{owner}(hidden={hidden!r}): `hidden` must be True / False or a list of metric names or "
+                    f"suffix globs, got {type(hidden).__name__}."
+                    + (f" Write `hidden=[{hidden!r}]` to hide one metric." if isinstance(hidden, str) else "")
+                )
+            hidden = tuple(_check_key(key, "hidden", owner) for key in hidden)
+        return cls(parsed, from_callbacks, hidden, dataloader_suffixes, record_best_step, warn_missing, owner)
+
+
+class SummaryOptionsMixin:
+    """The options shared by ``MetricSummaries`` and ``FabricMetricSummaries``, as read-only attributes of
+    the object that keeps them under ``_options``."""
+
+    _options: SummaryOptions
+
+    @property
+    def options(self) -> SummaryOptions:
+        """The checked options (frozen), shared with the core."""
+        return self._options
+
+    summaries = Option["dict[str, tuple[str, ...]]"](
+        "Metric name or suffix glob -> the aggregates W&B keeps for it (parsed).", via="options"
+    )
+    hidden = Option["bool | tuple[str, ...]"](
+        "``True`` / ``False``, or the names and suffix globs whose charts are hidden.", via="options"
+    )
+    record_best_step = Option[bool](
+        "Whether ``<metric>.best_step`` and ``<metric>.best_epoch`` are written at the end.", via="options"
+    )
+    warn_missing = Option[bool](
+        "Whether entries that matched no logged metric are named in a warning at the end.", via="options"
+    )
 
 
 class SummaryCore:
-    """Definitions, observed values and best steps of one ``MetricSummaries`` (Trainer or Fabric).
-
-    Options are plain attributes (as validated by :func:`check_arguments`). The state saved in a
-    checkpoint (:meth:`state_dict`) is the run id, the best values and the entries seen logged.
+    """Definitions, observed values and best steps of one ``MetricSummaries`` (Trainer or Fabric), with its
+    :class:`SummaryOptions`. The state saved in a checkpoint (:meth:`state_dict`) is the run id, the best
+    values and the entries seen logged.
     """
 
-    def __init__(
-        self,
-        summaries: Mapping[str, tuple[str, ...]],
-        hidden: bool | tuple[str, ...] = False,
-        dataloader_suffixes: bool = False,
-        record_best_step: bool = True,
-        warn_missing: bool = True,
-        owner: str = OWNER,
-    ) -> None:
-        self.owner = owner  # the class the user built, named in warnings
-        self.summaries: dict[str, tuple[str, ...]] = dict(summaries)
-        self.hidden = hidden
-        self.dataloader_suffixes = dataloader_suffixes
-        self.record_best_step = record_best_step
-        self.warn_missing = warn_missing
+    def __init__(self, options: SummaryOptions) -> None:
+        self.options = options
+        self.owner = options.owner  # the class the user built, named in warnings
         # What the logger puts before every key it sends (WandbLogger(prefix="p") sends "p-<key>").
         self.prefix = ""
         self.separator = "-"
@@ -183,12 +207,12 @@ class SummaryCore:
         key -> (its modes, ``"min"`` / ``"max"``, and the name of the callback it comes from)."""
         names: dict[str, Spec] = {}
         globs: dict[str, Spec] = {}
-        hide_all = self.hidden is True
-        for key, summary in self.summaries.items():
+        hide_all = self.options.hidden is True
+        for key, summary in self.options.summaries.items():
             spec = Spec(summary=summary, hidden=hide_all)
             (globs if key.endswith("*") else names)[key.rstrip("*") if key.endswith("*") else key] = spec
-        if isinstance(self.hidden, tuple):
-            for key in self.hidden:
+        if isinstance(self.options.hidden, tuple):
+            for key in self.options.hidden:
                 table, bare = (globs, key[:-1]) if key.endswith("*") else (names, key)
                 old = table.get(bare)
                 table[bare] = Spec(summary=old.summary if old else (), hidden=True,
@@ -202,7 +226,7 @@ class SummaryCore:
             names[key] = spec
         self._names, self._globs = names, globs
         # names too: a metric logged with on_step and on_epoch reaches W&B as `<name>_epoch`, defined when seen
-        self._needs_scan = bool(globs) or self.dataloader_suffixes or bool(names)
+        self._needs_scan = bool(globs) or self.options.dataloader_suffixes or bool(names)
 
     def _spec_for(self, key: str) -> tuple[str, Spec] | None:
         """The entry (name or glob) that applies to a logged key, and its spec: name beats glob,
@@ -210,7 +234,7 @@ class SummaryCore:
         of ``<name>/dataloader_idx_N`` counts as a name."""
         if key in self._names:
             return key, self._names[key]
-        if self.dataloader_suffixes:
+        if self.options.dataloader_suffixes:
             match = DATALOADER_SUFFIX.match(key)
             if match and match["base"] in self._names:
                 return match["base"], self._names[match["base"]]
@@ -219,7 +243,7 @@ class SummaryCore:
         forked_key = FORKED.match(key)
         if forked_key and forked_key["kind"] == "epoch":
             plain = forked_key["base"] + (forked_key["suffix"] or "")
-            for entry in (plain, forked_key["base"] if self.dataloader_suffixes else None):
+            for entry in (plain, forked_key["base"] if self.options.dataloader_suffixes else None):
                 if entry is not None and entry in self._names:
                     return entry, self._names[entry]
         prefix = max((p for p in self._globs if key.startswith(p)), key=len, default=None)
@@ -255,7 +279,7 @@ class SummaryCore:
             self._current_run = run
         for name, spec in self._names.items():
             self._define(run, name, spec)
-            if self.dataloader_suffixes and not DATALOADER_SUFFIX.match(name):
+            if self.options.dataloader_suffixes and not DATALOADER_SUFFIX.match(name):
                 self._define(run, f"{name}/dataloader_idx_*", spec)
         for prefix, spec in self._globs.items():
             self._define(run, prefix + "*", spec)
@@ -321,7 +345,7 @@ class SummaryCore:
                 continue
             self._seen.add(found[0])
             directions = [d for d in ("min", "max") if d in found[1].summary]
-            if not directions or not self.record_best_step:
+            if not directions or not self.options.record_best_step:
                 continue
             try:
                 number = float(value)
@@ -341,7 +365,7 @@ class SummaryCore:
         if not self._active or run is None:
             return
         payload: dict[str, int] = {}
-        if self.record_best_step and self._best:
+        if self.options.record_best_step and self._best:
             for key, best in self._best.items():
                 single = len(best) == 1
                 name = self.wandb_key(key)
@@ -350,12 +374,12 @@ class SummaryCore:
                     payload[f"{name}.{label}_step"] = int(step)
                     if epoch is not None:  # a Fabric loop may give no epoch
                         payload[f"{name}.{label}_epoch"] = int(epoch)
-        if self.record_best_step:
+        if self.options.record_best_step:
             for monitor, step in self._checkpoint_steps.items():
                 payload[f"{self.wandb_key(self.logged_key(monitor))}.best_checkpoint_step"] = int(step)
         if payload:
             update_summary(run, payload, self.owner)
-        if warn and self.warn_missing:
+        if warn and self.options.warn_missing:
             elsewhere = _run_keys(run)  # logged around Lightning, e.g. by LearningRateMonitor
             missing = [
                 k for k in self._entry_names()

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lw_callbacks._errors import Option
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
-from lw_callbacks.core.run_info import SharedRun, check_flag, describe_run
+from lw_callbacks.core.run_info import RunDirOptions, SharedRun, ShareRunDirMixin, describe_run
 
 
-class FabricShareRunDir:
+class FabricShareRunDir(ShareRunDirMixin):
     r"""Make rank 0's W&B run folder, id, name and config known on every rank of a Fabric job.
 
     :meth:`share_run_dir` starts the run on global rank 0 (if it has not started), broadcasts its
@@ -48,45 +47,13 @@ class FabricShareRunDir:
     """
 
     def __init__(self, set_env: bool = True) -> None:
-        self._set_env = check_flag("set_env", set_env, type(self).__name__)
-        self.core = SharedRun(type(self).__name__)
-
-    set_env = Option[bool]("Whether ``WANDB_DIR`` is set on every rank to rank 0's W&B folder.")
+        self._options = RunDirOptions.check(type(self).__name__, set_env=set_env)
+        self._shared = SharedRun(type(self).__name__)
 
     def share_run_dir(self, fabric: Any) -> Path | None:
         """Broadcast rank 0's run folder to every rank; returns it (``None`` when W&B is disabled)."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         info = describe_run(run_of(logger, 0), logger, type(self).__name__) if fabric.global_rank == 0 else None
         info = fabric.broadcast(info, src=0)  # every rank enters it
-        self.core.adopt(info, fabric.global_rank, self._set_env)
-        return self.core.run_dir
-
-    @property
-    def run_dir(self) -> Path | None:
-        """The run's own folder."""
-        return self.core.run_dir
-
-    @property
-    def files_dir(self) -> Path | None:
-        """``run_dir / "files"``: files there are uploaded with the run."""
-        return self.core.files_dir
-
-    @property
-    def wandb_dir(self) -> Path | None:
-        """The root W&B writes under; the value ``WANDB_DIR`` gets."""
-        return self.core.wandb_dir
-
-    @property
-    def run_id(self) -> str | None:
-        """The run's id."""
-        return self.core.run_id
-
-    @property
-    def run_name(self) -> str | None:
-        """The run's display name."""
-        return self.core.run_name
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The run's config, the same plain ``dict`` on every rank (a sweep's values included)."""
-        return self.core.config
+        self._shared.adopt(info, fabric.global_rank, self.set_env)
+        return self._shared.run_dir

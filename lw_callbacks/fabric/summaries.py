@@ -6,13 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lw_callbacks import _state
-from lw_callbacks._errors import Option
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
-from lw_callbacks.core.summaries import SummaryCore, SummaryValue
-from lw_callbacks.core.summaries import check_arguments as summary_arguments
+from lw_callbacks.core.summaries import SummaryCore, SummaryOptions, SummaryOptionsMixin, SummaryValue
 
 
-class FabricMetricSummaries:
+class FabricMetricSummaries(SummaryOptionsMixin):
     r"""Define W&B summaries (min / max / mean / first / last) of metrics logged with ``fabric.log_dict``.
 
     :meth:`define_summaries` sends each ``define_metric`` with the ``trainer/global_step`` x-axis
@@ -58,21 +56,11 @@ class FabricMetricSummaries:
         record_best_step: bool = True,
         warn_missing: bool = True,
     ) -> None:
-        owner = type(self).__name__
-        parsed, hidden_keys = summary_arguments(summaries, False, hidden, False, record_best_step, warn_missing, owner)
-        self.core = SummaryCore(
-            parsed, hidden=hidden_keys, record_best_step=record_best_step, warn_missing=warn_missing, owner=owner
+        self._options = SummaryOptions.check(
+            summaries, False, hidden, False, record_best_step, warn_missing, type(self).__name__
         )
+        self.core = SummaryCore(self._options)
         self._observed = False
-
-    summaries = Option["dict[str, tuple[str, ...]]"](
-        "Metric name or suffix glob -> the aggregates W&B keeps for it (parsed).", via="core"
-    )
-    hidden = Option["bool | tuple[str, ...]"](
-        "``True`` / ``False``, or the names and suffix globs whose charts are hidden.", via="core"
-    )
-    record_best_step = Option[bool]("Whether ``<metric>.best_step`` / ``.best_epoch`` are written.", via="core")
-    warn_missing = Option[bool]("Whether entries that matched no logged metric are named in a warning.", via="core")
 
     def define_summaries(self, fabric: Any) -> None:
         """Define every entry on the run (global rank 0; a no-op elsewhere). Call it once, before logging."""

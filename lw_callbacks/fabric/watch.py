@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from lw_callbacks._errors import ConfigurationError, Option
+from lw_callbacks._errors import ConfigurationError
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
-from lw_callbacks.core.histograms import HistogramCore
-from lw_callbacks.core.histograms import check_arguments as histogram_arguments
+from lw_callbacks.core.histograms import WatchBase
 from lw_callbacks.fabric._common import unwrap
 
 
-class FabricWatchModel:
+class FabricWatchModel(WatchBase):
     r"""Gradient and parameter histograms of a model trained in a Fabric loop, and a clean unwatch.
 
     :meth:`watch` selects the parameters (``include`` / ``exclude``) and puts one hook on the
@@ -61,35 +60,7 @@ class FabricWatchModel:
         []
     """
 
-    def __init__(
-        self,
-        log: Literal["gradients", "parameters", "all"] = "gradients",
-        log_freq: int = 100,
-        log_graph: bool = False,
-        include: str | Sequence[str] | None = None,
-        exclude: str | Sequence[str] | None = None,
-        bins: int = 64,
-    ) -> None:
-        owner = type(self).__name__
-        include_patterns, exclude_patterns = histogram_arguments(
-            log, log_freq, log_graph, include, exclude, bins, owner
-        )
-        self.core = HistogramCore(log, log_freq, log_graph, include_patterns, exclude_patterns, bins, owner)
-        self._handle: Any = None
-        self._steps = 0
-
-    log_mode = Option[str]('What is logged: ``"gradients"``, ``"parameters"`` or ``"all"`` (the ``log`` argument).',
-                           via="core")
-    log_freq = Option[int]("Optimizer steps between two logs.", via="core")
-    log_graph = Option[bool]("Whether the module graph is logged from the first forward.", via="core")
-    include = Option["list[str] | None"]("Parameter-name patterns to watch (``None``: every one).", via="core")
-    exclude = Option["list[str] | None"]("Parameter-name patterns not to watch.", via="core")
-    bins = Option[int]("Bins per histogram.", via="core")
-
-    @property
-    def watched_names(self) -> list[str]:
-        """Names of the watched parameters (rank 0, between watch and unwatch)."""
-        return self.core.watched_names
+    _handle: RemovableHandle | None = None  # the optimizer's step hook, while watching
 
     def watch(self, fabric: Any, model: nn.Module, optimizer: Any) -> None:
         """Start watching ``model``, whose parameters ``optimizer`` steps (both as ``fabric.setup`` returned)."""
@@ -108,14 +79,15 @@ class FabricWatchModel:
             return
         if not core.start(run_of(logger, 0), watched):
             return
-        self._steps = 0
+        core.optimizer_steps = {0: 0}
         core.arm_graph(module)  # with log_graph: recorded during the first forward
         self._handle = inner.register_step_pre_hook(self._before_step)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.core.finish_graph()
-        self.core.log_histograms(self._steps)
-        self._steps += 1
+        step = self.core.optimizer_steps.get(0, 0)  # optimizer steps since watch
+        self.core.log_histograms(step)
+        self.core.optimizer_steps[0] = step + 1
 
     def unwatch(self, fabric: Any = None) -> None:
         """Remove the optimizer hook and any graph hook; drop the references to the model."""

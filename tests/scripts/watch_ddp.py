@@ -28,7 +28,7 @@ def main(save_dir: str) -> None:
             self.watched: list[str] = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
-            self.has_run.append(self.watch._core.run is not None)
+            self.has_run.append(self.watch.core.run is not None)
             self.watched = self.watch.watched_names
 
     watch = WatchModel(log="all", log_freq=2)
