@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lw_callbacks.core import uploader
+from lw_callbacks.core import files, jobs
 
 
 def timed(fn, rounds: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -51,26 +51,26 @@ def main() -> None:
         n["i"] += 1
         return str(staging / f"{n['i']:06d}.ckpt")
 
-    sig = uploader.signature(os.stat(src))
+    sig = files.signature(os.stat(src))
 
     def link() -> None:
-        uploader.hand_over(str(src), dst())
+        files.hand_over(str(src), dst())
 
     def link_claim(sync: bool = False) -> None:
         path = dst()
-        uploader.hand_over(str(src), path)
-        job = uploader.Job(0, "c", str(src), path, sig[2], sig, None, {}, [], run_id="r")
-        uploader.write_note(job, sync=sync)
+        files.hand_over(str(src), path)
+        job = jobs.Job(0, "c", str(src), path, sig[2], sig, None, {}, [], run_id="r")
+        jobs.write_note(job, sync=sync)
 
     def copy_now() -> None:
-        uploader.reflink_or_copy(str(src), dst())
+        files.reflink_or_copy(str(src), dst())
 
     def descriptor() -> None:
-        os.close(uploader.open_source(str(src)))
+        os.close(files.open_source(str(src)))
 
     def worker() -> None:
-        uploader.md5_b64(src)
-        os.remove(uploader.copy_for_wandb(str(src)))
+        files.md5_b64(src)
+        os.remove(files.copy_for_wandb(str(src)))
 
     results = {}
     for name, fn in [("link", link), ("link + claim", link_claim),

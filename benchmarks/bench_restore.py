@@ -40,7 +40,7 @@ def _logged_run(root: Path, size: int) -> tuple[str, Path]:
 
 def _case(label: str, size: int, rounds: int) -> None:
     from lw_callbacks.checkpoints import restore_checkpoint
-    from lw_callbacks.core import uploader as _uploader
+    from lw_callbacks.core import files as _files
     from lw_callbacks.records import read_run
 
     root = Path(tempfile.mkdtemp(prefix="lwbench-restore-"))
@@ -57,7 +57,7 @@ def _case(label: str, size: int, rounds: int) -> None:
     def run_a() -> float:
         out = fresh()
         start = time.perf_counter()
-        assert _uploader.md5_b64(staged) == entry.digest
+        assert _files.md5_b64(staged) == entry.digest
         target = out / f"{name}-v0" / "model.ckpt"
         target.parent.mkdir(parents=True)
         os.link(staged, target)

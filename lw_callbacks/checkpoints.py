@@ -26,7 +26,8 @@ from typing_extensions import override
 from lw_callbacks import _compat, _state
 from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_path, warn
 from lw_callbacks._wandb import finish_after_interrupted_cell, get_run, lightning_step, require_wandb_logger
-from lw_callbacks.core import uploader as files
+from lw_callbacks.core import files
+from lw_callbacks.core.jobs import DUPLICATE, SENT, SKIPPED, UPLOADED
 from lw_callbacks.core.publish import (
     LOGGED,
     OWNER,
@@ -41,7 +42,6 @@ from lw_callbacks.core.publish import (
     version_aliases,
     version_metadata,
 )
-from lw_callbacks.core.uploader import DUPLICATE, SENT, SKIPPED, UPLOADED
 from lw_callbacks.restore import restore_checkpoint
 
 __all__ = ["UploadCheckpoints", "restore_checkpoint"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from lw_callbacks._errors import ConfigurationError, check_path, check_seconds
 from lw_callbacks._wandb import active_run, public_api, run_is_offline
-from lw_callbacks.core import uploader
+from lw_callbacks.core import files
 from lw_callbacks.core.publish import LOGGED, sanitize
 from lw_callbacks.core.uploader import ENTRY_NAME
 
@@ -269,7 +269,7 @@ def _materialize(name: str, version: Any, out_root: Path) -> Path:
     entry = entries[0]
     source = entry.local_path
     target = out_root / f"{name}-v{version.version}-{_digest_tag(entry.digest)}" / os.path.basename(entry.path)
-    if target.is_file() and target.stat().st_size == entry.size and uploader.md5_b64(target) == entry.digest:
+    if target.is_file() and target.stat().st_size == entry.size and files.md5_b64(target) == entry.digest:
         return target.resolve()  # a verified copy made before
     if not source or not os.path.isfile(source):
         raise FileNotFoundError(
@@ -280,8 +280,8 @@ def _materialize(name: str, version: Any, out_root: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp"
     try:
-        uploader.reflink_or_copy(source, str(tmp))
-        actual = uploader.md5_b64(tmp)
+        files.reflink_or_copy(source, str(tmp))
+        actual = files.md5_b64(tmp)
         if actual != entry.digest:
             raise ValueError(
                 f"restore_checkpoint: the staged file of {name}:v{version.version} ({source}) has md5 {actual}, but "
@@ -302,8 +302,8 @@ def _materialize_folder(name: str, version: Any, out_root: Path) -> Path:
     entries = list(version.entries)
 
     def verified(folder: Path) -> bool:
-        return sorted(uploader.folder_files(str(folder))) == sorted(e.path for e in entries) and all(
-            uploader.md5_b64(folder / e.path) == e.digest for e in entries
+        return sorted(files.folder_files(str(folder))) == sorted(e.path for e in entries) and all(
+            files.md5_b64(folder / e.path) == e.digest for e in entries
         )
 
     if target.is_dir() and verified(target):
@@ -320,8 +320,8 @@ def _materialize_folder(name: str, version: Any, out_root: Path) -> Path:
         for e in entries:
             dst = tmp / e.path
             dst.parent.mkdir(parents=True, exist_ok=True)
-            uploader.reflink_or_copy(str(e.local_path), str(dst))
-            actual = uploader.md5_b64(dst)
+            files.reflink_or_copy(str(e.local_path), str(dst))
+            actual = files.md5_b64(dst)
             if actual != e.digest:
                 raise ValueError(
                     f"restore_checkpoint: the staged file {e.local_path} of {name}:v{version.version} has md5 "

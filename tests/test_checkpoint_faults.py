@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from harness import REPO, SCRIPTS
 
-from lw_callbacks.core import uploader as _uploader
+from lw_callbacks.core import jobs as _jobs
 from lw_callbacks.records import iter_records, read_resumed, segments_of
 
 
@@ -91,7 +91,7 @@ def check_nothing_lost(root: Path, run_id: str, at_kill: dict[str, str]) -> Any:
     for version in records.artifacts(name):
         for entry in version.entries:
             assert entry.local_path and md5(Path(entry.local_path)) == entry.digest
-    assert not list((root / "ckpts").glob(f"{_uploader.STAGING_FOLDER}/{run_id}/*/*"))  # nothing left staged
+    assert not list((root / "ckpts").glob(f"{_jobs.STAGING_FOLDER}/{run_id}/*/*"))  # nothing left staged
     return records
 
 
@@ -224,7 +224,7 @@ def check_row(root: Path, run_id: str, tag: str = "", staging: Path | None = Non
         assert len(digests) == len(set(digests)), digests
     for folder in [root, *(p for p in (staging, ckpts) if p is not None)]:
         assert not [p for p in folder.rglob("*.partial")], "a partial staging copy was left"
-        assert not [p for p in folder.rglob(f"{_uploader.STAGING_FOLDER}/{run_id}/*/*") if p.is_file()], \
+        assert not [p for p in folder.rglob(f"{_jobs.STAGING_FOLDER}/{run_id}/*/*") if p.is_file()], \
             "staged files or claims of the run were left"
     if staging is not None:
         assert not [p for p in staging.rglob("*") if p.is_file()], "staged files were left"

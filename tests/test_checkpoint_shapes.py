@@ -22,7 +22,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lw_callbacks import ConfigurationError
 from lw_callbacks.checkpoints import UploadCheckpoints
-from lw_callbacks.core import uploader as _uploader
+from lw_callbacks.core import files as _files
+from lw_callbacks.core import jobs as _jobs
 from lw_callbacks.core.publish import wait_for_cleanups
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import find_runs, read_run
@@ -208,11 +209,11 @@ def test_folder_checkpoints_one_version_each_restored_as_a_folder_that_resumes(w
     for folder_name, files in kept.items():
         v = by_name[folder_name]
         assert {e.path: e.digest for e in v.entries} == files and v.metadata["folder"] is True
-        assert v.digest == _uploader.manifest_digest(files)  # deduplicated by this digest
+        assert v.digest == _files.manifest_digest(files)  # deduplicated by this digest
         for e in v.entries:
             assert e.local_path and md5(e.local_path) == e.digest
     assert "best" in by_name[Path(mc.best_model_path).name].aliases
-    assert not list(Path("ckpts").glob(f"{_uploader.STAGING_FOLDER}/*/*/*"))  # nothing left staged
+    assert not list(Path("ckpts").glob(f"{_jobs.STAGING_FOLDER}/*/*/*"))  # nothing left staged
 
     starts: list[int] = []
 
@@ -239,7 +240,7 @@ def test_folder_checkpoints_under_ddp_each_rank_writing_its_shard(wandb_env: Pat
     assert len(versions) == len(saved)
     assert sorted(sorted(v["entries"].items()) for v in versions) == sorted(sorted(f.items()) for f in saved.values())
     for v in versions:
-        assert v["digest"] == _uploader.manifest_digest(v["entries"])
+        assert v["digest"] == _files.manifest_digest(v["entries"])
     (best,) = [v for v in versions if "best" in v["aliases"]]
     assert best["entries"] == saved[rank0["best_model_path"]]
     for report in reports:

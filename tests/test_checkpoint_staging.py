@@ -25,7 +25,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from lw_callbacks import ConfigurationError
 from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
-from lw_callbacks.core import uploader as _uploader
+from lw_callbacks.core import files as _files
 from lw_callbacks.core.publish import wait_for_cleanups
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import find_runs, read_resumed, read_run
@@ -93,7 +93,7 @@ def test_staging_disk_filling_up_leaves_no_partial_file(
     wandb_env: Path, shm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     partials: list[str] = []
-    real_write = _uploader._write
+    real_write = _files._write
 
     def fill_up(fh: Any, data: bytes) -> None:  # the disk fills up half-way through each copy
         real_write(fh, data[: len(data) // 2])
@@ -104,8 +104,8 @@ def test_staging_disk_filling_up_leaves_no_partial_file(
     def other_filesystem(src: str, dst: str) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link (injected)")
 
-    monkeypatch.setattr(_uploader, "_link", other_filesystem)
-    monkeypatch.setattr(_uploader, "_write", fill_up)
+    monkeypatch.setattr(_files, "_link", other_filesystem)
+    monkeypatch.setattr(_files, "_write", fill_up)
     mc = ModelCheckpoint(dirpath="ckpts", save_top_k=1, filename="{epoch}")
     seen = Seen("ckpts")
     trainer = make_trainer([UploadCheckpoints(staging_dir=str(shm)), mc, seen], max_epochs=3)
@@ -291,9 +291,8 @@ def test_each_checkpoint_is_hashed_once(wandb_env: Path, monkeypatch: pytest.Mon
 def test_a_checkpoint_rewritten_while_wandb_copies_it_is_not_logged_under_the_old_digest(
     wandb_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lw_callbacks.core import uploader as _uploader
 
-    real = _uploader.copy_for_wandb
+    real = _files.copy_for_wandb
     rewritten: list[str] = []
 
     def rewrite_first(path: str) -> str:
@@ -304,7 +303,7 @@ def test_a_checkpoint_rewritten_while_wandb_copies_it_is_not_logged_under_the_ol
                 fh.write(b"rewritten in place")
         return copy
 
-    monkeypatch.setattr(_uploader, "copy_for_wandb", rewrite_first)
+    monkeypatch.setattr(_files, "copy_for_wandb", rewrite_first)
     mc = ModelCheckpoint(dirpath="ckpts", save_top_k=-1, filename="{epoch}")
     trainer = make_trainer([mc, UploadCheckpoints(progress_bar=False)], max_epochs=2)
     trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))

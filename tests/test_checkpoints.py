@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lw_callbacks.checkpoints import UploadCheckpoints, restore_checkpoint
-from lw_callbacks.core import uploader as _uploader
+from lw_callbacks.core import files as _files
+from lw_callbacks.core import jobs as _jobs
 from lw_callbacks.core.publish import wait_for_cleanups
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.records import ArtifactVersion, RunRecords, find_runs, read_resumed, read_run
@@ -231,7 +232,7 @@ def test_every_saved_checkpoint_uploaded_exactly_once(main: Main) -> None:
 
 
 def test_no_staging_leftovers_and_user_files_untouched(main: Main) -> None:
-    assert not (main.dirpath / _uploader.STAGING_FOLDER).exists()
+    assert not (main.dirpath / _jobs.STAGING_FOLDER).exists()
     # After run A: exactly the files its ModelCheckpoints keep, each with the content they wrote.
     kept = {os.path.realpath(p) for mc in (main.acc, main.loss) for p in [*mc.best_k_models, mc.last_model_path] if p}
     assert set(main.files_after_a) == kept
@@ -334,7 +335,7 @@ def test_staging_disk_full_uploads_from_the_original_at_flush(wandb_env: Path, m
     def full(src: str, dst: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device (injected)", dst)
 
-    monkeypatch.setattr(_uploader, "_link", full)
+    monkeypatch.setattr(_files, "_link", full)
     # No monitor, top-1: each epoch's file replaces the previous one; the descriptor taken when it was
     # saved still reads it at flush, so none is lost.
     mc = ModelCheckpoint(dirpath="ckpts", save_top_k=1, filename="{epoch}")
@@ -353,7 +354,7 @@ def test_staging_disk_full_uploads_from_the_original_at_flush(wandb_env: Path, m
     (name,) = records.artifact_names(type="model")
     uploaded = {v.entry("model.ckpt").digest for v in versions(records, name)}
     assert uploaded == set(observer.files(mc))  # all three, though two were deleted by rotation
-    assert not (Path("ckpts") / _uploader.STAGING_FOLDER).exists()
+    assert not (Path("ckpts") / _jobs.STAGING_FOLDER).exists()
 
 
 class FailAt(DigitsClassifier):
@@ -403,11 +404,11 @@ def test_leftover_staged_copies_are_uploaded_by_the_resumed_fit(wandb_env: Path)
         trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
     run_id = logger.experiment.id
     wandb.finish()
-    staged = sorted((Path("ckpts") / _uploader.STAGING_FOLDER / run_id).glob("*/*.ckpt"))
+    staged = sorted((Path("ckpts") / _jobs.STAGING_FOLDER / run_id).glob("*/*.ckpt"))
     assert len(staged) == 2  # epoch 0 and 1; the last.ckpt copies share their steps
 
     # A staged copy of another run in the same folder is reported, never uploaded into this one.
-    stranger = Path("ckpts") / _uploader.STAGING_FOLDER / "otherrun" / "model-otherrun"
+    stranger = Path("ckpts") / _jobs.STAGING_FOLDER / "otherrun" / "model-otherrun"
     stranger.mkdir(parents=True)
     (stranger / "000000-x-epoch=9.ckpt").write_bytes(b"not ours")
     note = {"seq": 0, "collection": "model-otherrun", "source": "x", "staged": str(stranger / "000000-x-epoch=9.ckpt"),
@@ -428,7 +429,7 @@ def test_leftover_staged_copies_are_uploaded_by_the_resumed_fit(wandb_env: Path)
     assert set(observer.files(mc)) <= set(uploaded)
     epochs = sorted(v.metadata["epoch"] for v in versions(records, f"model-{run_id}"))
     assert epochs == [0, 1, 2]
-    assert not (Path("ckpts") / _uploader.STAGING_FOLDER / run_id).exists()
+    assert not (Path("ckpts") / _jobs.STAGING_FOLDER / run_id).exists()
     assert (stranger / "000000-x-epoch=9.ckpt").exists()
 
 

@@ -32,8 +32,9 @@ from wandb.errors import CommError
 from wandb.sdk.artifacts.exceptions import WaitTimeoutError
 
 from lw_callbacks import LWCallbacksWarning, restore_checkpoint
-from lw_callbacks.core import uploader as up
-from lw_callbacks.core.uploader import SENT, UPLOADED, Job, Ledger, Uploader
+from lw_callbacks.core import files, jobs
+from lw_callbacks.core.jobs import SENT, UPLOADED, Job, Ledger
+from lw_callbacks.core.uploader import Uploader
 
 REF = "team/proj/model-abc-val_acc"
 
@@ -235,14 +236,14 @@ def _upload_one(tmp_path: Path, outcome: str) -> tuple[Uploader, FakeRun, Job, L
     source.write_bytes(os.urandom(1024))
     staged = tmp_path / "ckpt" / ".upload-staging" / "abc" / "model-abc" / "epoch=0.ckpt"
     staged.parent.mkdir(parents=True)
-    how, fd = up.hand_over(str(source), str(staged))
+    how, fd = files.hand_over(str(source), str(staged))
     assert how == "link" and fd is None
-    sig = up.signature(os.stat(source))
+    sig = files.signature(os.stat(source))
     ledger = Ledger()
     job = Job(seq=ledger.take_seq(), collection="model-abc", source=os.path.realpath(source), staged=str(staged),
               size=1024, signature=sig, score=None, metadata={"epoch": 0}, aliases=["baseline"], run_id="abc")
-    ledger.note(job.source, sig, up.PENDING, collection=job.collection, seq=job.seq)
-    up.write_note(job)
+    ledger.note(job.source, sig, jobs.PENDING, collection=job.collection, seq=job.seq)
+    jobs.write_note(job)
     run = FakeRun(outcome)
     uploader = Uploader(run, ledger, "UploadCheckpoints", run_id="abc", offline=False)
     uploader.start()
@@ -273,5 +274,5 @@ def test_contract_upload_online_unconfirmed_commit_keeps_the_staged_copy(tmp_pat
     assert ledger.files[job.source]["status"] == SENT  # logged, not known to be committed
     assert ("model-abc", job.digest) not in uploader.durable
     assert job.staged is not None and Path(job.staged).exists() and Path(job.staged + ".json").exists()
-    staged_jobs, _ = up.read_staged(tmp_path / "ckpt" / ".upload-staging", "abc")
+    staged_jobs, _ = jobs.read_staged(tmp_path / "ckpt" / ".upload-staging", "abc")
     assert [j.source for j in staged_jobs] == [job.source]  # the next fit of this run finds it

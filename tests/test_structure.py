@@ -218,9 +218,9 @@ def test_the_private_name_check_finds_a_use() -> None:
         f"lw_callbacks/fabric/checkpoints.py:2: .{some} of a class in lw_callbacks/core/uploader.py"
     ]
     assert _private_uses(uploader, probe, owners) == []
-    imports = "from lw_callbacks.core.uploader import _link\n"
+    imports = "from lw_callbacks.core.files import _link\n"
     assert _private_uses(fabric, imports, owners) == [
-        "lw_callbacks/fabric/checkpoints.py:1: imports lw_callbacks.core.uploader._link"
+        "lw_callbacks/fabric/checkpoints.py:1: imports lw_callbacks.core.files._link"
     ]
 
 

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from lw_callbacks._errors import ConfigurationError, check_seconds, warn
-from lw_callbacks._wandb import at_finish, run_folder, run_is_offline
-from lw_callbacks.core import uploader as _uploader_module
-from lw_callbacks.core.uploader import LOST, PENDING, SAVING, SENT, STAGING_FOLDER, UPLOADED, Job, Ledger, Uploader
+from lw_callbacks._wandb import at_finish, run_folder, run_is_offline, wandb_staging_dir
+from lw_callbacks.core import files, jobs
+from lw_callbacks.core.jobs import LOST, PENDING, SAVING, SENT, STAGING_FOLDER, UPLOADED, Job, Ledger
+from lw_callbacks.core.uploader import Uploader
 
 OWNER = "UploadCheckpoints"
 NAME_FIELDS = ("run_id", "monitor", "mode", "index")
@@ -148,7 +149,7 @@ def version_metadata(
         "global_step": global_step,
         **(step or {}),
         "original_filename": os.path.basename(path),
-        "original_path": os.fspath(path) if _uploader_module.is_remote(path) else os.path.abspath(path),
+        "original_path": os.fspath(path) if files.is_remote(path) else os.path.abspath(path),
         "is_last": is_last,
         **(extra or {}),
     }
@@ -325,9 +326,9 @@ class Publisher:
         """The staging root for checkpoints in ``folder``; each run and collection has a folder in it."""
         if self.staging_dir is not None:
             return Path(os.path.abspath(self.staging_dir))
-        if _uploader_module.is_remote(folder):  # a remote folder's files are staged in the working directory
+        if files.is_remote(folder):  # a remote folder's files are staged in the working directory
             return Path.cwd().resolve() / STAGING_FOLDER
-        return Path(os.path.abspath(_uploader_module.local_path(folder))) / STAGING_FOLDER
+        return Path(os.path.abspath(files.local_path(folder))) / STAGING_FOLDER
 
     def staging_problem(self) -> str | None:
         """Why ``staging_dir`` cannot be used (it cannot be created, or a file cannot be written in it),
@@ -391,7 +392,7 @@ class Publisher:
             at_finish(run, early=self.at_run_finish, late=late)
         self.uploader = uploader
         with contextlib.suppress(Exception):  # W&B's staged copies a killed process of ours left half-written
-            _uploader_module.sweep_partials(_uploader_module.wandb_staging_dir(), "lw-copy-*.partial", 2)
+            files.sweep_partials(wandb_staging_dir(), "lw-copy-*.partial", 2)
         uploader.start()
         return uploader
 
@@ -453,7 +454,7 @@ class Publisher:
         saved: dict[str, list[str]] = {}
         lost: list[Job] = []
         for root in sorted(set(staging_roots)):
-            jobs, others = _uploader_module.read_staged(root, run_id)
+            claimed, others = jobs.read_staged(root, run_id)
             for other, notes in others.items():
                 if other not in self.reported_others:
                     self.reported_others.add(other)
@@ -461,7 +462,7 @@ class Publisher:
                         f"{self.owner}: {root} holds {len(notes)} staged checkpoint(s) of another run ({other}); "
                         "they are not uploaded into this run. Resume that run to upload them, or delete them."
                     )
-            for job in jobs:
+            for job in claimed:
                 if job.status == SAVING:  # saved by this run, killed before its hand-over: the adapter hands it over
                     saved.setdefault(job.source, []).append(str(job.note))
                     continue
@@ -471,7 +472,7 @@ class Publisher:
                     continue
                 if job.digest and (job.collection, job.digest) in known:
                     ledger.set_status(job.source, UPLOADED)
-                    _uploader_module.release_source(job)
+                    jobs.release_source(job)
                     Uploader.cleanup(job)
                     continue
                 if job.status == LOST:
@@ -486,7 +487,7 @@ class Publisher:
                     # a claimed file the earlier process did not stage: its rotation waits until W&B holds it,
                     # and a descriptor keeps the claimed content readable if a rerun saves over the name
                     with contextlib.suppress(OSError):
-                        job.fd = _uploader_module.open_source(job.source)
+                        job.fd = files.open_source(job.source)
                     uploader.protect(job)
                 uploader.submit(job)
                 queued.add(job.source)
@@ -546,21 +547,21 @@ class Publisher:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if is_folder:  # one hard link per file; on another filesystem the worker copies the folder
-                how, fd = _uploader_module.link_folder(real, staged), None
+                how, fd = files.link_folder(real, staged), None
             elif remote:
                 how, fd = "fetch", None
             elif in_place or rewritten:
                 how = "copied"
                 began = time.perf_counter()
-                _uploader_module.reflink_or_copy(real, staged)
+                files.reflink_or_copy(real, staged)
                 self.copy_s += time.perf_counter() - began
                 self.copies += 1
-                if _uploader_module.signature(os.stat(real))[2:] != sig[2:]:
+                if files.signature(os.stat(real))[2:] != sig[2:]:
                     os.remove(staged)
                     raise OSError(errno.EAGAIN, "rewritten while it was copied", real)
                 copied = True
             else:
-                how, fd = _uploader_module.hand_over(real, staged)
+                how, fd = files.hand_over(real, staged)
             if how == "copy" and not self.warned_copy:
                 self.warned_copy = True
                 warn(
@@ -586,7 +587,7 @@ class Publisher:
             staged = None
             copied = False
             try:  # keeps the content readable if rotation deletes the file
-                fd = None if remote or is_folder else _uploader_module.open_source(real)
+                fd = None if remote or is_folder else files.open_source(real)
             except OSError:
                 fd = None
         job = Job(seq, collection, real, staged, sig[2], sig, score, metadata, aliases, run_id=run_id, fd=fd,
@@ -605,14 +606,14 @@ class Publisher:
             Uploader.cleanup(job)
             raise
         if staged is None:  # nothing will be staged in the folder made for it
-            _uploader_module.remove_empty_parents(folder)
+            jobs.remove_empty_parents(folder)
 
     def saving(self, path: str, collection: str) -> str | None:
         """Claim ``path`` before ``ModelCheckpoint`` writes it (not synced: it guards against the process
         being killed between the write and :meth:`stage_and_submit`); returns the note, to pass to
         :meth:`saved` once the file is handed over."""
         uploader = self.uploader
-        if uploader is None or _uploader_module.is_remote(path):
+        if uploader is None or files.is_remote(path):
             return None
         real = os.path.realpath(path)
         run_part = sanitize(uploader.run_id or "run")
@@ -628,7 +629,7 @@ class Publisher:
         if note:
             with contextlib.suppress(OSError):
                 os.remove(note)
-            _uploader_module.remove_empty_parents(Path(note).parent)
+            jobs.remove_empty_parents(Path(note).parent)
 
     def claim(self, job: Job, candidates: list[Path], first: bool = True, sync: bool = True) -> None:
         """Write ``job``'s note: beside its staged file, else in ``candidates``, else under the run's W&B folder."""
@@ -642,7 +643,7 @@ class Publisher:
                 with contextlib.suppress(OSError):
                     os.makedirs(os.path.dirname(place), exist_ok=True)
             job.note = None
-            if _uploader_module.write_note(job, place, sync):
+            if jobs.write_note(job, place, sync):
                 return
         job.note = None
         if not self.warned_claim:
@@ -748,7 +749,7 @@ def _kept_at(job: Job) -> str:
     if job.staged and os.path.isfile(job.staged):
         return f"; staged copy kept at {job.staged}"
     try:
-        same = _uploader_module.signature(os.stat(job.source)) == list(job.signature)
+        same = files.signature(os.stat(job.source)) == list(job.signature)
     except OSError:
         same = False
     if same:

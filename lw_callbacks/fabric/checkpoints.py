@@ -20,7 +20,7 @@ from lw_callbacks._errors import (
     warn,
 )
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
-from lw_callbacks.core import uploader as files
+from lw_callbacks.core import files
 from lw_callbacks.core.publish import (
     Publisher,
     as_float,

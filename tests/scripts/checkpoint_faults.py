@@ -73,43 +73,44 @@ def inject_conditions(names: list[str], staging: str | None) -> None:
     """Fault conditions injected where the package touches the filesystem."""
     import errno
 
-    from lw_callbacks.core import uploader as _uploader
+    from lw_callbacks.core import files as _files
+    from lw_callbacks.core import jobs as _jobs
 
     root = os.path.abspath(staging) if staging else None
     codes = {"full": errno.ENOSPC, "eacces": errno.EACCES, "eacces-collection": errno.EACCES}
     for name in names:
         if name in codes:
-            fail_in(_uploader, name, codes[name], root)
+            fail_in(_files, _jobs, name, codes[name], root)
         elif name == "exdev":
             def exdev(src: str, dst: str) -> None:
                 raise OSError(errno.EXDEV, "Invalid cross-device link (injected)", dst)
 
-            _uploader._link = exdev
+            _files._link = exdev
         elif name == "wandb-full":
-            wandb_full(_uploader)
+            wandb_full(_files)
         elif name not in ("slowcopy", "slowhash"):
             raise SystemExit(f"unknown --inject {name}")
     if "slowcopy" in names:
-        inner = _uploader._write
+        inner = _files._write
 
         def slow_write(fh: Any, data: bytes) -> None:
             time.sleep(len(data) / 40e6)
             inner(fh, data)
 
-        _uploader._write = slow_write
+        _files._write = slow_write
     if "slowhash" in names:
-        inner_md5 = _uploader.md5_b64
+        inner_md5 = _files.md5_b64
 
         def slow_md5(path: Any, progress: Any = None) -> str:
             time.sleep(os.path.getsize(path) / 40e6)
             return inner_md5(path, progress)
 
-        _uploader.md5_b64 = slow_md5
+        _files.md5_b64 = slow_md5
 
 
-def fail_in(_uploader: Any, name: str, code: int, root: str | None) -> None:
+def fail_in(_files: Any, _jobs: Any, name: str, code: int, root: str | None) -> None:
     """Links, copies and claims written in the staging root (or only its collection folders) fail with ``code``."""
-    real_link, real_write, real_note = _uploader._link, _uploader._write, _uploader.write_note
+    real_link, real_write, real_note = _files._link, _files._write, _jobs.write_note
 
     def failing(path: str) -> bool:
         inside = root is not None and os.path.abspath(path).startswith(root + os.sep)
@@ -135,14 +136,14 @@ def fail_in(_uploader: Any, name: str, code: int, root: str | None) -> None:
             return False
         return real_note(job, place, sync)
 
-    _uploader._link, _uploader._write, _uploader.write_note = link, write, note
+    _files._link, _files._write, _jobs.write_note = link, write, note
 
 
-def wandb_full(_uploader: Any) -> None:
+def wandb_full(_files: Any) -> None:
     """W&B's data folder is full for the first three staged copies (each fails half-way through)."""
     import errno
 
-    real_wandb = _uploader._write_wandb
+    real_wandb = _files._write_wandb
     failed = {"n": 0}
 
     def wandb_write(fh: Any, data: bytes) -> None:
@@ -153,7 +154,7 @@ def wandb_full(_uploader: Any) -> None:
             raise OSError(errno.ENOSPC, "No space left on device (injected)", fh.name)
         real_wandb(fh, data)
 
-    _uploader._write_wandb = wandb_write
+    _files._write_wandb = wandb_write
 
 
 def record_warnings(out: Path) -> None:
