@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import copy
 import os
-import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from concurrent.futures import wait as wait_for_futures
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +19,31 @@ from typing_extensions import override
 
 from lw_callbacks import _compat, _state
 from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_path, warn
-from lw_callbacks._wandb import finish_after_interrupted_cell, get_run, lightning_step, require_wandb_logger
+from lw_callbacks._model_checkpoints import (
+    AsyncSaves,
+    Moment,
+    check_checkpoints,
+    check_dirpath,
+    default_names,
+    files_on_disk,
+    mtime_ns,
+    rewritten_in_place,
+    same_file,
+    unwrap_saves,
+    wrap_saves,
+)
+from lw_callbacks._wandb import finish_after_interrupted_cell, get_run, require_wandb_logger
 from lw_callbacks.core import files
 from lw_callbacks.core.jobs import DUPLICATE, SENT, SKIPPED, UPLOADED
 from lw_callbacks.core.publish import (
     LOGGED,
     OWNER,
     Publisher,
-    as_float,
     check_aliases,
     check_flush_timeout,
     check_template,
     flush_limit,
     name_for,
-    sanitize,
     version_aliases,
     version_metadata,
 )
@@ -204,7 +209,7 @@ class UploadCheckpoints(Callback):
         self._step_state: tuple[int | None, dict[str, Any], int] | None = None
         self._fit_start_ns = 0
         self._run_id = ""
-        self._async: _AsyncSaves | None = None
+        self._async: AsyncSaves | None = None
         self._warned: set[str] = set()
         self._state_key: str | None = None
         if self._checkpoints is None:
@@ -243,7 +248,7 @@ class UploadCheckpoints(Callback):
             )
         self._tracked = self._find_checkpoints(trainer)
         for mc in self._tracked:
-            _check_dirpath(mc.dirpath or trainer.default_root_dir)
+            check_dirpath(mc.dirpath or trainer.default_root_dir)
         run = get_run(trainer, _OWNER)
         run_id = str(run.id) if run is not None else None
         problem = self.publisher.staging_problem() if run is not None and self._tracked else None
@@ -258,7 +263,7 @@ class UploadCheckpoints(Callback):
         self._fingerprints.clear()
         self._handed_step.clear()
         self._step_state = None
-        self._async = _AsyncSaves.find(trainer.strategy)
+        self._async = AsyncSaves.find(trainer.strategy)
         if run is None or not self._tracked:
             if run is not None:
                 warn(
@@ -272,7 +277,7 @@ class UploadCheckpoints(Callback):
             self.publisher.ledger.collection(coll, mc.monitor, mc.mode)
         self.publisher.begin(run, logger)
         for mc in self._tracked:
-            _watch(mc, self)
+            wrap_saves(mc, self._around_save, self._keeps)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -347,7 +352,7 @@ class UploadCheckpoints(Callback):
             self._wait_for_saves("teardown")
             self.publisher.flush("teardown")
         for mc in self._tracked:
-            _unwatch(mc)
+            unwrap_saves(mc)
         setattr(trainer, "callbacks", self._without_helper(trainer))  # noqa: B010 - see _run_after_checkpoints
 
     def _without_helper(self, trainer: pl.Trainer) -> list[Callback]:
@@ -462,7 +467,7 @@ class UploadCheckpoints(Callback):
         self, run_id: str, every: list[ModelCheckpoint], tracked: list[ModelCheckpoint] | None = None
     ) -> list[str]:
         tracked = self._tracked if tracked is None else tracked
-        defaults = _default_names(run_id, [*every, *[mc for mc in tracked if mc not in every]])
+        defaults = default_names(run_id, [*every, *[mc for mc in tracked if mc not in every]])
         names: list[str] = []
         for index, mc in enumerate(tracked):
             name = defaults[id(mc)] if self.name is None else name_for(self.name, run_id, mc.monitor, mc.mode, index)
@@ -514,7 +519,7 @@ class UploadCheckpoints(Callback):
         known, queued, saving = found.known, found.queued, found.saved
         if not found.segments_read and not saving:
             return
-        resumed_from = _mtime(trainer.ckpt_path)
+        resumed_from = mtime_ns(trainer.ckpt_path)
         loaded = getattr(getattr(trainer, "_checkpoint_connector", None), "_loaded_checkpoint", None) or {}
         resumed_step = loaded.get("global_step", trainer.global_step) if isinstance(loaded, dict) else None
         for index, mc in enumerate(self._tracked):
@@ -523,7 +528,7 @@ class UploadCheckpoints(Callback):
             # and the ones its claims name (uploaded by `recover`). Never other files of a shared folder.
             dirpath = os.path.realpath(mc.dirpath) if mc.dirpath else None
             claimed = [p for p in saving if dirpath and os.path.dirname(p) == dirpath]
-            named = _files_on_disk(mc) if found.segments_read else []
+            named = files_on_disk(mc) if found.segments_read else []
             for path in dict.fromkeys([*named, *claimed]):
                 real = os.path.realpath(path)
                 if real in queued:
@@ -555,7 +560,7 @@ class UploadCheckpoints(Callback):
                     ledger.note(real, sig, SKIPPED, reason="same step as a top-k checkpoint")
                     continue
                 queued.add(real)
-                moment = _Moment.of(trainer, mc)
+                moment = Moment.of(trainer, mc)
                 self._hand_over(moment, index, mc, path, real, sig, is_last, fresh=False, folder=folder)
         for notes in saving.values():  # each such file is handed over (claimed again) or known by now
             for note in notes:
@@ -587,7 +592,7 @@ class UploadCheckpoints(Callback):
         """Note what ``mc`` names now, with the moment's metadata, and hand the new files over: at once,
         or, under a checkpoint IO that writes later (``AsyncCheckpointIO``), on its writer thread once
         every save submitted so far has finished."""
-        moment = _Moment.of(trainer, mc)
+        moment = Moment.of(trainer, mc)
         if self._async is not None and self._async.submit(self._take, index, mc, moment):
             return
         self._take(index, mc, moment)
@@ -602,7 +607,7 @@ class UploadCheckpoints(Callback):
                 "uploads them from disk)."
             )
 
-    def _take(self, index: int, mc: ModelCheckpoint, moment: _Moment) -> None:
+    def _take(self, index: int, mc: ModelCheckpoint, moment: Moment) -> None:
         if self.publisher.uploader is None:  # a write that finished after the fit's flush
             for path in moment.paths:
                 if not self.publisher.ledger.files.get(os.path.realpath(path)):
@@ -652,7 +657,7 @@ class UploadCheckpoints(Callback):
 
     def _hand_over(
         self,
-        moment: _Moment,
+        moment: Moment,
         index: int,
         mc: ModelCheckpoint,
         path: str,
@@ -679,11 +684,40 @@ class UploadCheckpoints(Callback):
         )
         aliases = version_aliases(epoch, step, self.aliases)
         # Without a monitor, Lightning's best (`best_model_path`, what `ckpt_path="best"` loads) is the newest save.
-        best = mc.monitor is None and not is_last and _same_file(moment.best_model_path, real)
+        best = mc.monitor is None and not is_last and same_file(moment.best_model_path, real)
         self.publisher.stage_and_submit(
             path, real, sig, collection, score, metadata, aliases, unclaimed=unclaimed, best=best, remote=remote,
-            is_folder=folder, in_place=not folder and not remote and _rewritten_in_place(mc, path, is_last),
+            is_folder=folder, in_place=not folder and not remote and rewritten_in_place(mc, path, is_last),
         )
+
+    def _around_save(self, mc: ModelCheckpoint, trainer: pl.Trainer, filepath: str, save: Callable[[], None]) -> None:
+        """Claim each file ``mc`` saves the moment its save returns (on global rank 0), with the state as it
+        was before the step's first save frozen for ``state_dict`` while it saves."""
+        note = None
+        if trainer.is_global_zero and mc in self._tracked:
+            try:
+                note = self.publisher.saving(filepath, self.collection_names[self._tracked.index(mc)])
+            except Exception:
+                note = None
+        step = trainer.global_step
+        if self._step_state is None or self._step_state[2] != step:
+            self._step_state = (None, copy.deepcopy(self.publisher.state_dict()), step)
+        self._step_state = (step, self._step_state[1], step)
+        try:
+            save()
+        finally:
+            self._step_state = (None, self._step_state[1], step)
+        if trainer.is_global_zero:
+            self._scan(trainer, only=mc)
+            self.publisher.saved(note)
+
+    def _keeps(self, trainer: pl.Trainer, filepath: str) -> bool:
+        """Whether a checkpoint that top-k rotation deletes is kept for now (global rank 0): its bytes are
+        only there; the upload worker deletes it once they are kept elsewhere (staged or uploaded)."""
+        try:
+            return trainer.is_global_zero and self.publisher.hold(filepath)
+        except Exception:
+            return False
 
     # ------------------------------------------------------------------ flush
     def _end_of_fit_timeout(self, trainer: pl.Trainer) -> float:
@@ -693,151 +727,6 @@ class UploadCheckpoints(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
-def check_checkpoints(owner: str, checkpoints: Any) -> list[ModelCheckpoint] | None:
-    """``checkpoints`` as a list of ``ModelCheckpoint`` callbacks (one callback is a list of one), or ``None``.
-
-    Raises:
-        ConfigurationError: for a string, an empty list, or an item that is not a ``ModelCheckpoint``
-            (of ``lightning.pytorch`` or ``pytorch_lightning``).
-    """
-    if checkpoints is None:
-        return None
-    if _compat.is_model_checkpoint(checkpoints):
-        return [checkpoints]
-    fix = ("pass the ModelCheckpoint callbacks themselves, e.g. `checkpoints=[ModelCheckpoint(monitor='val_loss')]` "
-           "(the same instances as in `Trainer(callbacks=...)`), or None for every ModelCheckpoint of the Trainer")
-    if isinstance(checkpoints, (str, bytes)) or not isinstance(checkpoints, Sequence):
-        raise ConfigurationError(
-            f"{owner}(checkpoints={checkpoints!r}): `checkpoints` must be a list of ModelCheckpoint callbacks, "
-            f"got {type(checkpoints).__name__}; {fix}."
-        )
-    if not checkpoints:
-        raise ConfigurationError(f"{owner}(checkpoints=[]): an empty list uploads nothing; {fix}.")
-    bad = [cb for cb in checkpoints if not _compat.is_model_checkpoint(cb)]
-    if bad:
-        raise ConfigurationError(
-            f"{owner}(checkpoints={list(checkpoints)!r}): {bad[0]!r} ({type(bad[0]).__name__}) is not a "
-            f"ModelCheckpoint; {fix}."
-        )
-    return list(checkpoints)
-
-
-def _default_names(run_id: str, every: list[ModelCheckpoint]) -> dict[int, str]:
-    """Default collection name of each ModelCheckpoint: ``model-<run id>-<monitor>``, and when two share
-    a monitor, the fixed part of their ``filename`` (or the name of their folder, or their position)."""
-    base = {id(mc): f"model-{run_id}-{sanitize(mc.monitor)}" if mc.monitor else f"model-{run_id}" for mc in every}
-    out = dict(base)
-    groups: dict[str, list[ModelCheckpoint]] = {}
-    for mc in every:
-        groups.setdefault(base[id(mc)], []).append(mc)
-    for name, group in groups.items():
-        if len(group) < 2:
-            continue
-        for key in (_filename_stem, _dir_stem):
-            tags = [key(mc) for mc in group]
-            if all(tags) and len(set(tags)) == len(tags):
-                break
-        else:
-            tags = [str(i) for i in range(len(group))]
-        for mc, tag in zip(group, tags, strict=True):
-            out[id(mc)] = f"{name}-{tag}"
-    return out
-
-
-def _check_dirpath(dirpath: str | os.PathLike[str]) -> None:
-    """Refuse (at ``setup``) a checkpoint folder on a filesystem whose files cannot be uploaded."""
-    scheme = files.scheme_of(dirpath)
-    if scheme is None or scheme in files.LOCAL_SCHEMES or scheme in files.REMOTE_SCHEMES:
-        return
-    handled = ", ".join(f"{s}://" for s in (*files.LOCAL_SCHEMES, *files.REMOTE_SCHEMES))
-    raise ConfigurationError(
-        f"{_OWNER}: ModelCheckpoint(dirpath={os.fspath(dirpath)!r}) is on a filesystem ({scheme}) whose checkpoints "
-        f"it cannot upload; it uploads checkpoints from local paths and {handled} (streamed through fsspec). Save "
-        "them to one of those, e.g. `ModelCheckpoint(dirpath='s3://bucket/ckpts')` with s3fs installed, or leave "
-        "this ModelCheckpoint out with `UploadCheckpoints(checkpoints=[...])`."
-    )
-
-
-def _filename_stem(mc: ModelCheckpoint) -> str:
-    fixed = re.sub(r"\{[^}]*\}", "", mc.filename or "")
-    return sanitize(fixed).strip("-_=.")
-
-
-def _dir_stem(mc: ModelCheckpoint) -> str:
-    return sanitize(os.path.basename(os.path.normpath(mc.dirpath))) if mc.dirpath else ""
-
-
-def _files_on_disk(mc: ModelCheckpoint) -> list[str]:
-    """Checkpoint files (and checkpoint folders, as sharded strategies save) of ``mc`` on disk that its
-    state names."""
-    paths = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
-    return [p for p in dict.fromkeys(str(p) for p in paths if p) if os.path.isfile(p) or os.path.isdir(p)]
-
-
-def _mtime(path: Any) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns if path else None
-    except (OSError, TypeError, ValueError):
-        return None
-
-
-def _rewritten_in_place(mc: ModelCheckpoint, path: str, is_last: bool) -> bool:
-    """Whether ``path`` may be saved again under the same name and written in place: a ``last.ckpt``
-    copy, or a ``filename`` without fields, in a folder on another filesystem than the temporary folder
-    (fsspec's local save writes there and, across filesystems, copies onto the existing file)."""
-    fixed = (is_last and mc.save_last is True) or (bool(mc.filename) and "{" not in str(mc.filename))
-    if not fixed:
-        return False
-    try:
-        return os.stat(os.path.dirname(os.path.realpath(path))).st_dev != os.stat(tempfile.gettempdir()).st_dev
-    except OSError:
-        return True
-
-
-def _watch(mc: ModelCheckpoint, owner: UploadCheckpoints) -> None:
-    """Claim each file ``mc`` saves the moment its save returns, and make its deletion of a checkpoint
-    (top-k rotation) wait while the file's bytes are only there: the upload worker deletes it once they
-    are kept elsewhere (staged or uploaded). Both run on global rank 0 only."""
-    if "_save_checkpoint" in vars(mc) or "_remove_checkpoint" in vars(mc):
-        return
-    save, remove = mc._save_checkpoint, mc._remove_checkpoint
-
-    def saved(trainer: pl.Trainer, filepath: str) -> None:
-        note = None
-        if trainer.is_global_zero and mc in owner._tracked:
-            try:
-                note = owner.publisher.saving(str(filepath), owner.collection_names[owner._tracked.index(mc)])
-            except Exception:
-                note = None
-        step = trainer.global_step
-        if owner._step_state is None or owner._step_state[2] != step:
-            owner._step_state = (None, copy.deepcopy(owner.publisher.state_dict()), step)
-        owner._step_state = (step, owner._step_state[1], step)
-        try:
-            save(trainer, filepath)
-        finally:
-            owner._step_state = (None, owner._step_state[1], step)
-        if trainer.is_global_zero:
-            owner._scan(trainer, only=mc)
-            owner.publisher.saved(note)
-
-    def removing(trainer: pl.Trainer, filepath: str) -> None:
-        try:
-            held = trainer.is_global_zero and owner.publisher.hold(str(filepath))
-        except Exception:
-            held = False
-        if not held:
-            remove(trainer, filepath)
-
-    mc._save_checkpoint = saved  # type: ignore[method-assign]
-    mc._remove_checkpoint = removing  # type: ignore[method-assign]
-
-
-def _unwatch(mc: ModelCheckpoint) -> None:
-    vars(mc).pop("_save_checkpoint", None)
-    vars(mc).pop("_remove_checkpoint", None)
-
-
 class _AfterCheckpointsHook:
     """Runs ``UploadCheckpoints``'s scan where Lightning runs checkpoint callbacks: last. Mixed into the
     ``Checkpoint`` class of the Trainer's own package (:func:`_after_checkpoints`), so that a Trainer of
@@ -871,124 +760,3 @@ def _after_checkpoints(owner: UploadCheckpoints, namespace: str | None) -> Callb
     if cls is None:
         cls = _HELPER_CLASSES[base] = type("_AfterCheckpoints", (_AfterCheckpointsHook, base), {})
     return cls(owner)
-
-
-def _same_file(path: str | os.PathLike[str] | None, real: str) -> bool:
-    return bool(path) and os.path.realpath(str(path)) == real
-
-
-class _AsyncSaves:
-    """Work run on an asynchronous checkpoint IO's writer thread (``AsyncCheckpointIO``, either namespace).
-
-    Its saves run in order on a one-worker executor and each returns once its file is complete, so
-    work submitted to that executor after a save runs once the file is whole, off the training thread.
-    """
-
-    def __init__(self, io: Any) -> None:
-        self.io = io
-        self.futures: list[Future[None]] = []
-
-    @staticmethod
-    def find(strategy: Any) -> _AsyncSaves | None:
-        io = getattr(strategy, "checkpoint_io", None)
-        for _ in range(8):  # wrappers of wrappers
-            if io is None:
-                return None
-            # Lightning 2.4 makes the executor in __init__; later releases lazily, in `_ensure_setup`
-            if hasattr(io, "_executor") and (
-                callable(getattr(io, "_ensure_setup", None)) or getattr(io, "_executor", None) is not None
-            ):
-                return _AsyncSaves(io)
-            io = getattr(io, "checkpoint_io", None)
-        return None
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> bool:
-        """Run ``fn(*args)`` after every save submitted so far; False when it cannot (run it yourself)."""
-        try:
-            if callable(getattr(self.io, "_ensure_setup", None)):
-                self.io._ensure_setup()
-            future = self.io._executor.submit(self._run, fn, *args)
-        except Exception:  # shut down, or not the executor we know
-            return False
-        self.futures = [f for f in self.futures if not f.done()]
-        self.futures.append(future)
-        return True
-
-    @staticmethod
-    def _run(fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception as err:  # a hand-over problem never stops training
-            warn(f"{_OWNER}: could not hand over a checkpoint written asynchronously ({type(err).__name__}: "
-                           f"{err}).")
-
-    def wait(self, timeout: float) -> bool:
-        """Wait for the work submitted so far; True when it is all done within ``timeout`` s."""
-        pending = [f for f in self.futures if not f.done()]
-        if pending:
-            wait_for_futures(pending, timeout)
-        self.futures = [f for f in self.futures if not f.done()]
-        return not self.futures
-
-
-@dataclass
-class _Moment:
-    """What a ModelCheckpoint names and the trainer's counters at one hook, captured on the training
-    thread: the hand-over may run later, on an asynchronous checkpoint IO's writer thread."""
-
-    paths: list[str]
-    last: set[str]
-    best_k: dict[str, float | None]
-    best_model_path: str
-    monitor: str | None
-    current: float | None
-    epoch: int
-    step: int
-    global_step: int
-    settings: dict[str, Any]
-
-    @classmethod
-    def of(cls, trainer: pl.Trainer, mc: ModelCheckpoint) -> _Moment:
-        named = [*mc.best_k_models, mc.best_model_path, getattr(mc, "_last_checkpoint_saved", ""), mc.last_model_path]
-        paths = list(dict.fromkeys(str(p) for p in named if p))
-        best_k = {str(p): as_float(v) for p, v in mc.best_k_models.items()}
-        last = {str(mc.last_model_path)} - set(best_k) if mc.last_model_path else set()
-        # the monitored value now, the score of a file saved outside the top k (`last.ckpt`)
-        current = None
-        if mc.monitor and set(paths) - set(best_k):
-            current = as_float(trainer.callback_metrics.get(mc.monitor))
-        return cls(
-            paths, last, best_k, str(mc.best_model_path or ""), mc.monitor, current, trainer.current_epoch,
-            lightning_step(trainer), trainer.global_step, _settings(mc),
-        )
-
-    def score_of(self, path: str, fresh: bool) -> float | None:
-        if self.monitor is None:
-            return None
-        if path in self.best_k:
-            return self.best_k[path]
-        return self.current if fresh else None
-
-
-def _settings(mc: ModelCheckpoint) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if isinstance(value, timedelta):
-            return value.total_seconds()
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        return str(value)
-
-    keys = {
-        "monitor": "monitor",
-        "mode": "mode",
-        "save_last": "save_last",
-        "save_top_k": "save_top_k",
-        "save_weights_only": "save_weights_only",
-        "every_n_train_steps": "_every_n_train_steps",
-        "every_n_epochs": "_every_n_epochs",
-        "train_time_interval": "_train_time_interval",
-        "save_on_train_epoch_end": "_save_on_train_epoch_end",
-        "dirpath": "dirpath",
-        "filename": "filename",
-    }
-    return {k: plain(getattr(mc, attr, None)) for k, attr in keys.items()}
