@@ -16,13 +16,13 @@ from datetime import timedelta
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lw_callbacks import _compat
 from lw_callbacks._errors import ConfigurationError, warn
 from lw_callbacks._wandb import lightning_step
 from lw_callbacks.core import files
-from lw_callbacks.core.publish import OWNER, as_float, sanitize
+from lw_callbacks.core.publish import OWNER, as_float, name_for, sanitize
 
 _OWNER = OWNER
 
@@ -278,3 +278,109 @@ def _settings(mc: ModelCheckpoint) -> dict[str, Any]:
         "filename": "filename",
     }
     return {k: plain(getattr(mc, attr, None)) for k, attr in keys.items()}
+
+
+def find_checkpoints(trainer: pl.Trainer, checkpoints: Sequence[ModelCheckpoint] | None) -> list[ModelCheckpoint]:
+    """The tracked ``ModelCheckpoint`` callbacks: ``checkpoints`` (each must be on the Trainer), or, for
+    ``None``, every one on the Trainer."""
+    if checkpoints is None:
+        found = _compat.model_checkpoints(trainer)
+        for mc in _compat.foreign_checkpoints(trainer):
+            warn(
+                f"{_OWNER}: {mc!r} is uploaded, but Lightning does not count it as a checkpoint callback of "
+                f"this Trainer (`trainer.checkpoint_callback`, `ckpt_path='best'` do not see it)."
+                + _compat.mix_hint(trainer, mc)
+            )
+        return found
+    every = _compat.model_checkpoints(trainer)
+    missing = [cb for cb in checkpoints if not any(cb is mc for mc in every)]
+    if missing:
+        raise ConfigurationError(
+            f"{_OWNER}(checkpoints=...) got {len(missing)} ModelCheckpoint(s) that are not among the Trainer's "
+            "callbacks; pass the same instances to `Trainer(callbacks=[...])`, or leave `checkpoints=None` to "
+            "upload every ModelCheckpoint on the Trainer."
+        )
+    return list(checkpoints)
+
+
+def collection_names(
+    template: str | None, run_id: str, every: list[ModelCheckpoint], tracked: list[ModelCheckpoint]
+) -> list[str]:
+    """The collection of each of ``tracked`` (by ``template``, or the default names among ``every``
+    ModelCheckpoint of the Trainer); ``ConfigurationError`` when the template gives two the same name."""
+    defaults = default_names(run_id, [*every, *[mc for mc in tracked if mc not in every]])
+    names: list[str] = []
+    for index, mc in enumerate(tracked):
+        name = defaults[id(mc)] if template is None else name_for(template, run_id, mc.monitor, mc.mode, index)
+        if name in names:
+            raise ConfigurationError(
+                f"{_OWNER}(name={template!r}) gives the same artifact name {name!r} to two ModelCheckpoints; "
+                "add a field that tells them apart, e.g. `name='model-{run_id}-{monitor}-{index}'`."
+            )
+        names.append(name[:128])
+    return names
+
+
+def run_after_checkpoints(trainer: pl.Trainer, owner: Callback, tracked: list[ModelCheckpoint]) -> None:
+    """Make sure ``owner``'s hooks run after every tracked ModelCheckpoint's.
+
+    Lightning calls ``on_train_epoch_end`` of ``Checkpoint`` and ``EarlyStopping`` callbacks after
+    the module's own hook and after every other callback's, and ModelCheckpoint saves there by
+    default; a private ``Checkpoint`` (:func:`after_checkpoints`), appended last by the owner's own
+    ``on_train_epoch_end`` (which Lightning runs first) and gone after its hook, forwards that hook, so it
+    costs no hook call on the training batches. The owner is not a ``Checkpoint`` itself, so Lightning
+    still adds its default ``ModelCheckpoint``.
+    """
+    callbacks = without_hook(trainer, owner)  # one left behind by a fit that stopped
+    setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: a hook loop already running keeps the old one
+    if owner not in callbacks or not tracked:
+        return
+    last = max(callbacks.index(mc) for mc in tracked if mc in callbacks)
+    mine = callbacks.index(owner)
+    if mine > last:
+        return
+    callbacks.remove(owner)
+    callbacks.insert(last, owner)  # `last` shifted down by one after the removal
+    setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: a hook loop already running keeps the old one
+
+
+def without_hook(trainer: pl.Trainer, owner: Callback) -> list[Callback]:
+    """The Trainer's callbacks without ``owner``'s :func:`after_checkpoints` hook."""
+    callbacks: list[Callback] = list(getattr(trainer, "callbacks", []))
+    return [cb for cb in callbacks if not (isinstance(cb, AfterCheckpointsHook) and cb.owner is owner)]
+
+
+class AfterCheckpointsHook:
+    """Runs ``scan`` where Lightning runs checkpoint callbacks: last. Mixed into the ``Checkpoint`` class
+    of the Trainer's own package (:func:`after_checkpoints`), so that a Trainer of either package runs it
+    last."""
+
+    def __init__(self, owner: Callback, scan: Callable[[pl.Trainer], None]) -> None:
+        self.owner = owner
+        self.scan = scan
+
+    @property
+    def state_key(self) -> str:
+        return f"_AfterCheckpoints[{self.owner.state_key}]"
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        try:
+            self.scan(trainer)
+        finally:  # its moment is over: off the Trainer until the next epoch end
+            setattr(trainer, "callbacks", without_hook(trainer, self.owner))  # noqa: B010
+
+    def __reduce__(self) -> tuple[Any, ...]:  # ddp_spawn pickles the Trainer's callbacks
+        return (after_checkpoints, (self.owner, self.scan, _compat.namespace_of(self)))
+
+
+_HOOK_CLASSES: dict[type, type] = {}
+
+
+def after_checkpoints(owner: Callback, scan: Callable[[pl.Trainer], None], namespace: str | None) -> Callback:
+    """An :class:`AfterCheckpointsHook` that is a ``Checkpoint`` of ``namespace``'s package."""
+    roots = ("pytorch_lightning",) if namespace == "pytorch_lightning" else ("lightning.pytorch",)
+    base = _compat.classes("callbacks", "Checkpoint", roots)[0]
+    cls = _HOOK_CLASSES.get(base)
+    if cls is None:
+        cls = _HOOK_CLASSES[base] = type("_AfterCheckpoints", (AfterCheckpointsHook, base), {})
+    return cls(owner, scan)

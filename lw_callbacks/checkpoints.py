@@ -22,14 +22,18 @@ from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_p
 from lw_callbacks._model_checkpoints import (
     AsyncSaves,
     Moment,
+    after_checkpoints,
     check_checkpoints,
     check_dirpath,
-    default_names,
+    collection_names,
     files_on_disk,
+    find_checkpoints,
     mtime_ns,
     rewritten_in_place,
+    run_after_checkpoints,
     same_file,
     unwrap_saves,
+    without_hook,
     wrap_saves,
 )
 from lw_callbacks._wandb import finish_after_interrupted_cell, get_run, require_wandb_logger
@@ -43,7 +47,6 @@ from lw_callbacks.core.publish import (
     check_flush_timeout,
     check_template,
     flush_limit,
-    name_for,
     version_aliases,
     version_metadata,
 )
@@ -57,79 +60,14 @@ _OWNER = OWNER
 class UploadCheckpoints(Callback):
     r"""Upload every checkpoint that ``ModelCheckpoint`` saves as a W&B ``model`` artifact, in the background.
 
-    Each ``ModelCheckpoint`` on the Trainer (or each one passed in ``checkpoints``) gets its own
-    artifact collection, ``model-<run id>-<monitor>`` by default, so two checkpoint callbacks never
-    fight over one ``best`` alias; when two ModelCheckpoints of the Trainer share a monitor (even
-    when two UploadCheckpoints track one each), the fixed part of their ``filename`` (or their
-    folder's name) is appended, e.g. ``model-<run id>-val_loss-fast``, and two callbacks that would
-    still get one name are refused at ``setup``. Every new or changed file becomes a new version holding one file,
-    ``model.ckpt``, with metadata (``score``, ``monitor``, ``mode``, ``epoch``, ``global_step``, ``step``,
-    ``original_filename``, ``is_last`` and the ``ModelCheckpoint`` settings) and aliases:
-
-    - ``latest`` on the newest checkpoint, ``best`` on the best one by that callback's ``monitor``
-      and ``mode`` (it moves as the best changes); without ``monitor``, ``best`` follows Lightning's
-      ``best_model_path``, the newest checkpoint (not ``last.ckpt``), which ``ckpt_path="best"`` loads,
-    - ``epoch-<n>`` and ``step-<n>`` (``n`` is the ``trainer/global_step`` the metrics of that moment are
-      logged at; ``MetricSummaries`` records the best one's as ``<metric>.best_checkpoint_step``), and the
-      ``aliases`` you pass (they end on the newest version).
-
-    Training does not wait for uploads. Right after ``ModelCheckpoint`` has written a file (at
-    ``setup`` this callback moves itself after the ``ModelCheckpoint`` callbacks, so its hooks run
-    after theirs), it hands the file over and returns; hashing and ``log_artifact`` run on a
-    background thread. The hand-over is a hard link in ``<staging>/<run id>/<collection>/``
-    (``<staging>`` is ``.upload-staging`` beside the checkpoint, or ``staging_dir``), with a note
-    beside it naming the run. On another filesystem (a ``staging_dir`` on tmpfs, say) it opens the
-    file instead, and the worker copies it from that descriptor into the staging folder; the copy is
-    compared by content, and a partial copy is removed on failure. Either way the content stays
-    readable, so a checkpoint that top-k rotation deletes a moment later is still uploaded whole.
-    When the staging disk is full, one warning names the file at risk and the fix; such files are
-    uploaded from the original (or the open descriptor) when fit ends. Content uploaded before is not
-    uploaded again, and a ``last.ckpt`` symlink (``save_last="link"``) is not uploaded apart from its
-    target; a ``last.ckpt`` copy saved at the same step as a top-k file holds the same weights and is
-    skipped.
-
-    Under ``Trainer(plugins=[AsyncCheckpointIO()])`` the files are written later, on the plugin's
-    writer thread: each hand-over runs there, right after the writes submitted before it, with the
-    metadata and aliases captured when ``ModelCheckpoint`` saved the file; nothing is read before its
-    write has finished, and the end of fit waits for the writes (at most ``flush_timeout``). A
-    checkpoint that ``ModelCheckpoint`` names but that is gone before it could be handed over gets one
-    warning naming it.
-
-    A checkpoint that is a folder (sharded strategies) becomes one version holding all its files, with
-    paths relative to the folder, hard-linked file by file; :func:`restore_checkpoint` returns the
-    folder. Checkpoints on an fsspec URL (``dirpath="s3://..."``, ``memory://``) are streamed by the
-    worker into ``.upload-staging`` in the working directory (or ``staging_dir``); a ``dirpath`` on a
-    scheme it cannot read is refused at ``setup``.
-
-    A crash loses nothing that was saved. A staged file and its note stay until W&B holds the
-    version durably: offline, until the artifact record is in the run's ``.wandb`` log on disk (an
-    offline run writes it every 15 s and at ``wandb.finish()``); online, until the artifact is
-    committed. Until then the ledger says ``sent``. At the start of every fit, the files the tracked
-    ModelCheckpoints have on disk and the staged files of this run are compared (by digest) with
-    what the earlier segments of the run (same run id) recorded, and what is missing is uploaded:
-    a run resumed after ``kill -9`` at any moment ends with every checkpoint that was on disk. Staged
-    files of another run are reported, never uploaded into this one. The staged files of versions
-    logged in the last seconds are removed right after ``wandb.finish()`` (on a short-lived thread that
-    waits, 30 s at most, for the log on disk to hold their records); a process that ends without
-    calling it leaves them, with their notes, for the next fit of the same run.
-
-    What this callback touches: your checkpoint files are only read (never moved, changed or
-    deleted); the staging folder and W&B's own staged copy (W&B copies the file into
-    ``$WANDB_DATA_DIR/artifacts/staging``, which ``wandb sync`` uploads) are not yours to change;
-    :func:`restore_checkpoint` gives you a copy of your own.
-
-    When fit ends, and when it ends with an exception or ``KeyboardInterrupt``, pending uploads are
-    flushed (with a progress bar when large files remain) for at most ``flush_timeout`` seconds, and
-    failed uploads are retried. Under several processes the other ranks wait in a collective while
-    rank 0 flushes, so rank 0 flushes for at most half the process group's timeout
-    (``DDPStrategy(timeout=...)``, 30 minutes by default) or ``flush_timeout``, whichever is shorter:
-    no rank waits in a collective longer than the process group allows. What is left goes on in
-    the background, and ``wandb.finish()`` waits for it (up to ``flush_timeout``).
-
-    The callback's ``state_dict`` holds a ledger of the files handed over and their digests, so a
-    fit resumed from a checkpoint neither uploads them again nor misses one. Without that state
-    (the callback is new to the fit, in a new run), checkpoints the ``ModelCheckpoint`` already
-    tracks are uploaded once, without epoch and step.
+    Each tracked ``ModelCheckpoint`` gets its own collection (``model-<run id>-<monitor>``); each new file
+    becomes a version holding ``model.ckpt``, with aliases ``latest``, ``best`` (by that callback's
+    ``monitor`` and ``mode``; without one, Lightning's ``best_model_path``), ``epoch-<n>``, ``step-<n>``
+    and ``aliases``. The training thread only hands the file over (a hard link, or an open descriptor);
+    a worker thread hashes and logs it, and a staged copy stays until W&B holds the version durably, so a
+    resumed run uploads whatever a crash left out. Your checkpoint files are only read. The docs' checkpoint
+    pages describe the hand-over, crash safety and resume, and each checkpoint setup (folders, fsspec URLs,
+    ``AsyncCheckpointIO``, DDP).
 
     Attributes:
         collection_names: after ``setup``, the artifact name of each tracked ``ModelCheckpoint`` in
@@ -153,32 +91,28 @@ class UploadCheckpoints(Callback):
     Options are read-only after construction (setting one raises ``AttributeError``).
 
     Raises:
-        ConfigurationError: at construction for a bad ``name`` template, alias, ``checkpoints`` (not
-            ``ModelCheckpoint`` callbacks), timeout, ``staging_dir`` or ``progress_bar``; at ``setup``
-            when the Trainer has no ``WandbLogger``, two collections (of this or another
-            UploadCheckpoints) get the same name, or a tracked ``ModelCheckpoint``'s ``dirpath`` is on
-            a URL scheme it cannot read (``http://``, say).
+        ConfigurationError: at construction, for a bad ``name`` template, alias, ``checkpoints`` (not
+            ``ModelCheckpoint`` callbacks), ``flush_timeout``, ``staging_dir`` or ``progress_bar``.
+        ConfigurationError: at ``setup``, when the Trainer has no ``WandbLogger``.
+        ConfigurationError: at ``setup``, when two collections (of this or another UploadCheckpoints) get one name.
+        ConfigurationError: at ``setup``, when a tracked ``dirpath`` is on a URL scheme it cannot read (``http://``).
 
     Example::
 
         >>> from lightning.pytorch import Trainer
         >>> from lightning.pytorch.callbacks import ModelCheckpoint
         >>> from lightning.pytorch.loggers import WandbLogger
-        >>> from lw_callbacks import UploadCheckpoints, restore_checkpoint
+        >>> from lw_callbacks import UploadCheckpoints
         >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
         >>> upload = UploadCheckpoints()
-        >>> trainer = Trainer(
-        ...     logger=WandbLogger(project="digits"),  # keep log_model off
-        ...     callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"), upload],
-        ...     max_epochs=1, limit_train_batches=2, limit_val_batches=1,
-        ...     enable_progress_bar=False, enable_model_summary=False,
-        ... )
+        >>> checkpoint = ModelCheckpoint(monitor="val_acc", mode="max")
+        >>> trainer = Trainer(logger=WandbLogger(project="digits"), callbacks=[checkpoint, upload], max_epochs=1,
+        ...                   limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False,
+        ...                   enable_model_summary=False)  # WandbLogger's log_model stays off
         >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
         >>> upload.collection_names == [f"model-{trainer.logger.experiment.id}-val_acc"]
         True
         >>> path = upload.restore("best")  # or restore_checkpoint(upload.collection_names[0] + ":best")
-        >>> path.name
-        'model.ckpt'
         >>> model = DigitsClassifier.load_from_checkpoint(path)
     """
 
@@ -246,7 +180,7 @@ class UploadCheckpoints(Callback):
                 "(twice the storage, and log_model copies and hashes on the training thread). Turn off "
                 "`log_model` (`WandbLogger(log_model=False)`, the default) and keep UploadCheckpoints."
             )
-        self._tracked = self._find_checkpoints(trainer)
+        self._tracked = find_checkpoints(trainer, self.checkpoints)
         for mc in self._tracked:
             check_dirpath(mc.dirpath or trainer.default_root_dir)
         run = get_run(trainer, _OWNER)
@@ -258,7 +192,7 @@ class UploadCheckpoints(Callback):
             raise ConfigurationError(problem)
         self.collection_names = self._names(run_id, trainer) if run_id is not None else []
         self._run_id = run_id or ""
-        self._run_after_checkpoints(trainer)
+        run_after_checkpoints(trainer, self, self._tracked)
         self._fit_start_ns = time.time_ns() - 50_000_000  # file mtimes use a coarse clock
         self._fingerprints.clear()
         self._handed_step.clear()
@@ -317,8 +251,8 @@ class UploadCheckpoints(Callback):
         # this one included: a private Checkpoint, on the Trainer for this moment only, scans after it.
         if self.publisher.uploader is None:
             return
-        callbacks = self._without_helper(trainer)
-        callbacks.append(_after_checkpoints(self, _compat.namespace_of(trainer)))
+        callbacks = without_hook(trainer, self)
+        callbacks.append(after_checkpoints(self, self._scan, _compat.namespace_of(trainer)))
         setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: the hook loop now running keeps its own
 
     @override
@@ -353,11 +287,7 @@ class UploadCheckpoints(Callback):
             self.publisher.flush("teardown")
         for mc in self._tracked:
             unwrap_saves(mc)
-        setattr(trainer, "callbacks", self._without_helper(trainer))  # noqa: B010 - see _run_after_checkpoints
-
-    def _without_helper(self, trainer: pl.Trainer) -> list[Callback]:
-        callbacks: list[Callback] = list(getattr(trainer, "callbacks", []))
-        return [cb for cb in callbacks if not (isinstance(cb, _AfterCheckpointsHook) and cb.owner is self)]
+        setattr(trainer, "callbacks", without_hook(trainer, self))  # noqa: B010 - see run_after_checkpoints
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -415,31 +345,11 @@ class UploadCheckpoints(Callback):
         return restore_checkpoint(f"{name}:{alias}", root=root)
 
     # ------------------------------------------------------------------ setup helpers
-    def _find_checkpoints(self, trainer: pl.Trainer) -> list[ModelCheckpoint]:
-        if self.checkpoints is None:
-            found = _compat.model_checkpoints(trainer)
-            for mc in _compat.foreign_checkpoints(trainer):
-                warn(
-                    f"{_OWNER}: {mc!r} is uploaded, but Lightning does not count it as a checkpoint callback of "
-                    f"this Trainer (`trainer.checkpoint_callback`, `ckpt_path='best'` do not see it)."
-                    + _compat.mix_hint(trainer, mc)
-                )
-            return found
-        every = _compat.model_checkpoints(trainer)
-        missing = [cb for cb in self.checkpoints if not any(cb is mc for mc in every)]
-        if missing:
-            raise ConfigurationError(
-                f"{_OWNER}(checkpoints=...) got {len(missing)} ModelCheckpoint(s) that are not among the Trainer's "
-                "callbacks; pass the same instances to `Trainer(callbacks=[...])`, or leave `checkpoints=None` to "
-                "upload every ModelCheckpoint on the Trainer."
-            )
-        return list(self.checkpoints)
-
     def _names(self, run_id: str, trainer: pl.Trainer | None = None) -> list[str]:
         """The collection of each tracked ModelCheckpoint; unique among every UploadCheckpoints of the
         Trainer, or ``ConfigurationError``."""
         every = _compat.model_checkpoints(trainer) if trainer else []
-        names = self._names_among(run_id, every)
+        names = collection_names(self.name, run_id, every, self._tracked)
         if trainer is None:
             return names
         mine = dict(zip((id(mc) for mc in self._tracked), names, strict=True))
@@ -447,10 +357,11 @@ class UploadCheckpoints(Callback):
             if other is self or not isinstance(other, UploadCheckpoints):
                 continue
             try:
-                theirs = other._names_among(run_id, every, other._find_checkpoints(trainer))
+                tracked = find_checkpoints(trainer, other.checkpoints)
+                theirs = collection_names(other.name, run_id, every, tracked)
             except ConfigurationError:
                 continue  # its own setup reports it
-            for mc, name in zip(other._find_checkpoints(trainer), theirs, strict=True):
+            for mc, name in zip(tracked, theirs, strict=True):
                 if name in mine.values():
                     same = id(mc) in mine
                     raise ConfigurationError(
@@ -462,44 +373,6 @@ class UploadCheckpoints(Callback):
                         + "."
                     )
         return names
-
-    def _names_among(
-        self, run_id: str, every: list[ModelCheckpoint], tracked: list[ModelCheckpoint] | None = None
-    ) -> list[str]:
-        tracked = self._tracked if tracked is None else tracked
-        defaults = default_names(run_id, [*every, *[mc for mc in tracked if mc not in every]])
-        names: list[str] = []
-        for index, mc in enumerate(tracked):
-            name = defaults[id(mc)] if self.name is None else name_for(self.name, run_id, mc.monitor, mc.mode, index)
-            if name in names:
-                raise ConfigurationError(
-                    f"{_OWNER}(name={self.name!r}) gives the same artifact name {name!r} to two ModelCheckpoints; "
-                    "add a field that tells them apart, e.g. `name='model-{run_id}-{monitor}-{index}'`."
-                )
-            names.append(name[:128])
-        return names
-
-    def _run_after_checkpoints(self, trainer: pl.Trainer) -> None:
-        """Make sure this callback's hooks run after every tracked ModelCheckpoint's.
-
-        Lightning calls ``on_train_epoch_end`` of ``Checkpoint`` and ``EarlyStopping`` callbacks after
-        the module's own hook and after every other callback's, and ModelCheckpoint saves there by
-        default; a private ``Checkpoint``, appended last by this callback's own ``on_train_epoch_end``
-        (which Lightning runs first) and gone after its hook, forwards that hook here, so it costs no
-        hook call on the training batches. This callback is not a ``Checkpoint`` itself, so Lightning
-        still adds its default ``ModelCheckpoint``.
-        """
-        callbacks = self._without_helper(trainer)  # one left behind by a fit that stopped
-        setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: a hook loop already running keeps the old one
-        if self not in callbacks or not self._tracked:
-            return
-        last = max(callbacks.index(mc) for mc in self._tracked if mc in callbacks)
-        mine = callbacks.index(self)
-        if mine > last:
-            return
-        callbacks.remove(self)
-        callbacks.insert(last, self)  # `last` shifted down by one after the removal
-        setattr(trainer, "callbacks", callbacks)  # noqa: B010 - a new list: a hook loop already running keeps the old one
 
     def _reconcile(self, trainer: pl.Trainer) -> None:
         """Upload what earlier segments of this run left undone, whatever moment they were killed at.
@@ -724,39 +597,3 @@ class UploadCheckpoints(Callback):
         """How long rank 0 may flush at the end of fit while the other ranks wait in a collective:
         ``flush_timeout``, but under several processes at most half the process group's timeout."""
         return flush_limit(self.flush_timeout, trainer.world_size, trainer.strategy)
-
-
-# ---------------------------------------------------------------------- helpers
-class _AfterCheckpointsHook:
-    """Runs ``UploadCheckpoints``'s scan where Lightning runs checkpoint callbacks: last. Mixed into the
-    ``Checkpoint`` class of the Trainer's own package (:func:`_after_checkpoints`), so that a Trainer of
-    either package runs it last."""
-
-    def __init__(self, owner: UploadCheckpoints) -> None:
-        self.owner = owner
-
-    @property
-    def state_key(self) -> str:
-        return f"_AfterCheckpoints[{self.owner.state_key}]"
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        try:
-            self.owner._scan(trainer)
-        finally:  # its moment is over: off the Trainer until the next epoch end
-            setattr(trainer, "callbacks", self.owner._without_helper(trainer))  # noqa: B010
-
-    def __reduce__(self) -> tuple[Any, ...]:  # ddp_spawn pickles the Trainer's callbacks
-        return (_after_checkpoints, (self.owner, _compat.namespace_of(self)))
-
-
-_HELPER_CLASSES: dict[type, type] = {}
-
-
-def _after_checkpoints(owner: UploadCheckpoints, namespace: str | None) -> Callback:
-    """A ``_AfterCheckpointsHook`` that is a ``Checkpoint`` of ``namespace``'s package."""
-    roots = ("pytorch_lightning",) if namespace == "pytorch_lightning" else ("lightning.pytorch",)
-    base = _compat.classes("callbacks", "Checkpoint", roots)[0]
-    cls = _HELPER_CLASSES.get(base)
-    if cls is None:
-        cls = _HELPER_CLASSES[base] = type("_AfterCheckpoints", (_AfterCheckpointsHook, base), {})
-    return cls(owner)

@@ -22,7 +22,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,12 +43,23 @@ def _write_wandb(fh: IO[bytes], data: bytes) -> None:
     fh.write(data)
 
 
+@contextlib.contextmanager
+def removed_on_failure(path: str) -> Iterator[None]:
+    """Remove the file ``path`` when the block raises (anything, ``KeyboardInterrupt`` included)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
+
+
 def _write_through_partial(dst: str, chunks: Iterable[bytes]) -> int:
     """Write ``chunks`` to ``dst`` through ``dst.partial`` (synced, then renamed; removed on any failure);
     returns the number of bytes written."""
     partial = dst + ".partial"
     size = 0
-    try:
+    with removed_on_failure(partial):
         with open(partial, "wb") as out:
             for chunk in chunks:
                 _write(out, chunk)
@@ -56,10 +67,6 @@ def _write_through_partial(dst: str, chunks: Iterable[bytes]) -> int:
             out.flush()
             os.fsync(out.fileno())
         os.replace(partial, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(partial)
-        raise
     return size
 
 
@@ -198,17 +205,13 @@ def copy_for_wandb(path: str) -> str:
     failed copy (W&B's data folder full, say) leaves no partial file behind."""
     folder = wandb_staging_dir()
     fd, partial = tempfile.mkstemp(dir=folder, prefix=f"lw-copy-{os.getpid()}-", suffix=".partial")
-    try:
+    with removed_on_failure(partial):
         with os.fdopen(fd, "wb") as out, open(path, "rb") as fin:
             while chunk := fin.read(_CHUNK):
                 _write_wandb(out, chunk)
         os.chmod(partial, stat.S_IRUSR)
         dst = partial[: -len(".partial")]
         os.replace(partial, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(partial)
-        raise
     return dst
 
 
@@ -277,21 +280,16 @@ def reflink_or_copy(src: str, dst: str) -> str:
     """Write a copy of ``src`` at ``dst`` that shares no storage with it that a write could change:
     a reflink (``FICLONE``, copy-on-write) where the filesystem offers one, else a plain copy.
     Returns ``"reflink"`` or ``"copy"``. ``dst`` is removed on failure."""
-    try:
-        with open(src, "rb") as fin, open(dst, "wb") as fout:
-            try:
-                import fcntl
+    with removed_on_failure(dst), open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            import fcntl
 
-                fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-                return "reflink"
-            except (OSError, ImportError, AttributeError):
-                pass
-            shutil.copyfileobj(fin, fout, _CHUNK)
-            return "copy"
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(dst)
-        raise
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return "reflink"
+        except (OSError, ImportError, AttributeError):
+            pass
+        shutil.copyfileobj(fin, fout, _CHUNK)
+        return "copy"
 
 
 _FICLONE = 0x40049409  # Linux ioctl: clone a whole file (btrfs, XFS, bcachefs, ...)
