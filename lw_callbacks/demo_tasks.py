@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 __all__ = ["SHAPE_NAMES", "Shapes", "ShapesDetector", "ShapesSegmenter", "detection_collate"]
 
 SHAPE_NAMES = ["background", "disc", "square"]
+_TARGET_OF = {"segmentation": "mask", "detection": "boxes"}  # mode -> the method giving an example's target
 
 
 class Shapes(Dataset):
@@ -36,7 +37,7 @@ class Shapes(Dataset):
     """
 
     def __init__(self, n: int, size: int = 32, mode: str = "segmentation", seed: int = 0) -> None:
-        if mode not in ("segmentation", "detection"):
+        if mode not in _TARGET_OF:
             raise ValueError(f"Shapes(mode={mode!r}): mode is 'segmentation' or 'detection'.")
         self.n, self.size, self.mode, self.seed = n, size, mode, seed
 
@@ -75,7 +76,8 @@ class Shapes(Dataset):
         noise = 0.15 * torch.rand(3, self.size, self.size, generator=g)
         image = torch.stack([(mask == 1).float() * 0.8, (mask == 2).float() * 0.7, 0.2 + 0.3 * (mask > 0).float()])
         image = (image + noise).clamp(0, 1)
-        return image, (mask if self.mode == "segmentation" else self.boxes(i))
+        target = mask if _TARGET_OF[self.mode] == "mask" else self.boxes(i)
+        return image, target
 
 
 def detection_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, list[dict[str, Tensor]]]:

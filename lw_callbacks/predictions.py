@@ -11,9 +11,10 @@ from typing_extensions import override
 
 from lw_callbacks import _compat, _wandb
 from lw_callbacks._errors import Option, WarnOnce, warn
+from lw_callbacks.core.batches import InputError
+from lw_callbacks.core.sample_options import TaskOptions
 from lw_callbacks.core.samples import STAGES as STAGES  # public here too: lw_callbacks.predictions.STAGES
 from lw_callbacks.core.samples import SampleCore, check_arguments
-from lw_callbacks.core.tasks import InputError, TaskOptions
 
 __all__ = ["LogPredictionSamples"]
 

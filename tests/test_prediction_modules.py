@@ -32,7 +32,7 @@ from test_prediction_tasks import panel_class_labels
 from torch.utils.data import DataLoader
 
 from lw_callbacks import ConfigurationError, LogPredictionSamples, LWCallbacksWarning
-from lw_callbacks.core.reconstruction import GAP
+from lw_callbacks.core.tasks.reconstruction import GAP
 from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
 from lw_callbacks.demo_tasks import SHAPE_NAMES
 from lw_callbacks.records import RunRecords

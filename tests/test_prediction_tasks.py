@@ -518,8 +518,8 @@ def _to_uint8_whole(arr: np.ndarray) -> np.ndarray:
 
 
 def test_display_pixels_scaled_by_bands_equal_the_whole_image_and_live_off_the_heap() -> None:
-    from lw_callbacks.core import tasks
-    from lw_callbacks.core.samples import display
+    from lw_callbacks.core import offheap
+    from lw_callbacks.core.pixels import display
 
     rng = np.random.default_rng(0)
     wide = rng.normal(3.0, 40.0, size=(3, 37, 29)).astype(np.float32)
@@ -537,8 +537,8 @@ def test_display_pixels_scaled_by_bands_equal_the_whole_image_and_live_off_the_h
     for arr in cases:
         got = display(torch.from_numpy(arr), "image")
         assert np.array_equal(got, _to_uint8_whole(arr))
-        assert tasks.is_off_heap(got)
-        assert tasks.off_heap(got) is got  # kept as made, not copied again
+        assert offheap.is_off_heap(got)
+        assert offheap.off_heap(got) is got  # kept as made, not copied again
     flags = rng.random((16, 16)) > 0.5
     assert np.array_equal(display(flags, "image"), flags.astype(np.uint8) * 255)
 
@@ -556,12 +556,13 @@ def test_display_pixels_scaled_by_bands_equal_the_whole_image_and_live_off_the_h
     ],
 )
 def test_mask_rows_equal_the_class_ids_of_the_taken_rows(make: Any) -> None:
-    from lw_callbacks.core import tasks
+    from lw_callbacks.core import offheap
+    from lw_callbacks.core.tasks import segmentation as tasks
 
     v = make(torch.Generator().manual_seed(1))
     rows = [4, 1, 2]
     got = tasks.mask_rows(v, rows)
-    assert got.dtype == np.uint8 and tasks.is_off_heap(got)
+    assert got.dtype == np.uint8 and offheap.is_off_heap(got)
     assert np.array_equal(got, tasks.mask_array(v[rows]))
     scores = torch.randn(3, 4, 9, 7)
     scores[1, 2] = 50.0  # class 2 everywhere in row 1

@@ -246,7 +246,7 @@ def _framework_imports(source: str) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.parametrize("module", sorted((PACKAGE / "core").glob("*.py")), ids=_rel)
+@pytest.mark.parametrize("module", sorted((PACKAGE / "core").rglob("*.py")), ids=_rel)
 def test_cores_use_only_lightnings_utilities(module: Path) -> None:
     found = [f"{_rel(module)}:{line}: imports {name}" for line, name in _framework_imports(module.read_text())]
     assert not found, "a core imports the framework:\n" + "\n".join(found)

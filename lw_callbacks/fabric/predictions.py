@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from lw_callbacks._errors import ConfigurationError, Option
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
+from lw_callbacks.core.sample_options import TaskOptions
 from lw_callbacks.core.samples import STAGES, SampleCore, take
 from lw_callbacks.core.samples import check_arguments as sample_arguments
-from lw_callbacks.core.tasks import TaskOptions
 
 
 class FabricPredictionSamples:
