@@ -12,147 +12,33 @@ from typing_extensions import override
 from lw_callbacks import _compat, _wandb
 from lw_callbacks._errors import Option, WarnOnce, warn
 from lw_callbacks.core.batches import InputError
-from lw_callbacks.core.sample_options import TaskOptions
-from lw_callbacks.core.samples import STAGES as STAGES  # public here too: lw_callbacks.predictions.STAGES
-from lw_callbacks.core.samples import SampleCore, check_arguments
+from lw_callbacks.core.sample_options import STAGES as STAGES  # public here too: lw_callbacks.predictions.STAGES
+from lw_callbacks.core.sample_options import SampleOptions, SampleOptionsView, arguments
+from lw_callbacks.core.samples import SampleCore
 
 __all__ = ["LogPredictionSamples"]
 
 
-def _option(name: str, doc: str) -> Any:
-    """A read-only option of the callback, kept by its core (the one copy the engine reads)."""
-    return Option[Any](doc, via="_core")
+class LogPredictionSamples(SampleOptionsView, Callback):
+    r"""Log the model's predictions on the same ``num_samples`` evaluation examples every epoch, as
+    captioned images and W&B Tables, at ``trainer/global_step`` on global rank 0.
 
-
-def _task_option(name: str, doc: str) -> Any:
-    """A read-only task option, kept by the core's checked task options."""
-    return Option[Any](doc, via="_core.task_opts")
-
-
-class LogPredictionSamples(Callback):
-    r"""Log the model's predictions on the same ``num_samples`` evaluation examples every epoch.
-
-    At the end of each chosen validation epoch (and of ``trainer.test`` / ``trainer.predict`` when
-    ``stages`` asks for them), global rank 0 logs at ``trainer/global_step``, the same step Lightning
-    logs that validation's metrics at:
-
-    * ``<section>/images``: the samples as images captioned ``Ground Truth: <y> - Prediction: <p>``
-      (class names when ``class_names`` is given), when ``log_images`` and the inputs are images;
-    * ``<section>/inputs``: a W&B Table ``id, image | input, ground truth``, logged **once per run**
-      (the first time the stage logs), which holds the pixels;
-    * ``<section>/table``: a new W&B Table every epoch, ``id, sample, ground truth, prediction`` and,
-      when the model gives class scores, one ``score_<class>`` column per class. ``sample`` is a
-      reference to the row of ``<section>/inputs`` with that id (``wandb.Table.index_ref``), so
-      later epochs upload only predictions, never the images again.
-
-    ``<section>`` is ``key`` for validation and ``<key>_test`` / ``<key>_predict`` for the other stages.
-
-    **Which samples.** The examples at fixed positions of the evaluation stream, spread evenly over
-    it (the first ``num_samples`` when its length is unknown), chosen once and kept: with the usual
-    unshuffled evaluation loader they are the same dataset examples every epoch. ``id`` is the
-    example's index in the dataset. Only the chosen examples are detached and copied to the CPU;
-    batches holding none of them cost a few integer comparisons.
-
-    **Where predictions come from**, with no change to the LightningModule, first found of:
-
-    1. ``predict``, when given: ``predict(pl_module, batch)`` on a batch of the loader's structure holding
-       only the chosen rows, for modules whose ``forward`` does not take the raw batch (an autoencoder
-       whose step flattens the images first);
-    2. the output of ``validation_step`` / ``test_step`` / ``predict_step`` when it is a tensor of labels
-       ``(N,)`` (the W&B guide's module), logits or probabilities ``(N, C)`` (argmax; the scores column
-       holds the softmax, or the probabilities as given), or a dict holding either under ``preds`` /
-       ``logits`` / ``probs`` (or ``output_key``);
-    3. otherwise (``None``, a scalar loss, a dict without predictions), the module's own ``predict_step``
-       (when it defines one) on the chosen rows, said once in an info message;
-    4. else ``pl_module(x)`` on the chosen rows.
-
-    Whichever of 1, 3 or 4 applies also runs on the first rows of the stage's first batch, on every rank,
-    logged or not: with the default sanity check a module it cannot read stops the fit before training,
-    with a ``ConfigurationError`` naming what to pass. A row whose scores are all NaN or infinite is
-    predicted ``nan``, never a class (one warning per fit says how many rows).
-
-    **Batches**: ``(x, y, ...)`` tuples / lists, dicts (``input_key`` / ``target_key``; by default the
-    first of ``image, images, x, input, inputs, input_ids, text, ...`` and ``label, labels, y,
-    target, ...`` found), or a bare input tensor. **Inputs**: image tensors or arrays ``(N, C, H, W)``,
-    ``(N, H, W)`` or ``(N, H, W, C)`` with 1, 3 or 4 channels, ``uint8`` or float of any range
-    (scaled for display; NaN / inf pixels are drawn as black / white), lists of PIL images or
-    arrays; anything else (token ids, feature vectors, text) goes into the table as text / values,
-    with no image column and no image panel.
-
-    **Distributed runs.** Each rank sees its own shard of the evaluation set; this callback logs
-    **rank 0's samples** and enters no collective at all: nothing to gather, nothing that can hang,
-    no work on the other ranks beyond checking the first batch's layout (so a bad layout fails on
-    every rank alike). With Lightning's default unshuffled ``DistributedSampler`` rank 0's shard is
-    the same every epoch, and ``id`` is still the dataset index.
-
-    **Checks.** The layout of the first batch of each stage (and the step output, and ``class_names``
-    against the labels) is checked on every rank at the first batch the callback sees, logged or
-    not: with the default sanity check that is before training starts, so a bad setting stops the
-    fit at once. Under ``fast_dev_run`` the checks run and nothing is logged. When an input first
-    turns out unreadable after training began (``num_sanity_val_steps=0``), the callback warns once
-    and logs no more samples in that fit instead of ending a fit that has trained.
-
-    **A stage that logs nothing is said, once.** At ``setup``, a stage in ``stages`` that this fit /
-    test / predict cannot run (a fit whose module has no ``validation_step`` or that has no val
-    dataloader, ``limit_<stage>_batches=0``) warns, naming the stage, the reason and the fix; at the end
-    of a fit (and of ``trainer.validate`` / ``test`` / ``predict``) a listed stage that logged no sample
-    warns with the reason when known (only the sanity check ran, no validation fell on ``every_n_epochs``).
-    Under ``fast_dev_run`` nothing is logged and none of this is said.
-
-    **Other tasks** (``task="auto"`` tells them from the first batch and step output; pass ``task=`` to
-    say which):
-
-    * ``"segmentation"``: targets and predictions ``(N, H, W)`` class ids or ``(N, C, H, W)`` scores
-      (argmax; one channel is thresholded) over image inputs. The inputs table's image carries the
-      ground-truth mask (uploaded once, with the pixels); each epoch's table holds the predicted mask
-      (a colour image) and ``iou`` (mean over the classes present in either mask); the panel's images
-      carry ``masks={"ground_truth", "predictions"}`` with ``class_names`` as class labels.
-    * ``"detection"``: torchvision-style targets and outputs, one dict per image with ``boxes`` ``(K,
-      4)``, ``labels`` and (predictions) ``scores``. Boxes are ``xyxy`` pixels unless ``box_format`` /
-      ``normalized_boxes`` say otherwise; predictions scoring below ``score_threshold`` are left out
-      and the rest clipped to the image. The inputs table's image carries the ground-truth boxes;
-      each epoch's table holds the boxes per class and ``matches@0.5`` (predictions matched one to
-      one to a ground-truth box of their class at IoU >= 0.5); the panel's images carry
-      ``boxes={"ground_truth", "predictions"}``.
-    * ``"text"``: string inputs, or integer token ids ``(N, L)`` shown through ``decode``, in a
-      ``text`` column; predictions may be strings (or token ids with ``decode``) or class scores.
-    * ``"audio"``: waveforms ``(N, T)``, ``(N, 1, T)`` or a list of 1-D ones (dict key ``audio`` /
-      ``waveform`` / ...; or any float input when ``sample_rate`` is given) become ``wandb.Audio`` in
-      the inputs table's ``audio`` column (16-bit WAV at ``sample_rate``).
-    * ``"regression"``: float targets (first batch not all whole numbers) and predictions ``(N,)``
-      or ``(N, 1)``: ``target``, ``prediction`` and ``abs_error`` columns.
-    * ``"reconstruction"``: image inputs and a float output with as many values per example (the
-      input's shape, or flattened ``(N, C*H*W)``), unless the targets are masks. Each epoch's table holds
-      the ``reconstruction`` as an image (on the input's scale) and ``mse`` (against an image target of
-      the input's size, else the input); the panel shows each input beside its reconstruction.
-
-    **Ignored labels** (``ignore_index``, torchmetrics' convention): targets with one of these labels
-    count in no metric and no class list. Segmentation: those pixels are left out of ``iou``, drawn as
-    the class ``"ignored"`` in the masks (grey in the colour masks) and counted in an ``ignored``
-    column; detection: such ground-truth boxes match nothing, are not counted per class, are drawn
-    captioned ``"ignored"`` and counted in an ``ignored`` column; classification: the ground truth
-    reads ``"ignored"``. With ``ignore_index=None`` (the default) the labels are read at ``setup`` from
-    the module when it says so plainly: its ``ignore_index`` attribute (an int or a list),
-    ``hparams["ignore_index"]``, and the ``ignore_index`` of its direct submodules (a loss such as
-    ``nn.CrossEntropyLoss(ignore_index=250)``, a torchmetrics metric), except torch's default ``-100``;
-    an info message names what was read. ``ignore_index=[]`` ignores nothing.
-
-    Under a strategy that shards the parameters (FSDP, DeepSpeed, model parallel), the step must
-    return the predictions: running ``forward`` on rank 0 alone would wait forever for the other
-    ranks' shards, so the callback refuses that at the first batch, on every rank.
+    Each logged stage writes ``<section>/inputs`` once per run (the pixels), and ``<section>/table``
+    and ``<section>/images`` every logged epoch; ``<section>`` is ``key`` for validation and
+    ``<key>_<stage>`` otherwise. Predictions come from ``predict``, else the step output, else the
+    module's own ``predict_step``, else ``forward``, on the chosen rows only. How samples are chosen,
+    the tasks and their columns, ignored labels and distributed runs: ``docs/callbacks.md`` and
+    ``docs/prediction-tasks.md``.
 
     Args:
-        num_samples: how many examples to log (rank 0's first ``num_samples`` positions, spread).
-        every_n_epochs: log validation every this many epochs, counted as Lightning's
-            ``check_val_every_n_epoch`` and ``ModelCheckpoint(every_n_epochs=...)`` count them:
-            after epochs ``n - 1``, ``2n - 1``, ... (epoch numbers from 0). Test, predict and a
-            ``trainer.validate`` outside fit log every time they run.
+        num_samples: how many examples to log, spread evenly over rank 0's evaluation stream.
+        every_n_epochs: log validation after epochs ``n - 1``, ``2n - 1``, ... (as
+            ``check_val_every_n_epoch`` counts); test, predict and ``trainer.validate`` log every time.
         key: name of the panel section (``key/images``, ``key/table``, ``key/inputs``).
         class_names: names for labels ``0 .. C-1``, used in captions, the table and score columns.
         log_images: log the captioned-image panel.
         log_table: log the inputs table once and a predictions table every logged epoch.
-        log_scores: add per-class ``score_<class>`` columns when the model gives class scores
-            (up to 64 classes).
+        log_scores: add per-class ``score_<class>`` columns (up to 64 classes).
         stages: which loops to log: any of ``"validation"``, ``"test"``, ``"predict"``.
         log_sanity_check: also log during the sanity-check validation before training.
         input_key: key of the input in dict batches (``None``: the first usual name present).
@@ -160,36 +46,26 @@ class LogPredictionSamples(Callback):
         output_key: key of the predictions in dict step outputs (``None``: ``preds``, ``logits``, ...).
         dataloader_idx: which evaluation dataloader to sample from.
         task: ``"auto"`` (told from the first batch), ``"classification"``, ``"segmentation"``,
-            ``"detection"``, ``"text"``, ``"audio"`` or ``"regression"``.
+            ``"detection"``, ``"text"``, ``"audio"``, ``"regression"`` or ``"reconstruction"``.
         box_format: detection boxes as ``"xyxy"`` (torchvision) or ``"cxcywh"``.
         normalized_boxes: detection box coordinates are fractions of the image size, not pixels.
         score_threshold: predicted boxes scoring below this are left out.
         sample_rate: samples per second of audio inputs (required for audio).
-        decode: turns one sample's token ids (a list of ints) into a string: a callable such as
-            ``tokenizer.decode``, or its dotted import path (from LightningCLI YAML), imported at setup.
-        predict: ``predict(pl_module, batch) -> predictions`` for the chosen rows (a batch of the
-            loader's structure holding only them), in place of the step output; a callable or its
-            dotted import path (from LightningCLI YAML), imported at setup. Its output is read as a
-            step output (labels, scores, masks, boxes, a reconstruction, or a dict holding them).
-        ignore_index: a target label, or a list of them, to ignore (see above); ``None`` reads it from
-            the module; ``[]`` ignores none.
+        decode: turns one sample's token ids into a string: a callable such as ``tokenizer.decode``,
+            or its dotted import path (from LightningCLI YAML), imported at setup.
+        predict: ``predict(pl_module, batch) -> predictions`` on a batch holding only the chosen rows,
+            in place of the step output; a callable or its dotted import path, imported at setup.
+        ignore_index: a target label, or a list of them, counted in no metric and shown as
+            ``"ignored"``; ``None`` reads it from the module at setup; ``[]`` ignores none.
 
     Raises:
-        ConfigurationError: at construction, for ``num_samples < 1``, ``every_n_epochs < 1``, an
-            unknown or empty ``stages``, ``class_names`` that are not a list of strings, a flag that is
-            not a bool, or a key that is not a string; at ``setup``, when the Trainer has no
-            ``WandbLogger`` (under ``fast_dev_run`` nothing is logged and nothing is raised); at the
-            first batch of a stage, for a batch or step output this callback cannot read (the message
-            names the shape or type that arrived and what is accepted), ``input_key`` /
-            ``target_key`` on batches that are not dicts, ``class_names`` that do not cover the
-            labels, and a step that returns no predictions under a sharding strategy. For the other
-            tasks: an unknown ``task`` / ``box_format``, ``task="audio"`` without ``sample_rate``
-            (construction); a ``decode`` path that does not import (setup); at the first batch, a mask
-            whose size differs from its image, a ground-truth box outside its image, audio without a
-            sample rate, each naming the sample and the shapes. A ``predict`` / ``ignore_index`` of the wrong
-            type (construction), a ``predict`` path that does not import (setup); at the first batch, a
-            ``predict``, ``predict_step`` or ``forward`` that fails on the chosen rows or returns no
-            predictions, naming what to pass.
+        ConfigurationError: If an argument has a value it does not accept (at construction).
+        ConfigurationError: If the Trainer has no ``WandbLogger`` (at ``setup``; not under ``fast_dev_run``).
+        ConfigurationError: If a ``decode`` / ``predict`` path does not import (at ``setup``).
+        ConfigurationError: If a stage's first batch or step output cannot be read, or ``class_names`` do
+            not cover its labels (at that batch, on every rank).
+        ConfigurationError: If ``predict``, ``predict_step`` or ``forward`` fails on the chosen rows or returns
+            no predictions, or a sharding strategy's step returns none (at the first batch).
 
     Example::
 
@@ -219,8 +95,6 @@ class LogPredictionSamples(Callback):
         >>> table = records.tables("predictions/table")[-1]
         >>> table.columns[:4], len(table.rows)
         (['id', 'sample', 'ground truth', 'prediction'], 4)
-
-    An empty validation set logs nothing and warns once.
     """
 
     def __init__(
@@ -247,23 +121,8 @@ class LogPredictionSamples(Callback):
         predict: Callable[[Any, Any], Any] | str | None = None,
         ignore_index: int | list[int] | None = None,
     ) -> None:
-        super().__init__()
-        task_opts = TaskOptions(
-            task, box_format, normalized_boxes, score_threshold, sample_rate, decode, predict, ignore_index,
-            owner=type(self).__name__,
-        )
-        names, stage_tuple = check_arguments(
-            num_samples, every_n_epochs, key, class_names, log_images, log_table, log_scores, stages,
-            log_sanity_check, input_key, target_key, output_key, dataloader_idx, task_opts,
-        )
-        self._core = SampleCore(
-            task_opts, num_samples=num_samples, key=key, class_names=names, log_images=log_images,
-            log_table=log_table, log_scores=log_scores, stages=stage_tuple, input_key=input_key,
-            target_key=target_key, output_key=output_key,
-        )
-        self._every_n_epochs = every_n_epochs
-        self._log_sanity_check = log_sanity_check
-        self._dataloader_idx = dataloader_idx
+        super().__init__(SampleOptions(**arguments(locals()), owner=type(self).__name__))
+        self._core = SampleCore(self.options)
         self._warnings = WarnOnce()
         self._quiet = False  # fast_dev_run (set at setup)
         self._fit_ended = False  # on_fit_end reached: the fit ran to its end
@@ -271,29 +130,10 @@ class LogPredictionSamples(Callback):
         self._passes: dict[str, int] = {}  # evaluation passes outside the sanity check, per stage
         self._state_key = self._generate_state_key(key=self.key, stages=self.stages)
 
-    every_n_epochs = Option[int]("Log every ``every_n_epochs``-th validation epoch.")
-    log_sanity_check = Option[bool]("Whether the sanity check's validation is logged.")
-    dataloader_idx = Option[int]("Which evaluation dataloader the samples come from.")
-    num_samples = _option("num_samples", "How many examples are logged.")
-    key = _option("key", "The panel section of validation (``key_<stage>`` for the other stages).")
-    class_names = _option("class_names", "Names for labels ``0 .. C-1`` (a list), or ``None``.")
-    log_images = _option("log_images", "Whether the captioned-image panel is logged.")
-    log_table = _option("log_table", "Whether the inputs table and the predictions tables are logged.")
-    log_scores = _option("log_scores", "Whether the table has ``score_<class>`` columns.")
-    stages = _option("stages", "The loops logged, each once, as a tuple.")
-    input_key = _option("input_key", "Key of the input in dict batches, or ``None``.")
-    target_key = _option("target_key", "Key of the target in dict batches, or ``None``.")
-    output_key = _option("output_key", "Key of the predictions in dict step outputs, or ``None``.")
-    task = _task_option("task", "The ``task`` argument as given.")
-    box_format = _task_option("box_format", "The ``box_format`` argument as given.")
-    normalized_boxes = _task_option("normalized_boxes", "The ``normalized_boxes`` argument as given.")
-    score_threshold = _task_option("score_threshold", "Predicted boxes scoring below this are left out.")
-    sample_rate = _task_option("sample_rate", "Samples per second of audio inputs, or ``None``.")
-    decode = _task_option("decode", "The ``decode`` argument as given (a callable, a dotted path, or ``None``).")
-    predict = _task_option("predict", "The ``predict`` argument as given (a callable, a dotted path, or ``None``).")
-    ignore_index = _task_option("ignore_index",
-        "The ``ignore_index`` argument as given (``None``: read from the module)."
-    )
+    every_n_epochs = Option[int]("Log every ``every_n_epochs``-th validation epoch.", via="options")
+    stages = Option["tuple[str, ...]"]("The loops logged, each once, as a tuple.", via="options")
+    log_sanity_check = Option[bool]("Whether the sanity check's validation is logged.", via="options")
+    dataloader_idx = Option[int]("Which evaluation dataloader the samples come from.", via="options")
 
     @property
     @override
@@ -387,39 +227,18 @@ class LogPredictionSamples(Callback):
         self._core.start_epoch("predict")
 
     @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_end("validation", trainer, pl_module, outputs, batch, dataloader_idx)
 
     @override
-    def on_test_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_end("test", trainer, pl_module, outputs, batch, dataloader_idx)
 
     @override
-    def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_end("predict", trainer, pl_module, outputs, batch, dataloader_idx)
 
     @override

@@ -356,4 +356,4 @@ def test_fabric_classes_name_themselves_in_core_errors_and_warnings() -> None:
         LogPredictionSamples()._core.read_batch("validation", 3, None)
     audio = FabricPredictionSamples(task="audio", sample_rate=16000)
     with pytest.raises(ConfigurationError, match=r"^FabricPredictionSamples\(task='audio'\): sample 0"):
-        check_audio(torch.zeros(2, 3, 4), audio.core.task_opts, "validation")
+        check_audio(torch.zeros(2, 3, 4), audio.options, "validation")

@@ -324,7 +324,7 @@ def test_text_strings_in_and_out_and_decode_from_a_dotted_path(tmp_path: Path) -
     callback = LogPredictionSamples(num_samples=3, key="gen", decode="test_prediction_tasks.decode")
     trainer = make_trainer([callback])
     trainer.validate(Reverser(), DataLoader(data, batch_size=4))
-    assert callback._core.task_opts.decoder is decode  # imported at setup
+    assert callback._core.decoder is decode  # imported at setup
     rec = finish_and_read()
     (inputs,) = rec.tables("gen/inputs")
     assert [r["text"] for r in inputs.rows] == [WORDS[0], WORDS[6], WORDS[11]]  # spread over the 12 words

@@ -1,43 +1,84 @@
-"""The task arguments of ``LogPredictionSamples`` (boxes, audio, ``decode``, ``predict``, ``ignore_index``),
-checked at construction and resolved at ``setup``."""
+"""The options of ``LogPredictionSamples`` and ``FabricPredictionSamples``: one frozen
+:class:`SampleOptions`, checked once at construction and shared by the callback and its core, and
+the resolution of ``decode`` / ``predict`` paths and ignored labels at ``setup``."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from lw_callbacks._errors import ConfigurationError
+from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_int, check_names, check_str
 from lw_callbacks.core import tasks
 from lw_callbacks.core.tasks import IGNORED_NAME
 
-__all__ = ["BOX_FORMATS", "TaskOptions", "check_ignore_index", "check_predict", "ignore_index_of", "resolve_dotted"]
+__all__ = [
+    "BOX_FORMATS", "STAGES", "SampleOptions", "SampleOptionsView", "arguments", "check_ignore_index", "check_predict",
+    "ignore_index_of", "resolve_dotted",
+]
 
+STAGES = ("validation", "test", "predict")
 BOX_FORMATS = ("xyxy", "cxcywh")
 
 
-@dataclass
-class TaskOptions:
-    """The task arguments of ``LogPredictionSamples``, checked at construction."""
+@dataclass(frozen=True)
+class SampleOptions:
+    """The checked options of one prediction-samples callback (the constructor arguments, as documented
+    on ``LogPredictionSamples``); ``class_names`` becomes a list, ``stages`` a tuple of each stage once.
 
+    Raises:
+        ConfigurationError: for any value the callback does not accept, naming the argument and the fix.
+    """
+
+    num_samples: int = 16
+    every_n_epochs: int = 1
+    key: str = "predictions"
+    class_names: Sequence[str] | None = None
+    log_images: bool = True
+    log_table: bool = True
+    log_scores: bool = True
+    stages: Sequence[str] | str = ("validation",)
+    log_sanity_check: bool = False
+    input_key: str | None = None
+    target_key: str | None = None
+    output_key: str | None = None
+    dataloader_idx: int = 0
     task: str = "auto"
     box_format: str = "xyxy"
     normalized_boxes: bool = False
     score_threshold: float = 0.3
     sample_rate: int | None = None
-    decode: Callable[..., Any] | str | None = None
-    predict: Callable[..., Any] | str | None = None
+    decode: Callable[[list[int]], str] | str | None = None
+    predict: Callable[[Any, Any], Any] | str | None = None
     ignore_index: int | Sequence[int] | None = None
-    owner: str = "LogPredictionSamples"  # the class the user built, named in messages
-    _decode: Callable[..., Any] | None = field(default=None, repr=False)
-    _predict: Callable[..., Any] | None = field(default=None, repr=False)
-    ignored: frozenset[int] = field(default=frozenset(), repr=False)  # resolved: given, or read from the module
+    owner: str = field(default="LogPredictionSamples", compare=False)  # the class the user built, in messages
 
     def __post_init__(self) -> None:
+        self._check_task_arguments()
+        owner = self.owner
+        check_int(owner, "num_samples", self.num_samples, minimum=1, example="16")
+        check_int(owner, "every_n_epochs", self.every_n_epochs, minimum=1, example="1")
+        object.__setattr__(self, "stages", _stages(self.stages, owner))
+        check_str(owner, "key", self.key, example="'predictions'")
+        if self.class_names is not None:
+            names = check_names(owner, "class_names", self.class_names, example="['cat', 'dog']")
+            object.__setattr__(self, "class_names", list(names or ()))
+        check_int(owner, "dataloader_idx", self.dataloader_idx, minimum=0, example="0")
+        for flag in ("log_images", "log_table", "log_scores", "log_sanity_check"):
+            check_bool(owner, flag, getattr(self, flag))
+        for name in ("input_key", "target_key", "output_key"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigurationError(
+                    f"{owner}({name}={value!r}): `{name}` must be a key of your dict batches / step "
+                    f"outputs (a non-empty string), or None to use the usual names."
+                )
+
+    def _check_task_arguments(self) -> None:
         owner = self.owner
         if self.task not in tasks.TASK_NAMES:
             raise ConfigurationError(
@@ -60,7 +101,7 @@ class TaskOptions:
                 f"{owner}(score_threshold={score!r}): must be a number in [0, 1]; predicted boxes scoring below it "
                 "are left out, e.g. score_threshold=0.3."
             )
-        self.score_threshold = float(score)
+        object.__setattr__(self, "score_threshold", float(score))
         rate = self.sample_rate
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
             raise ConfigurationError(
@@ -72,44 +113,94 @@ class TaskOptions:
                 f"{owner}(decode={self.decode!r}): decode must be a callable turning one sample's token ids "
                 "into a string, or the dotted import path of one (e.g. 'my_project.data.tokenizer.decode')."
             )
-        self._decode = self.decode if callable(self.decode) else None
         check_predict(self.predict, owner)
-        self._predict = self.predict if callable(self.predict) else None
-        self.ignored = frozenset(check_ignore_index(self.ignore_index, owner))
+        check_ignore_index(self.ignore_index, owner)
         if self.task in tasks.TASKS:
             tasks.TASKS[self.task].check_options(self)  # what the chosen task itself needs
 
-    def resolve(self, module: nn.Module | None = None) -> None:
-        """Import ``decode`` / ``predict`` given as dotted paths, and settle the ignored labels: ``ignore_index``
-        as given, or (``None``) what ``module`` says plainly (:func:`ignore_index_of`). At ``setup``."""
+    def resolve(self, module: nn.Module | None = None) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None,
+                                                                 frozenset[int]]:
+        """``(decode, predict, ignored labels)`` for a fit: dotted paths imported, and the ignored labels
+        ``ignore_index`` as given or (``None``) what ``module`` says plainly (:func:`ignore_index_of`).
+
+        Raises:
+            ConfigurationError: for a dotted path that does not import.
+        """
         owner = self.owner
-        if isinstance(self.decode, str) and self._decode is None:
-            self._decode = resolve_dotted(self.decode, "decode", _DECODE_HINT, self.owner)
-        check_predict(self.predict, owner)
-        if isinstance(self.predict, str):  # imported at every setup: the option may have been edited
-            self._predict = resolve_dotted(self.predict, "predict", _PREDICT_HINT, owner)
-        else:
-            self._predict = self.predict
+        decode = resolve_dotted(self.decode, "decode", _DECODE_HINT, owner) if isinstance(self.decode, str) else (
+            self.decode
+        )
+        predict = resolve_dotted(self.predict, "predict", _PREDICT_HINT, owner) if isinstance(self.predict, str) else (
+            self.predict
+        )
         if self.ignore_index is not None:
-            self.ignored = frozenset(check_ignore_index(self.ignore_index, owner))
-            return
+            return decode, predict, frozenset(check_ignore_index(self.ignore_index, owner))
         labels, sources = ignore_index_of(module) if module is not None else ((), [])
-        self.ignored = frozenset(labels)
         if labels:
             rank_zero_info(
                 f"{owner}: targets labelled {sorted(labels)} are ignored (read from {', '.join(sources)}): left out "
                 f"of IoU, class lists and matches, and shown as {IGNORED_NAME!r}. Pass ignore_index=<label(s)> to "
                 "choose them, or ignore_index=[] to ignore none."
             )
+        return decode, predict, frozenset(labels)
+
+
+def arguments(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The options among a constructor's ``locals()`` (its arguments, by name)."""
+    names = {f.name for f in fields(SampleOptions)}
+    return {k: v for k, v in given.items() if k in names}
+
+
+def _stages(stages: Any, owner: str) -> tuple[str, ...]:
+    if isinstance(stages, str):
+        stage_list = [stages]
+    elif isinstance(stages, (list, tuple)):
+        stage_list = list(stages)
+    else:
+        raise ConfigurationError(
+            f"{owner}(stages={stages!r}): stages must be a stage name or a list of them, from {list(STAGES)}, "
+            f"got {type(stages).__name__}, e.g. stages=['validation', 'test']."
+        )
+    unknown = [s for s in stage_list if s not in STAGES]
+    if unknown or not stage_list:
+        raise ConfigurationError(
+            f"{owner}(stages={stages!r}): unknown stage(s) {unknown or stage_list}; accepted "
+            f"stages are {list(STAGES)}, e.g. stages=['validation', 'test']."
+        )
+    return tuple(dict.fromkeys(stage_list))
+
+
+class SampleOptionsView:
+    """The options both prediction-samples classes read back, read-only, from their :class:`SampleOptions`."""
+
+    def __init__(self, options: SampleOptions) -> None:
+        super().__init__()
+        self._options = options
 
     @property
-    def decoder(self) -> Callable[..., Any] | None:
-        return self._decode
+    def options(self) -> SampleOptions:
+        """The checked options (frozen), shared with the core."""
+        return self._options
 
-    @property
-    def predictor(self) -> Callable[..., Any] | None:
-        """The ``predict`` callable (imported), or ``None``."""
-        return self._predict
+    num_samples = Option[int]("How many examples are logged.", via="options")
+    key = Option[str]("The panel section of validation (``key_<stage>`` for the other stages).", via="options")
+    class_names = Option["list[str] | None"]("Names for labels ``0 .. C-1`` (a list), or ``None``.", via="options")
+    log_images = Option[bool]("Whether the captioned-image panel is logged.", via="options")
+    log_table = Option[bool]("Whether the inputs table and the predictions tables are logged.", via="options")
+    log_scores = Option[bool]("Whether the table has ``score_<class>`` columns.", via="options")
+    input_key = Option["str | None"]("Key of the input in dict batches, or ``None``.", via="options")
+    target_key = Option["str | None"]("Key of the target in dict batches, or ``None``.", via="options")
+    output_key = Option["str | None"]("Key of the predictions in dict step outputs, or ``None``.", via="options")
+    task = Option[str]("The ``task`` argument as given.", via="options")
+    box_format = Option[str]("The ``box_format`` argument as given.", via="options")
+    normalized_boxes = Option[bool]("The ``normalized_boxes`` argument as given.", via="options")
+    score_threshold = Option[float]("Predicted boxes scoring below this are left out.", via="options")
+    sample_rate = Option["int | None"]("Samples per second of audio inputs, or ``None``.", via="options")
+    decode = Option[Any]("The ``decode`` argument as given (a callable, a dotted path, or ``None``).", via="options")
+    predict = Option[Any]("The ``predict`` argument as given (a callable, a dotted path, or ``None``).", via="options")
+    ignore_index = Option["int | list[int] | None"](
+        "The ``ignore_index`` argument as given (``None``: read from the module).", via="options"
+    )
 
 
 _DECODE_HINT = (

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DistributedSampler, RandomSampler
 
 from lw_callbacks import _wandb
-from lw_callbacks._errors import ConfigurationError, WarnOnce, check_bool, check_int, check_names, check_str, warn
+from lw_callbacks._errors import WarnOnce, warn
 from lw_callbacks.core import tasks
 from lw_callbacks.core.batches import (
     ACCEPTED_BATCH,
@@ -41,13 +41,12 @@ from lw_callbacks.core.batches import (
     take,
 )
 from lw_callbacks.core.pixels import looks_like_images
-from lw_callbacks.core.sample_options import TaskOptions
+from lw_callbacks.core.sample_options import STAGES, SampleOptions, check_ignore_index
 from lw_callbacks.core.tasks import Chosen, FirstBatch, Sample, Task, one_type
 from lw_callbacks.core.tasks.classification import NAN
 
-__all__ = ["NAN", "STAGES", "SampleCore", "StageState", "check_arguments", "take"]
+__all__ = ["NAN", "STAGES", "SampleCore", "StageState", "take"]
 
-STAGES = ("validation", "test", "predict")
 _INPUT_KEYS = (
     "image", "images", "img", "x", "input", "inputs", "input_ids", "text", "features", "pixel_values",
     *(key for task in tasks.TASKS.values() for key in task.input_keys),
@@ -84,72 +83,10 @@ class StageState:
     nan_warned: bool = False  # said once per fit / test / predict
 
 
-def check_arguments(
-    num_samples: Any,
-    every_n_epochs: Any,
-    key: Any,
-    class_names: Any,
-    log_images: Any,
-    log_table: Any,
-    log_scores: Any,
-    stages: Any,
-    log_sanity_check: Any,
-    input_key: Any,
-    target_key: Any,
-    output_key: Any,
-    dataloader_idx: Any,
-    task_opts: TaskOptions,
-) -> tuple[list[str] | None, tuple[str, ...]]:
-    """Check ``LogPredictionSamples``' arguments (the task ones are checked by ``task_opts``, made first).
-
-    Returns:
-        ``class_names`` as a list (or ``None``) and the stages, each once, in the order given.
-
-    Raises:
-        ConfigurationError: naming the argument, the accepted values and an example.
-    """
-    owner = task_opts.owner
-    check_int(owner, "num_samples", num_samples, minimum=1, example="16")
-    check_int(owner, "every_n_epochs", every_n_epochs, minimum=1, example="1")
-    if isinstance(stages, str):
-        stage_list = [stages]
-    elif isinstance(stages, (list, tuple)):
-        stage_list = list(stages)
-    else:
-        raise ConfigurationError(
-            f"{owner}(stages={stages!r}): stages must be a stage name or a list of them, from {list(STAGES)}, "
-            f"got {type(stages).__name__}, e.g. stages=['validation', 'test']."
-        )
-    unknown = [s for s in stage_list if s not in STAGES]
-    if unknown or not stage_list:
-        raise ConfigurationError(
-            f"{owner}(stages={stages!r}): unknown stage(s) {unknown or stage_list}; accepted "
-            f"stages are {list(STAGES)}, e.g. stages=['validation', 'test']."
-        )
-    check_str(owner, "key", key, example="'predictions'")
-    if class_names is not None:
-        class_names = list(check_names(owner, "class_names", class_names, example="['cat', 'dog']") or ())
-    check_int(owner, "dataloader_idx", dataloader_idx, minimum=0, example="0")
-    for flag, value in (
-        ("log_images", log_images),
-        ("log_table", log_table),
-        ("log_scores", log_scores),
-        ("log_sanity_check", log_sanity_check),
-    ):
-        check_bool(owner, flag, value)
-    for name, key_value in (("input_key", input_key), ("target_key", target_key), ("output_key", output_key)):
-        if key_value is not None and (not isinstance(key_value, str) or not key_value):
-            raise ConfigurationError(
-                f"{owner}({name}={key_value!r}): `{name}` must be a key of your dict batches / step "
-                f"outputs (a non-empty string), or None to use the usual names."
-            )
-    return class_names, tuple(dict.fromkeys(stage_list))
-
-
 class SampleCore:
     """Choose, read, collect and log prediction samples, per stage; no Trainer.
 
-    Built from arguments already checked (:func:`check_arguments`, :class:`TaskOptions`).
+    Built from its checked :class:`~lw_callbacks.core.sample_options.SampleOptions`.
     Per stage: :meth:`reset` when new data may come, :meth:`start_epoch`, then for each batch
     :meth:`read_batch` (every rank: the first batch is checked), :meth:`choose_positions` once,
     :meth:`collect_chosen` (or :meth:`collect_or_warn` on rows of the caller's choosing) on the
@@ -159,61 +96,33 @@ class SampleCore:
         states: stage name -> its :class:`StageState`.
         sharded: the parameters are sharded across ranks: a step that returns no predictions is refused
             at the first batch (running ``forward`` on one rank alone would hang).
-        task_opts: the task arguments (``task``, boxes, ``sample_rate``, ``decode``).
+        options: the checked options, shared with the callback.
+        decoder, predictor, ignored: ``decode``, ``predict`` and the ignored labels, resolved (:meth:`resolve`).
         owner: the class named in the warnings of failed W&B writes.
     """
 
-    def __init__(
-        self,
-        task_opts: TaskOptions,
-        num_samples: int = 16,
-        key: str = "predictions",
-        class_names: list[str] | None = None,
-        log_images: bool = True,
-        log_table: bool = True,
-        log_scores: bool = True,
-        stages: tuple[str, ...] = ("validation",),
-        input_key: str | None = None,
-        target_key: str | None = None,
-        output_key: str | None = None,
-    ) -> None:
-        self.task_opts = task_opts  # the task arguments, checked: the one copy the engine reads
-        self.owner = task_opts.owner  # the class the user built, named in errors and warnings
-        self.num_samples = num_samples
-        self.key = key
-        self.class_names = class_names
-        self.log_images = log_images
-        self.log_table = log_table
-        self.log_scores = log_scores
-        self.stages = stages
-        self.input_key = input_key
-        self.target_key = target_key
-        self.output_key = output_key
-        self.states: dict[str, StageState] = {s: StageState() for s in stages}
+    def __init__(self, options: SampleOptions) -> None:
+        self.options = options  # checked once, read-only: the one copy the engine reads
+        self.owner = options.owner  # the class the user built, named in errors and warnings
+        self.states: dict[str, StageState] = {s: StageState() for s in options.stages}
         self.sharded = False
+        # resolved at setup (:meth:`resolve`): the decode / predict callables, and the labels ignored now
+        self.decoder: Callable[..., Any] | None = options.decode if callable(options.decode) else None
+        self.predictor: Callable[..., Any] | None = options.predict if callable(options.predict) else None
+        self.ignored = frozenset(check_ignore_index(options.ignore_index, options.owner))
         self._warnings = WarnOnce()
         self._tasks: dict[str, Task] = {}  # the stages' tasks, bound to this core
         self._said_predict_step = False
         self._step_failed = False  # the module's predict_step failed on an evaluation batch: forward is used
 
-    @property
-    def predict(self) -> Callable[..., Any] | str | None:
-        """The ``predict`` argument as given (a callable, a dotted path, or ``None``), imported at :meth:`resolve`."""
-        return self.task_opts.predict
-
-    @property
-    def ignored(self) -> frozenset[int]:
-        """The labels ignored now: ``ignore_index``, or what the module said (after :meth:`resolve`)."""
-        return self.task_opts.ignored
-
     def section(self, stage: str) -> str:
         """The panel section a stage logs under: ``key`` for validation, ``key_<stage>`` otherwise."""
-        return self.key if stage == "validation" else f"{self.key}_{stage}"
+        return self.options.key if stage == "validation" else f"{self.options.key}_{stage}"
 
-    def resolve(self, module: Any = None) -> None:
+    def resolve(self, module: nn.Module | None = None) -> None:
         """Import dotted ``decode`` / ``predict`` paths and settle the ignored labels (``ignore_index``, or
         read from ``module``): a bad path fails here, before any batch."""
-        self.task_opts.resolve(module)
+        self.decoder, self.predictor, self.ignored = self.options.resolve(module)
 
     # ------------------------------------------------------------------ per stage
     def reset(self, stage: str) -> None:
@@ -302,22 +211,23 @@ class SampleCore:
 
     def _split_batch(self, batch: Any) -> tuple[Any, Any]:
         if isinstance(batch, Mapping):
-            x_key = self.input_key or next((k for k in _INPUT_KEYS if k in batch), None)
-            y_key = self.target_key or next((k for k in _TARGET_KEYS if k in batch), None)
+            x_key = self.options.input_key or next((k for k in _INPUT_KEYS if k in batch), None)
+            y_key = self.options.target_key or next((k for k in _TARGET_KEYS if k in batch), None)
             if x_key is None or x_key not in batch:
                 raise InputError(
                     f"{self.owner}: the batch is a dict with keys {sorted(map(str, batch))} and no input under "
-                    f"{[self.input_key] if self.input_key else list(_INPUT_KEYS)}. Pass "
+                    f"{[self.options.input_key] if self.options.input_key else list(_INPUT_KEYS)}. Pass "
                     f"{self.owner}(input_key=..., target_key=...) naming your keys. Accepted batches: "
                     f"{ACCEPTED_BATCH}."
                 )
-            if self.target_key is not None and self.target_key not in batch:
+            if self.options.target_key is not None and self.options.target_key not in batch:
                 raise InputError(
-                    f"{self.owner}(target_key={self.target_key!r}): the batch dict has keys "
+                    f"{self.owner}(target_key={self.options.target_key!r}): the batch dict has keys "
                     f"{sorted(map(str, batch))}; pass the key that holds the targets (or target_key=None)."
                 )
             return batch[x_key], (batch[y_key] if y_key is not None else None)
-        given = [f"{n}={v!r}" for n, v in (("input_key", self.input_key), ("target_key", self.target_key)) if v]
+        keys = (("input_key", self.options.input_key), ("target_key", self.options.target_key))
+        given = [f"{n}={v!r}" for n, v in keys if v]
         if given:
             raise InputError(
                 f"{self.owner}({', '.join(given)}): the batch is a {type(batch).__name__}, not a dict, so "
@@ -338,12 +248,12 @@ class SampleCore:
     def _input_key_of(self, batch: Any) -> str | None:
         if not isinstance(batch, Mapping):
             return None
-        return self.input_key or next((k for k in _INPUT_KEYS if k in batch), None)
+        return self.options.input_key or next((k for k in _INPUT_KEYS if k in batch), None)
 
     def raw_output(self, outputs: Any) -> Any:
         """The step output's predictions as they came (under ``output_key`` / a usual key for dicts)."""
         if isinstance(outputs, Mapping):
-            keys = [self.output_key] if self.output_key else list(_OUTPUT_KEYS)
+            keys = [self.options.output_key] if self.options.output_key else list(_OUTPUT_KEYS)
             found = next((k for k in keys if k in outputs), None)
             return outputs[found] if found is not None else None
         return outputs
@@ -360,20 +270,20 @@ class SampleCore:
         module: Any = None,
     ) -> None:
         st = self.states[stage]
-        if self.task_opts.predictor is None and self.output_key is not None and isinstance(outputs, Mapping):
+        if self.predictor is None and self.options.output_key is not None and isinstance(outputs, Mapping):
             self.output_tensor(outputs, n, stage)  # a dict without output_key: say so, naming it
         what = "step output"
         if self.uses_fallback(outputs):
             if self.sharded:
-                raise self.sharded_error(stage, given=self.task_opts.predictor is not None)
+                raise self.sharded_error(stage, given=self.predictor is not None)
             if module is not None and n > 0:
                 # What logging will run on the chosen rows, tried now on the first rows: a module it cannot
                 # read stops the fit at this first batch (the sanity check's, by default), not after training.
-                local = list(range(min(n, self.num_samples)))
+                local = list(range(min(n, self.options.num_samples)))
                 outputs, what = self._fallback(stage, module, batch if batch is not None else x, x, local, n)
                 x, y, n = take(x, local), (take(y, local) if y is not None else None), len(local)
         raw = tasks.as_tensor(self.raw_output(outputs))
-        st.task = tasks.guess(FirstBatch(x, y, raw, x_key, looks_like_images(x), self.task_opts))
+        st.task = tasks.guess(FirstBatch(x, y, raw, x_key, looks_like_images(x), self.options, self.decoder))
         st.input_kind = self.task_of(stage).check(stage, x, y, outputs, raw, n, what)
 
     def task_of(self, stage: str) -> Task:
@@ -398,7 +308,7 @@ class SampleCore:
     def uses_fallback(self, outputs: Any) -> bool:
         """Whether predictions come from ``predict``, the module's ``predict_step`` or ``forward`` (run on the
         chosen rows) instead of the step output: ``predict`` is given, or the output holds no predictions."""
-        if self.task_opts.predictor is not None:
+        if self.predictor is not None:
             return True
         raw = self.raw_output(outputs)
         if tasks.reads_output(raw):
@@ -413,12 +323,12 @@ class SampleCore:
         """The step output's predictions tensor, layout checked; ``None`` means "run forward"."""
         value = outputs
         if isinstance(outputs, Mapping):
-            keys = [self.output_key] if self.output_key else list(_OUTPUT_KEYS)
+            keys = [self.options.output_key] if self.options.output_key else list(_OUTPUT_KEYS)
             found = next((k for k in keys if k in outputs), None)
             if found is None:
-                if self.output_key is not None:
+                if self.options.output_key is not None:
                     raise InputError(
-                        f"{self.owner}(output_key={self.output_key!r}): the {stage} step returned a dict "
+                        f"{self.owner}(output_key={self.options.output_key!r}): the {stage} step returned a dict "
                         f"with keys {sorted(map(str, outputs))}; pass the key holding predictions, or output_key=None."
                     )
                 return None
@@ -439,7 +349,7 @@ class SampleCore:
         ``warn_shuffle``: warn when the loader shuffles (say it on the logging rank)."""
         st = self.states[stage]
         length = stream_length(loader, num_batches)
-        k = self.num_samples
+        k = self.options.num_samples
         if length is None or length <= k:
             positions = list(range(k))
         else:
@@ -477,7 +387,7 @@ class SampleCore:
         on a batch holding only rows ``local`` (under ``torch.no_grad``); returns its output (tensors on the
         CPU) and what ran. A ``predict_step`` that fails on an evaluation batch (it may expect the predict
         loader's batches) gives way to ``module(x)``, said once."""
-        predictor = self.task_opts.predictor
+        predictor = self.predictor
         if predictor is not None:
             sub = sub_batch(batch, local, n)
             try:
@@ -487,12 +397,12 @@ class SampleCore:
                 raise
             except Exception as err:
                 raise InputError(
-                    f"{self.owner}(predict={callable_name(self.task_opts.predict)}): it failed on the chosen "
+                    f"{self.owner}(predict={callable_name(self.options.predict)}): it failed on the chosen "
                     f"{stage} samples ({describe(sub)}): {type(err).__name__}: {err}. It is called as "
                     "predict(module, batch), the batch as the loader gives it but holding only the chosen rows, "
                     "and must return their predictions."
                 ) from err
-            return plain_output(out), f"output of predict={callable_name(self.task_opts.predict)}"
+            return plain_output(out), f"output of predict={callable_name(self.options.predict)}"
         step = None if self._step_failed else predict_step_of(module)
         step_error: Exception | None = None
         if step is not None:
@@ -568,9 +478,9 @@ class SampleCore:
     def label_name(self, label: Any) -> Any:
         if label is None:
             return None
-        if self.class_names is not None and isinstance(label, int):
-            if 0 <= label < len(self.class_names):
-                return self.class_names[label]
+        if self.options.class_names is not None and isinstance(label, int):
+            if 0 <= label < len(self.options.class_names):
+                return self.options.class_names[label]
             return str(label)
         return label
 
@@ -581,7 +491,7 @@ class SampleCore:
         task = self.task_of(stage)
         section = self.section(stage)
         owner = self.owner
-        if self.log_table:
+        if self.options.log_table:
             known = _row_index(st.inputs_table)
             if st.inputs_run != getattr(run, "id", None) or any(s.id not in known for s in samples):
                 truths = one_type([task.truth_cell(st, s) for s in samples])
@@ -596,7 +506,7 @@ class SampleCore:
             refs = [st.inputs_table.index_ref(row_of[s.id]) if s.id in row_of else None for s in samples]
             columns, rows = task.table(st, samples, refs)
             _wandb.log(run, {f"{section}/table": wandb.Table(columns=columns, data=rows)}, step, owner)
-        if not self.log_images:
+        if not self.options.log_images:
             return
         if st.input_kind != "image":
             if st.input_kind == "value":

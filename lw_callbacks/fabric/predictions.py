@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from lw_callbacks._errors import ConfigurationError, Option
+from lw_callbacks._errors import ConfigurationError
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
-from lw_callbacks.core.sample_options import TaskOptions
-from lw_callbacks.core.samples import STAGES, SampleCore, take
-from lw_callbacks.core.samples import check_arguments as sample_arguments
+from lw_callbacks.core.batches import take
+from lw_callbacks.core.sample_options import STAGES, SampleOptions, SampleOptionsView, arguments
+from lw_callbacks.core.samples import SampleCore
 
 
-class FabricPredictionSamples:
+class FabricPredictionSamples(SampleOptionsView):
     r"""Log prediction samples from a batch and the model's outputs in a Fabric loop.
 
     The hook :meth:`log_prediction_samples` takes the first ``num_samples`` examples of the batch
@@ -99,40 +99,9 @@ class FabricPredictionSamples:
         predict: Callable[[Any, Any], Any] | str | None = None,
         ignore_index: int | list[int] | None = None,
     ) -> None:
-        task_opts = TaskOptions(
-            task, box_format, normalized_boxes, score_threshold, sample_rate, decode, predict, ignore_index,
-            owner=type(self).__name__,
-        )
-        names, stages = sample_arguments(
-            num_samples, 1, key, class_names, log_images, log_table, log_scores, STAGES, False,
-            input_key, target_key, output_key, 0, task_opts,
-        )
-        self.core = SampleCore(
-            task_opts, num_samples=num_samples, key=key, class_names=names, log_images=log_images,
-            log_table=log_table, log_scores=log_scores, stages=stages, input_key=input_key,
-            target_key=target_key, output_key=output_key,
-        )
+        super().__init__(SampleOptions(**arguments(locals()), stages=STAGES, owner=type(self).__name__))
+        self.core = SampleCore(self.options)
         self._fingerprints: dict[str, str] = {}
-
-    num_samples = Option[int]("How many examples are logged.", via="core")
-    key = Option[str]("The panel section of validation (``key_<stage>`` for the other stages).", via="core")
-    class_names = Option["list[str] | None"]("Names for labels ``0 .. C-1`` (a list), or ``None``.", via="core")
-    log_images = Option[bool]("Whether the captioned-image panel is logged.", via="core")
-    log_table = Option[bool]("Whether the inputs table and the predictions tables are logged.", via="core")
-    log_scores = Option[bool]("Whether the table has ``score_<class>`` columns.", via="core")
-    input_key = Option["str | None"]("Key of the input in dict batches, or ``None``.", via="core")
-    target_key = Option["str | None"]("Key of the target in dict batches, or ``None``.", via="core")
-    output_key = Option["str | None"]("Key of the predictions in dict step outputs, or ``None``.", via="core")
-    task = Option[str]("The ``task`` argument as given.", via="core.task_opts")
-    box_format = Option[str]("The ``box_format`` argument as given.", via="core.task_opts")
-    normalized_boxes = Option[bool]("The ``normalized_boxes`` argument as given.", via="core.task_opts")
-    score_threshold = Option[float]("Predicted boxes scoring below this are left out.", via="core.task_opts")
-    sample_rate = Option["int | None"]("Samples per second of audio inputs, or ``None``.", via="core.task_opts")
-    decode = Option[Any]("The ``decode`` argument as given.", via="core.task_opts")
-    predict = Option[Any]("The ``predict`` argument as given (a callable or a dotted path).", via="core.task_opts")
-    ignore_index = Option["int | list[int] | None"](
-        "The ``ignore_index`` argument as given (``None``: read from the hook's ``model``).", via="core.task_opts"
-    )
 
     def log_prediction_samples(
         self,
@@ -166,7 +135,7 @@ class FabricPredictionSamples:
             )
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         core = self.core
-        if model is None and core.predict is not None:
+        if model is None and self.options.predict is not None:
             raise ConfigurationError(
                 f"{type(self).__name__}.log_prediction_samples: predict= is given, and it needs the model: pass "
                 "model=<your model> to the hook."
@@ -181,7 +150,7 @@ class FabricPredictionSamples:
             )
         if fabric.global_rank != 0 or n == 0:
             return
-        local = list(range(min(n, core.num_samples)))
+        local = list(range(min(n, self.options.num_samples)))
         fingerprint = _fingerprint(take(x, local))
         if self._fingerprints.get(stage) != fingerprint:  # other inputs: ids 0.. now name other examples
             self._fingerprints[stage] = fingerprint

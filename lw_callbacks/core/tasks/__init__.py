@@ -13,7 +13,7 @@ count in no metric and no class list, and are shown as the class ``"ignored"``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,7 +25,7 @@ from lw_callbacks.core.batches import InputError, batch_len, describe, is_string
 from lw_callbacks.core.pixels import display
 
 if TYPE_CHECKING:
-    from lw_callbacks.core.sample_options import TaskOptions
+    from lw_callbacks.core.sample_options import SampleOptions
     from lw_callbacks.core.samples import SampleCore, StageState
 
 __all__ = [
@@ -73,7 +73,8 @@ class FirstBatch:
     out: Any
     x_key: str | None  # the dict key the inputs were under, if any
     image: bool  # the inputs are images
-    opts: TaskOptions
+    opts: SampleOptions
+    decoder: Callable[..., Any] | None  # ``decode``, resolved
 
 
 class Task:
@@ -109,7 +110,7 @@ class Task:
         return False
 
     @classmethod
-    def check_options(cls, opts: TaskOptions) -> None:
+    def check_options(cls, opts: SampleOptions) -> None:
         """What ``task=<this task>`` needs of the other arguments, at construction."""
 
     @classmethod
@@ -179,7 +180,7 @@ def one_type(cells: list[Any]) -> list[Any]:
     return cells
 
 
-def class_labels(ids: Sequence[int], class_names: list[str] | None, ignored: Sequence[int] = ()) -> dict[int, str]:
+def class_labels(ids: Sequence[int], class_names: Sequence[str] | None, ignored: Sequence[int] = ()) -> dict[int, str]:
     """W&B class labels of masks / boxes: ``class_names`` (or the ids present), and each id of
     ``ignored`` as ``"ignored"``."""
     if class_names is not None:

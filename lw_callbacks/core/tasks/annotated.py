@@ -103,7 +103,7 @@ class Annotated(Task):
             ids, skipped = self.labels_in(layer)
             present += ids
             ignored += skipped
-        return self.draw(s, layers, class_labels(present, self.core.class_names, ignored), caption)
+        return self.draw(s, layers, class_labels(present, self.core.options.class_names, ignored), caption)
 
     def input_cell(self, st: StageState, s: Sample) -> Any:
         return self.annotated_image(s, caption=False)

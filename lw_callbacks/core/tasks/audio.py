@@ -18,7 +18,7 @@ from lw_callbacks.core.tasks import FirstBatch, Sample
 from lw_callbacks.core.tasks.classification import Classification
 
 if TYPE_CHECKING:
-    from lw_callbacks.core.sample_options import TaskOptions
+    from lw_callbacks.core.sample_options import SampleOptions
     from lw_callbacks.core.samples import SampleCore, StageState
 
 __all__ = ["AUDIO_KEYS", "Audio", "check_audio", "write_wav"]
@@ -43,7 +43,7 @@ class Audio(Classification):
         return first.x_key in AUDIO_KEYS or waveforms
 
     @classmethod
-    def check_options(cls, opts: TaskOptions) -> None:
+    def check_options(cls, opts: SampleOptions) -> None:
         if opts.sample_rate is None:
             raise ConfigurationError(
                 f"{opts.owner}(task='audio'): the sample rate is missing; pass sample_rate=<samples per second>, "
@@ -51,13 +51,13 @@ class Audio(Classification):
             )
 
     def check_inputs(self, x: Any, stage: str) -> str:
-        check_audio(x, self.core.task_opts, stage)
+        check_audio(x, self.core.options, stage)
         return "audio"
 
     def shown(self, sample: Any, kind: str, sid: int) -> Any:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="lw-audio-")
-        rate = self.core.task_opts.sample_rate
+        rate = self.core.options.sample_rate
         assert rate is not None  # checked at the first batch
         return write_wav(sample, os.path.join(self._dir.name, f"sample-{sid}.wav"), rate)  # written once per id
 
@@ -73,7 +73,7 @@ def _is_waveforms(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(a, (Tensor, np.ndarray)) for a in x)
 
 
-def check_audio(x: Any, opts: TaskOptions, stage: str) -> None:
+def check_audio(x: Any, opts: SampleOptions, stage: str) -> None:
     if opts.sample_rate is None:
         raise InputError(
             f"{opts.owner}: the {stage} inputs are audio ({describe(x)}) but the sample rate is missing; "

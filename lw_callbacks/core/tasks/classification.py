@@ -62,7 +62,7 @@ class Classification(Task):
 
     def check_values(self, stage: str, value: Tensor | None, y: Any, n: int) -> None:
         """First-batch checks of the predictions ``value`` and targets ``y``: ``class_names`` cover them."""
-        class_names = self.core.class_names
+        class_names = self.core.options.class_names
         if class_names is None:
             return
         labels, scores = labels_and_scores(value) if value is not None else (None, None)
@@ -138,8 +138,8 @@ class Classification(Task):
         core = self.core
         columns: list[str | int] = ["id", "sample", "ground truth", "prediction"]  # a new Table every call
         n_classes = max((len(s.scores) for s in samples if s.scores is not None), default=0)
-        with_scores = core.log_scores and 0 < n_classes <= MAX_SCORE_COLUMNS
-        if core.log_scores and n_classes > MAX_SCORE_COLUMNS:
+        with_scores = core.options.log_scores and 0 < n_classes <= MAX_SCORE_COLUMNS
+        if core.options.log_scores and n_classes > MAX_SCORE_COLUMNS:
             core.warn_once(
                 f"{self.owner}: {n_classes} classes is more than {MAX_SCORE_COLUMNS}; the table holds "
                 "no per-class score columns."

@@ -21,7 +21,7 @@ from lw_callbacks.core.tasks import IGNORED_NAME, Chosen, FirstBatch, Sample
 from lw_callbacks.core.tasks.annotated import Annotated
 
 if TYPE_CHECKING:
-    from lw_callbacks.core.sample_options import TaskOptions
+    from lw_callbacks.core.sample_options import SampleOptions
     from lw_callbacks.core.samples import StageState
 
 __all__ = ["Boxes", "Detection", "is_detections", "matches", "read_boxes"]
@@ -58,7 +58,7 @@ class Detection(Annotated):
                 "detection models return), a dict holding it, or nothing (the callback then runs the module's "
                 "forward)."
             )
-        check_detection(x, y, value, n, stage, self.core.task_opts, self.core.class_names)
+        check_detection(x, y, value, n, stage, self.core.options, self.core.options.class_names, self.core.ignored)
         return value
 
     def read_predictions(self, c: Chosen, raw: Any) -> list[Any]:
@@ -67,13 +67,13 @@ class Detection(Annotated):
                 f"{self.owner}(task='detection'): the {c.what} on the chosen {c.stage} samples is a "
                 f"{describe(raw)}; expected a list of dicts with 'boxes', 'labels', 'scores'."
             )
-        opts = self.core.task_opts
+        opts = self.core.options
         return [
             read_boxes(raw[r], image_hw(c.x[i]), opts, predicted=True) for r, i in zip(c.rows, c.local, strict=True)
         ]
 
     def read_truth(self, c: Chosen, i: int) -> Any:
-        return read_boxes(c.y[i], image_hw(c.x[i]), self.core.task_opts, predicted=False)
+        return read_boxes(c.y[i], image_hw(c.x[i]), self.core.options, predicted=False, ignored=self.core.ignored)
 
     def score(self, truth: Any, pred: Any) -> float:
         return matches(truth, pred)
@@ -128,9 +128,10 @@ class Boxes:
 
 
 def check_detection(
-    x: Any, y: Any, out: Any, n: int, stage: str, opts: TaskOptions, class_names: list[str] | None
+    x: Any, y: Any, out: Any, n: int, stage: str, opts: SampleOptions, class_names: Sequence[str] | None,
+    ignored: frozenset[int] = frozenset(),
 ) -> None:
-    """First-batch checks of detection targets and outputs (labels in ``opts.ignored`` need no class name)."""
+    """First-batch checks of detection targets and outputs (labels in ``ignored`` need no class name)."""
     for what, v in (("targets", y), ("step output", out)):
         if v is None:
             continue
@@ -155,7 +156,7 @@ def check_detection(
                     f"{opts.owner}(task='detection'): sample {i} of the first {stage} batch: {k} boxes but "
                     f"scores {describe(scores)}."
                 )
-            ids = [int(a) for a in _numbers(labels) if int(a) not in opts.ignored]
+            ids = [int(a) for a in _numbers(labels) if int(a) not in ignored]
             if class_names is not None and ids and max(ids) >= len(class_names):
                 raise InputError(
                     f"{opts.owner}(class_names=<{len(class_names)} names>): sample {i} of the first {stage} "
@@ -183,7 +184,7 @@ def _numbers(v: Any) -> list[float]:
     return [float(a) for a in np.asarray(v, dtype=np.float64).reshape(-1).tolist()]
 
 
-def to_pixels(boxes: Any, hw: tuple[int, int], opts: TaskOptions) -> np.ndarray:
+def to_pixels(boxes: Any, hw: tuple[int, int], opts: SampleOptions) -> np.ndarray:
     b = np.asarray(_numbers(boxes), dtype=np.float64).reshape(-1, 4)
     if opts.box_format == "cxcywh":
         cx, cy, w, h = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
@@ -193,13 +194,17 @@ def to_pixels(boxes: Any, hw: tuple[int, int], opts: TaskOptions) -> np.ndarray:
     return b
 
 
-def read_boxes(d: Mapping[str, Any], hw: tuple[int, int], opts: TaskOptions, predicted: bool) -> Boxes:
-    """One image's boxes in pixels; predictions below ``score_threshold`` left out and clipped to the image."""
+def read_boxes(
+    d: Mapping[str, Any], hw: tuple[int, int], opts: SampleOptions, predicted: bool,
+    ignored: frozenset[int] = frozenset(),
+) -> Boxes:
+    """One image's boxes in pixels; predictions below ``score_threshold`` left out and clipped to the image;
+    ground-truth boxes labelled one of ``ignored`` marked so."""
     px = to_pixels(d["boxes"], hw, opts)
     labels = [int(a) for a in _numbers(d["labels"])]
     scores = _numbers(d["scores"]) if d.get("scores") is not None else None
-    if not predicted and opts.ignored:
-        return Boxes(px.reshape(-1, 4), labels, scores, [label in opts.ignored for label in labels])
+    if not predicted and ignored:
+        return Boxes(px.reshape(-1, 4), labels, scores, [label in ignored for label in labels])
     if predicted:
         keep = [i for i in range(len(labels)) if scores is None or scores[i] >= opts.score_threshold]
         px = px[keep]

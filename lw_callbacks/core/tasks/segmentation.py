@@ -63,7 +63,8 @@ class Segmentation(Annotated):
                 "expected masks (N, H, W) of class ids or scores (N, C, H, W), a dict holding them, or nothing "
                 "(the callback then runs the module's forward on the chosen samples)."
             )
-        check_segmentation(x, y, value, n, stage, self.core.class_names, ignored=self.core.ignored, owner=self.owner)
+        core = self.core
+        check_segmentation(x, y, value, n, stage, core.options.class_names, ignored=core.ignored, owner=self.owner)
         return value
 
     def read_predictions(self, c: Chosen, raw: Any) -> list[Any]:
@@ -127,7 +128,7 @@ def check_segmentation(
     value: Tensor | None,
     n: int,
     stage: str,
-    class_names: list[str] | None,
+    class_names: Sequence[str] | None,
     ignored: frozenset[int] = frozenset(),
     owner: str = "LogPredictionSamples",
 ) -> None:

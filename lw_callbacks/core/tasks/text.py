@@ -25,14 +25,13 @@ class Text(Classification):
     @classmethod
     def recognises(cls, first: FirstBatch) -> bool:
         x = first.x
-        return is_strings(x) or (first.opts.decoder is not None and isinstance(x, Tensor) and not x.is_floating_point())
+        return is_strings(x) or (first.decoder is not None and isinstance(x, Tensor) and not x.is_floating_point())
 
     def check_inputs(self, x: Any, stage: str) -> str:
-        opts = self.core.task_opts
         if is_strings(x):
             return "text"
         if isinstance(x, Tensor) and not x.is_floating_point() and x.ndim == 2:
-            if opts.decoder is None:
+            if self.core.decoder is None:
                 raise InputError(
                     f"{self.owner}(task='text'): the {stage} inputs are token ids ({describe(x)}) and no "
                     "decode is given; pass decode=<tokenizer.decode> (or its dotted import path) to show them as text."
@@ -44,21 +43,21 @@ class Text(Classification):
         )
 
     def check_values(self, stage: str, value: Tensor | None, y: Any, n: int) -> None:
-        if decode_rows(value, self.core.task_opts.decoder) is None:
+        if decode_rows(value, self.core.decoder) is None:
             super().check_values(stage, value, y, n)  # class scores, not token ids to decode
 
     def predictions(self, rows: Any) -> tuple[list[Any], list[list[float]] | None]:
-        texts = decode_rows(rows, self.core.task_opts.decoder)
+        texts = decode_rows(rows, self.core.decoder)
         return (texts, None) if texts is not None else super().predictions(rows)
 
     def truths(self, rows: Any) -> list[Any]:
-        texts = decode_rows(rows, self.core.task_opts.decoder)
+        texts = decode_rows(rows, self.core.decoder)
         return texts if texts is not None else super().truths(rows)
 
     def shown(self, sample: Any, kind: str, sid: int) -> Any:
         if isinstance(sample, str):
             return sample
-        return (decode_rows(sample[None], self.core.task_opts.decoder) or [str(sample)])[0]
+        return (decode_rows(sample[None], self.core.decoder) or [str(sample)])[0]
 
 
 def decode_rows(rows: Any, decoder: Callable[[list[int]], str] | None) -> list[str] | None:
