@@ -318,12 +318,12 @@ class LogPredictionSamples(SampleOptionsView, Callback):
 _LIMIT = {"validation": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
 
 
-def _fn_name(trainer_stage: Any) -> str:
+def _fn_name(trainer_stage: str | None) -> str:
     """``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``, from a ``TrainerFn`` or its string value."""
     return str(getattr(trainer_stage, "value", trainer_stage) or "")
 
 
-def _overrides(module: Any, method: str) -> bool:
+def _overrides(module: pl.LightningModule, method: str) -> bool:
     """Whether ``module`` (a LightningModule of either namespace) defines its own ``method``."""
     from lightning_utilities.core.overrides import is_overridden
 
@@ -331,7 +331,7 @@ def _overrides(module: Any, method: str) -> bool:
     return not bases or is_overridden(method, module, bases[0])
 
 
-def _why_never_runs(trainer: pl.Trainer, module: Any, stage: str, trainer_fn: Any) -> str | None:
+def _why_never_runs(trainer: pl.Trainer, module: pl.LightningModule, stage: str, trainer_fn: str | None) -> str | None:
     """Why ``stage`` will run no batch under this ``trainer.<fn>`` call (known at ``setup``), with the fix;
     ``None`` when it may run. Lightning itself refuses ``validate`` / ``test`` without their step."""
     other = "or set `stages=` to the stages that run (e.g. `stages=['test']` with `trainer.test`)."
@@ -360,7 +360,7 @@ def _why_never_runs(trainer: pl.Trainer, module: Any, stage: str, trainer_fn: An
     return None
 
 
-def _shards_parameters(strategy: Any) -> bool:
+def _shards_parameters(strategy: object) -> bool:
     """Whether a strategy splits the parameters across ranks (FSDP, DeepSpeed, model parallel)."""
     return _compat.has_class_named(strategy, "FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 

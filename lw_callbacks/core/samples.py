@@ -15,13 +15,13 @@ import bisect
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
-from torch.utils.data import DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from lw_callbacks import _wandb
 from lw_callbacks._errors import WarnOnce, warn
@@ -44,6 +44,9 @@ from lw_callbacks.core.pixels import looks_like_images
 from lw_callbacks.core.sample_options import STAGES, SampleOptions, check_ignore_index
 from lw_callbacks.core.tasks import Chosen, FirstBatch, Sample, Task, one_type
 from lw_callbacks.core.tasks.classification import NAN
+
+if TYPE_CHECKING:
+    from wandb import Run, Table
 
 __all__ = ["NAN", "STAGES", "SampleCore", "StageState", "take"]
 
@@ -151,7 +154,7 @@ class SampleCore:
         st.disabled, st.collected = True, {}
 
     def collect_chosen(
-        self, stage: str, module: Any, x: Any, y: Any, outputs: Any, n: int, batch: Any = None
+        self, stage: str, module: nn.Module | None, x: Any, y: Any, outputs: Any, n: int, batch: Any = None
     ) -> None:
         """Collect the chosen positions that fall in this batch of ``n`` examples (after :meth:`read_batch`
         and :meth:`choose_positions`); a batch holding none of them costs a few integer comparisons.
@@ -167,7 +170,7 @@ class SampleCore:
         local = [p - start for p in st.positions[lo:hi]]
         self.collect_or_warn(stage, module, x, y, outputs, local, start, batch)
 
-    def read_batch(self, stage: str, batch: Any, outputs: Any, module: Any = None) -> tuple[Any, Any, int]:
+    def read_batch(self, stage: str, batch: Any, outputs: Any, module: nn.Module | None = None) -> tuple[Any, Any, int]:
         """Split ``batch`` into inputs, targets and their count; the stage's first batch is checked
         (on every rank, so a bad layout fails everywhere alike). When the predictions do not come from
         ``outputs`` (``predict``, the module's ``predict_step`` or ``forward``), that is run on the first
@@ -184,7 +187,7 @@ class SampleCore:
     def collect_or_warn(
         self,
         stage: str,
-        module: Any,
+        module: nn.Module | None,
         x: Any,
         y: Any,
         outputs: Any,
@@ -267,7 +270,7 @@ class SampleCore:
         n: int,
         x_key: str | None = None,
         batch: Any = None,
-        module: Any = None,
+        module: nn.Module | None = None,
     ) -> None:
         st = self.states[stage]
         if self.predictor is None and self.options.output_key is not None and isinstance(outputs, Mapping):
@@ -343,7 +346,9 @@ class SampleCore:
         return value
 
     # ------------------------------------------------------------------ choosing samples
-    def choose_positions(self, stage: str, loader: Any, num_batches: Any, warn_shuffle: bool) -> None:
+    def choose_positions(
+        self, stage: str, loader: DataLoader[Any] | None, num_batches: int | float | None, warn_shuffle: bool
+    ) -> None:
         """Fix the stream positions ``stage`` follows: ``num_samples`` spread evenly over this rank's stream
         (read from ``loader`` and its ``num_batches``), or the first ones when its length is unknown.
         ``warn_shuffle``: warn when the loader shuffles (say it on the logging rank)."""
@@ -368,7 +373,7 @@ class SampleCore:
 
     # ------------------------------------------------------------------ collecting (rank 0, chosen rows only)
     def _outputs_for(
-        self, stage: str, module: Any, batch: Any, x: Any, outputs: Any, local: list[int]
+        self, stage: str, module: nn.Module | None, batch: Any, x: Any, outputs: Any, local: list[int]
     ) -> tuple[Any, list[int], int, str]:
         """Where the chosen rows' predictions are: ``(outputs, rows of it, its length, what it is)``, from the
         step output, or from ``predict`` / ``predict_step`` / ``forward`` run on the chosen rows only."""
@@ -382,7 +387,7 @@ class SampleCore:
         out, what = self._fallback(stage, module, batch if batch is not None else x, x, local, n)
         return out, list(range(len(local))), len(local), what
 
-    def _fallback(self, stage: str, module: Any, batch: Any, x: Any, local: list[int], n: int) -> tuple[Any, str]:
+    def _fallback(self, stage: str, module: nn.Module, batch: Any, x: Any, local: list[int], n: int) -> tuple[Any, str]:
         """Run ``predict(module, batch)``, else the module's own ``predict_step(batch, 0)``, else ``module(x)``,
         on a batch holding only rows ``local`` (under ``torch.no_grad``); returns its output (tensors on the
         CPU) and what ran. A ``predict_step`` that fails on an evaluation batch (it may expect the predict
@@ -409,7 +414,7 @@ class SampleCore:
             sub = sub_batch(batch, local, n)
             try:
                 with torch.no_grad():
-                    out = module.predict_step(sub, 0)
+                    out = cast("Callable[..., Any]", module.predict_step)(sub, 0)  # the module's own
             except InputError:
                 raise
             except Exception as err:
@@ -447,7 +452,7 @@ class SampleCore:
         return plain_output(out), "output of pl_module(x)"
 
     # ------------------------------------------------------------------ logging (rank 0)
-    def log_collected(self, stage: str, get_run: Callable[[], Any], step: int) -> None:
+    def log_collected(self, stage: str, get_run: Callable[[], Run | None], step: int) -> None:
         """Log (rank 0) the samples collected for ``stage`` at ``step``; a failure warns, never raises."""
         st = self.states[stage]
         samples = [st.collected[p] for p in sorted(st.collected)]
@@ -484,7 +489,7 @@ class SampleCore:
             return str(label)
         return label
 
-    def _log(self, stage: str, run: Any, samples: list[Sample], step: int) -> None:
+    def _log(self, stage: str, run: Run, samples: list[Sample], step: int) -> None:
         import wandb
 
         st = self.states[stage]
@@ -551,7 +556,7 @@ def _check_prediction_shape(value: Tensor, n: int, stage: str, what: str, owner:
         )
 
 
-def _row_index(table: Any) -> dict[int, int]:
+def _row_index(table: Table | None) -> dict[int, int]:
     if table is None:
         return {}
     return {row[0]: i for i, row in enumerate(table.data)}

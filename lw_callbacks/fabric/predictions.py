@@ -19,14 +19,9 @@ from lw_callbacks.core.samples import SampleCore
 class FabricPredictionSamples(SampleOptionsView):
     r"""Log prediction samples from a batch and the model's outputs in a Fabric loop.
 
-    The hook :meth:`log_prediction_samples` takes the first ``num_samples`` examples of the batch
-    you pass (on global rank 0) and logs, exactly as :class:`~lw_callbacks.LogPredictionSamples`
-    does (it is that callback's core): ``<section>/images`` captioned ``Ground Truth: <y> -
-    Prediction: <p>``, ``<section>/inputs`` (a table of the inputs, logged once while the inputs
-    stay the same) and ``<section>/table`` (id, reference to the input row, truth, prediction and
-    per-class scores) at ``trainer/global_step == step``. ``<section>`` is ``key`` for
-    ``stage="validation"`` and ``<key>_<stage>`` otherwise. Pass the same evaluation batch every
-    time to follow the same samples; a batch with other inputs logs a new inputs table.
+    The hook :meth:`log_prediction_samples` logs the first ``num_samples`` examples of the batch you
+    pass (global rank 0) as :class:`~lw_callbacks.LogPredictionSamples` does, whose core it shares;
+    pass the same evaluation batch every time to follow the same samples.
 
     Args:
         num_samples: how many examples of the batch to log (its first ones).
@@ -49,10 +44,10 @@ class FabricPredictionSamples(SampleOptionsView):
             submodules' ``ignore_index`` but ``-100``), ``[]`` ignores none.
 
     Raises:
-        ValueError: for bad arguments (as ``LogPredictionSamples``); from the hook, for a batch or
-            outputs it cannot read, an unknown ``stage``, or no usable outputs (or ``predict``) and no
-            ``model``.
-        ConfigurationError: from the hook, when the Fabric has no W&B logger.
+        ConfigurationError: If an argument has a value it does not accept (as ``LogPredictionSamples``).
+        ConfigurationError: If the hook gets a batch or outputs it cannot read, or an unknown ``stage``.
+        ConfigurationError: If the hook gets no usable outputs (or ``predict`` is given) and no ``model``.
+        ConfigurationError: If the Fabric has no W&B logger (from the hook).
 
     Example::
 
