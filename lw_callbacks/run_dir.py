@@ -6,7 +6,7 @@ import base64
 import copy
 import os
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -26,6 +26,17 @@ from lw_callbacks.core.run_info import (
     unpack_config,
 )
 
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import pytorch_lightning
+    from lightning.fabric.plugins.environments import ClusterEnvironment
+    from lightning.pytorch.loggers import WandbLogger
+    from wandb.integration.lightning.fabric import WandbLogger as FabricWandbLogger
+
+    #: the W&B loggers of a Trainer (either namespace) or of Fabric
+    AnyWandbLogger: TypeAlias = WandbLogger | pytorch_lightning.loggers.WandbLogger | FabricWandbLogger
+
 __all__ = ["ShareRunDir", "pack_config", "run_config", "shared_run_config", "sweep_values", "unpack_config"]
 
 
@@ -37,100 +48,49 @@ def _same(a: Any, b: Any) -> bool:
 
 
 class ShareRunDir(ShareRunDirMixin, Callback):
-    r"""Make rank 0's W&B run directory, id, name and config known on every rank.
+    r"""Make rank 0's W&B run folder, id, name and config known on every rank.
 
-    Only global rank 0 has a live ``wandb`` run; on the other ranks ``wandb.run`` is ``None`` and
-    ``WandbLogger.experiment`` is a dummy. At ``setup`` this callback starts the run on rank 0 (if it
-    has not started), broadcasts its folder, id, name and config through the Trainer's strategy (one
-    broadcast, entered by every rank), and on every rank sets ``os.environ["WANDB_DIR"]`` and the
-    attributes below. It works with every launcher (Lightning's ``ddp`` and ``ddp_spawn``, torchrun,
-    SLURM, several nodes), unlike setting ``WANDB_DIR`` from ``wandb.run.dir`` before the other ranks
-    start.
-
-    Under a W&B sweep the agent's values reach ``wandb.config`` on rank 0 only, so without this the
-    other ranks build their model from the script's defaults. ``config`` gives every rank the run's
-    values, and ``apply_config_to_hparams=True`` writes them into the LightningModule's ``hparams``
-    at ``setup``: before ``LightningModule.setup`` and ``configure_model`` run on each rank, and
-    before Lightning builds the optimizers and logs the hyperparameters. A module that builds its
-    layers in ``configure_model`` and its optimizer in ``configure_optimizers`` from ``self.hparams``
-    then trains with the sweep's values on every rank.
+    At ``setup`` the run is started on global rank 0 and described to every rank in one broadcast
+    of the Trainer's strategy, under every launcher; ``os.environ["WANDB_DIR"]`` and the attributes
+    below are then set on every rank. Under a sweep, ``config`` holds the sweep's values everywhere.
 
     Attributes (``None`` until ``setup``, and under ``WANDB_MODE=disabled``):
-        run_dir: the run's own folder, ``<save_dir>/wandb/offline-run-<date>-<id>`` (or
-            ``run-<date>-<id>`` online), wherever W&B put it.
-        files_dir: ``run_dir / "files"`` (``wandb.run.dir``): files there are uploaded with the run.
-        wandb_dir: the root W&B writes under (the ``WandbLogger``'s ``save_dir``); this is the value
-            ``WANDB_DIR`` gets on every rank.
-        run_id: the run's id. run_name: its display name (``None`` offline if none was given).
-        config: the run's config as rank 0 holds it at ``setup``, the same plain ``dict`` on every
-            rank (``{}`` until then and when W&B is disabled): a sweep's values,
-            ``WandbLogger(config=...)``, ``logger.experiment.config.update(...)`` made before ``fit``.
-            Lightning logs the module's hyperparameters after ``setup``; they are not in it unless
-            an earlier ``fit`` of the same run logged them.
+        run_dir: the run's own folder (``<save_dir>/wandb/offline-run-<date>-<id>``).
+        files_dir: ``run_dir / "files"``, uploaded with the run.
+        wandb_dir: the root W&B writes under; the value ``WANDB_DIR`` gets.
+        run_id: the run's id.
+        run_name: the run's display name.
+        config: the run's config at ``setup``, the same plain ``dict`` on every rank (``{}`` until then).
 
     Args:
-        checkpoints_in_run_dir: put the checkpoints of every ``ModelCheckpoint`` that has no
-            ``dirpath`` into ``run_dir / "checkpoints"`` (outside ``files/``, so the run does not
-            upload them a second time).
+        checkpoints_in_run_dir: save the checkpoints of every ``ModelCheckpoint`` without ``dirpath``
+            into ``run_dir / "checkpoints"``.
         set_env: set ``os.environ["WANDB_DIR"]`` on every rank.
-        apply_config_to_hparams: on every rank, set each key of ``pl_module.hparams`` that the run's
-            config also has to the config's value (the run's config wins over the script's defaults,
-            the YAML of LightningCLI and the command line). A sweep parameter the module's hparams
-            do not have gets one warning naming it. Values are applied as they are, without
-            casting.
+        apply_config_to_hparams: at ``setup``, on every rank, set each key of ``pl_module.hparams``
+            that the run's config has to the config's value (before ``configure_model`` and
+            ``configure_optimizers``).
 
     Raises:
-        ConfigurationError: in ``__init__``, when an argument is not a ``bool``; at
-            ``setup``, when the Trainer has no ``WandbLogger``.
+        ConfigurationError:
+            At ``setup``, if the Trainer has no ``WandbLogger``.
+        ConfigurationError:
+            If an argument is not a bool.
 
     Example::
 
         >>> from lightning.pytorch import Trainer
-        >>> from lightning.pytorch.callbacks import ModelCheckpoint
         >>> from lightning.pytorch.loggers import WandbLogger
         >>> from lw_callbacks import ShareRunDir
         >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
         >>> share = ShareRunDir(checkpoints_in_run_dir=True)
-        >>> trainer = Trainer(
-        ...     logger=WandbLogger(project="digits", config={"batch_size": 32}),
-        ...     callbacks=[share, ModelCheckpoint(monitor="val_acc", mode="max")],
-        ...     max_epochs=1, limit_train_batches=2, limit_val_batches=1,
-        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
-        ... )
+        >>> trainer = Trainer(logger=WandbLogger(project="digits", config={"batch_size": 32}), callbacks=[share],
+        ...                   max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False,
+        ...                   enable_model_summary=False)
         >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule(batch_size=32))
-        >>> share.run_dir.name  # the same path on every rank
-        'offline-run-...'
+        >>> share.run_dir.name, share.config  # the same on every rank
+        ('offline-run-...', {'batch_size': 32})
         >>> trainer.checkpoint_callback.dirpath == str(share.run_dir / "checkpoints")
         True
-        >>> share.config  # the same dict on every rank
-        {'batch_size': 32}
-
-    Under a sweep with DDP, the layers built from ``hparams`` after ``ShareRunDir``'s ``setup``::
-
-        class Net(LightningModule):
-            def __init__(self, hidden: int = 64, lr: float = 1e-2) -> None:
-                super().__init__()
-                self.save_hyperparameters()
-                self.net = None
-
-            def configure_model(self) -> None:  # after ShareRunDir's setup, on every rank
-                if self.net is None:
-                    self.net = nn.Sequential(nn.Linear(64, self.hparams.hidden), nn.ReLU(),
-                                             nn.Linear(self.hparams.hidden, 10))
-
-            def configure_optimizers(self):
-                return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-        share = ShareRunDir(checkpoints_in_run_dir=True, apply_config_to_hparams=True)
-        trainer = Trainer(logger=WandbLogger(project="mnist"), strategy="ddp", devices=2,
-                          callbacks=[share, ModelCheckpoint(monitor="val_acc", mode="max")])
-        trainer.fit(Net(), datamodule=dm)
-        share.run_dir  # the same path on every rank
-        share.config   # the same dict on every rank, e.g. {"lr": 0.003, "hidden": 128} under a sweep
-
-    On nodes without a shared filesystem, rank 0's folder does not exist on the other nodes: there
-    the folder is created (empty) and a warning says so. To read the run's config before the Trainer
-    exists (to build a model outside the LightningModule's hooks), see :func:`shared_run_config`.
     """
 
     def __init__(
@@ -215,44 +175,30 @@ _ENV_KEY = "LW_CALLBACKS_RUN_CONFIG"
 _calls = 0
 
 
-def shared_run_config(logger: Any, timeout: float = 300.0) -> dict[str, Any]:
+def shared_run_config(logger: AnyWandbLogger, timeout: float = 300.0) -> dict[str, Any]:
     r"""Rank 0's W&B run config on every process, *before* the Trainer (or Fabric) exists.
 
-    For scripts that need a sweep's values to build the model, data or optimizer before training
-    starts. Call it on every process, at the same point of the script, with the W&B logger you then
-    give to the Trainer (Lightning's ``WandbLogger``) or to Fabric (wandb's Fabric ``WandbLogger``):
-    global rank 0 starts the run (a sweep agent's values go into its config there), and every
-    process gets the run's config as a plain ``dict``. The logger keeps using that run.
-
-    How the config reaches the other processes depends on the launcher:
-
-    - a single process, and Lightning's ``ddp_spawn``: this process is rank 0; whatever you build
-      from the config is sent to the spawned ranks with the model.
-    - Lightning's ``ddp`` on one node: the script's own process is rank 0; when ``fit`` starts the
-      launcher re-runs the script for the other ranks, which inherit the config from it (through an
-      environment variable that only the launcher's direct children accept).
-    - ``torchrun``, SLURM (``srun``) and any ``env://`` launch (``RANK``, ``WORLD_SIZE``,
-      ``MASTER_ADDR``, ``MASTER_PORT``): a rendezvous through torch.distributed's ``TCPStore`` at
-      ``MASTER_ADDR:MASTER_PORT``: torchrun's own store when it has one, otherwise one hosted by
-      rank 0 until every rank has read the config (then the port is free for the process group).
-
-    Lightning's own ``ddp`` launcher on several nodes is not covered (a node's first process does
-    not know its global rank before the Trainer exists): there use
-    ``ShareRunDir(apply_config_to_hparams=True)``, which covers every launcher.
+    Call it on every process, at the same point of the script, with the W&B logger you then give to
+    the Trainer or Fabric: global rank 0 starts the run (with a sweep's values), every process gets
+    its config. It works in one process, under Lightning's ``ddp`` (one node) and ``ddp_spawn``, and
+    under ``torchrun``, SLURM or any ``env://`` launch; for Lightning's ``ddp`` on several nodes use
+    ``ShareRunDir(apply_config_to_hparams=True)``.
 
     Args:
         logger: the W&B logger the Trainer or Fabric will use.
         timeout: seconds a rank waits for rank 0's config before it raises.
 
     Returns:
-        The run's config (W&B's own ``_``-keys left out): the sweep's values and whatever else the
-        run was started with (``WandbLogger(config=...)``); ``{}`` when W&B is disabled.
+        The run's config (W&B's own ``_``-keys left out); ``{}`` when W&B is disabled.
 
     Raises:
-        ConfigurationError: on a node other than the first of a Lightning-launched ``ddp``
-            job (``NODE_RANK`` > 0 without ``RANK``), or in a rank Lightning's ``ddp`` launcher
-            started when the script's first process did not call it before ``fit``.
-        RuntimeError: rank 0 failed to start the run, or did not answer within ``timeout``.
+        ConfigurationError:
+            If ``logger`` is not a W&B logger or ``timeout`` not a number of seconds > 0.
+        ConfigurationError:
+            On a node other than the first of a Lightning-launched ``ddp`` job, or in a rank that
+            Lightning's ``ddp`` launcher started before the script's first process called it.
+        RuntimeError:
+            If rank 0 failed to start the run, or did not answer within ``timeout``.
 
     Example::
 
@@ -318,7 +264,7 @@ def _rendezvous_env() -> tuple[int, int, str, int] | None:
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
     if TorchElasticEnvironment.detect():
-        env: Any = TorchElasticEnvironment()
+        env: ClusterEnvironment = TorchElasticEnvironment()
     elif SLURMEnvironment.detect():
         env = SLURMEnvironment()
     elif all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
@@ -329,12 +275,14 @@ def _rendezvous_env() -> tuple[int, int, str, int] | None:
     return env.global_rank(), env.world_size(), env.main_address, env.main_port
 
 
-def _packed_run_config(logger: Any) -> dict[str, bytes]:
+def _packed_run_config(logger: AnyWandbLogger) -> dict[str, bytes]:
     run = run_of(logger, 0)
     return {} if run is None else pack_config(run_config(run, owner="shared_run_config"), "shared_run_config")
 
 
-def _exchange(logger: Any, rank: int, world_size: int, address: str, port: int, timeout: float) -> dict[str, Any]:
+def _exchange(
+    logger: AnyWandbLogger, rank: int, world_size: int, address: str, port: int, timeout: float
+) -> dict[str, Any]:
     from datetime import timedelta
 
     from torch.distributed import TCPStore

@@ -18,66 +18,33 @@ __all__ = ["SUMMARY_KINDS", "MetricSummaries"]
 
 
 class MetricSummaries(SummaryOptionsMixin, Callback):
-    r"""Choose what the W&B runs table shows for a metric, and record when its best value happened.
+    r"""Choose the aggregates W&B keeps in the run summary for chosen metrics, and record their best steps.
 
-    Unless told otherwise W&B keeps the *last* value of every metric in the run summary. This
-    callback defines, on global rank 0 and before the first value is logged, which aggregates W&B
-    keeps instead (``{"val_acc": "max"}`` makes the summary ``{"max": 0.97}``). Every definition
-    keeps WandbLogger's x-axis (``step_metric="trainer/global_step"``, ``step_sync=True``). The
-    LightningModule needs no change: no ``wandb.define_metric``, no rank checks.
-
-    By default it also derives a summary from each ``ModelCheckpoint`` and ``EarlyStopping`` of the
-    Trainer that has a ``monitor`` (``mode="max"`` gives ``max``, ``mode="min"`` gives ``min``), so the
-    checkpoint metric's best value shows in the runs table with no configuration. An explicit entry
-    (a name, or a glob matching the monitored key) wins over a derived one.
-
-    At the end of fit it writes, for every metric summarised with ``min`` or ``max``, the
-    ``trainer/global_step`` and epoch at which that best value was logged into the run summary:
-    ``<metric>.best_step`` and ``<metric>.best_epoch`` (a metric summarised with both ``min`` and
-    ``max`` gets ``<metric>.min_step``, ``.min_epoch``, ``.max_step``, ``.max_epoch``). W&B cannot
-    show this by itself. The values are the ones this callback observes on rank 0 where Lightning
-    hands metrics to the loggers: after each training batch that Lightning logs, after each
-    validation run of fit, and after each training epoch end (including metrics the
-    LightningModule logs in its own ``on_train_epoch_end``, which Lightning runs after callbacks), at
-    the step Lightning passes to ``WandbLogger.log_metrics`` (the history's ``trainer/global_step``)
-    and the epoch they belong to. Ties keep the first step. For each ``ModelCheckpoint`` with a
-    ``monitor`` it also writes ``<metric>.best_checkpoint_step``: the step at which that callback saved
-    its best checkpoint (``UploadCheckpoints``' ``step-<n>`` alias of that version); for a monitor
-    logged once per validation it equals ``best_step``, for one logged every step it may not.
-    Keys are the ones W&B receives: ``<name>_epoch`` for a metric logged with ``on_step=True,
-    on_epoch=True`` (an entry ``<name>`` means its epoch values, what ``ModelCheckpoint`` reads), and
-    the ``WandbLogger``'s ``prefix`` before each (``p-val_acc``). This state is saved in checkpoints, so a
-    resumed run (same W&B run id) keeps its best step. One ``MetricSummaries`` per Trainer: put every
-    entry in one mapping.
+    Each entry is defined on global rank 0 before its first value, keeping WandbLogger's
+    ``trainer/global_step`` x-axis; at the end of fit, ``<metric>.best_step`` and ``.best_epoch`` (and
+    ``.best_checkpoint_step`` per monitored ``ModelCheckpoint``) are written for each ``min`` / ``max``
+    entry. One ``MetricSummaries`` per Trainer.
 
     Args:
-        summaries: metric name, or suffix glob such as ``"val/*"``, to the aggregates W&B keeps for
-            it: one or several of ``"min"``, ``"max"``, ``"mean"``, ``"first"``, ``"last"``, as a
-            list or a comma-separated string (``"min,max"``), or ``"none"`` (the key is left out of
-            the run summary). ``None`` (default) uses only the summaries derived from the Trainer's
-            callbacks. W&B's own globs are unreliable beside WandbLogger's ``"*"`` rule (which glob
-            applies to a key is chosen at random), so this callback expands a glob into a named
-            definition for each matching key as soon as Lightning has computed it, before it is
-            logged; the glob itself is also defined, for keys logged outside Lightning.
-        from_callbacks: derive ``min`` / ``max`` summaries from the ``monitor`` and ``mode`` of every
-            ``ModelCheckpoint`` and ``EarlyStopping`` of the Trainer.
-        hidden: hide metrics from W&B's automatic charts: ``True`` hides every metric of
-            ``summaries``; a list of names or suffix globs hides those (with their summary, if they
-            are in ``summaries``, else with W&B's default summary).
-        dataloader_suffixes: an entry ``"val_acc"`` also applies to Lightning's per-dataloader keys
-            ``"val_acc/dataloader_idx_0"``, ``"val_acc/dataloader_idx_1"``, ... (several validation
-            dataloaders).
-        record_best_step: write ``<metric>.best_step`` and ``<metric>.best_epoch`` at the end of fit.
-        warn_missing: at the end of fit, warn once naming every entry of ``summaries`` (and every
-            derived one) that matched no metric logged during that fit.
+        summaries: metric name, or suffix glob such as ``"val/*"``, to one or several of ``"min"``,
+            ``"max"``, ``"mean"``, ``"first"``, ``"last"`` (a list or ``"min,max"``), or ``"none"``.
+            ``None``: only the entries derived from the Trainer's callbacks.
+        from_callbacks: derive ``min`` / ``max`` entries from the ``monitor`` and ``mode`` of every
+            ``ModelCheckpoint`` and ``EarlyStopping``; an explicit entry wins.
+        hidden: hide from W&B's automatic charts every entry (``True``) or the names and globs listed.
+        dataloader_suffixes: an entry ``"val_acc"`` also applies to ``"val_acc/dataloader_idx_<n>"``.
+        record_best_step: write the best steps and epochs at the end of fit.
+        warn_missing: at the end of fit, warn once naming every entry that matched no logged metric.
 
     Raises:
-        ConfigurationError: at construction, for an empty mapping, a key that is not a non-empty
-            string, a glob that is not a suffix glob (``"*"`` only at the end, after a prefix), the
-            x-axis key ``trainer/global_step``, an unknown aggregate, ``"none"`` together with another
-            one, or a flag that is not a bool. The message names the key, the accepted values and the
-            fix. At ``setup``, when the Trainer has no ``WandbLogger`` (under ``fast_dev_run`` nothing
-            is logged and nothing is raised) or holds a second ``MetricSummaries``.
+        ConfigurationError:
+            If ``summaries`` is empty or not a mapping, or a key is not a metric name or suffix glob.
+        ConfigurationError:
+            If a summary is unknown, or ``"none"`` is combined with another.
+        ConfigurationError:
+            If ``hidden`` is not a bool or a list of names, or a flag is not a bool.
+        ConfigurationError:
+            At ``setup``, if the Trainer has no ``WandbLogger`` or a second ``MetricSummaries``.
 
     Example::
 
@@ -85,19 +52,14 @@ class MetricSummaries(SummaryOptionsMixin, Callback):
         >>> from lightning.pytorch.callbacks import ModelCheckpoint
         >>> from lightning.pytorch.loggers import WandbLogger
         >>> from lw_callbacks import MetricSummaries
-        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
         >>> summaries = MetricSummaries({"val_loss": "min", "train_*": ["mean", "last"]})
-        >>> summaries.summaries
-        {'val_loss': ('min',), 'train_*': ('mean', 'last')}
-        >>> trainer = Trainer(
-        ...     logger=WandbLogger(project="digits"),
-        ...     callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"),  # -> val_acc: max
-        ...                summaries],
-        ...     max_epochs=2, limit_train_batches=2, limit_val_batches=1,
-        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
-        ... )
+        >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
+        >>> trainer = Trainer(logger=WandbLogger(project="digits"), max_epochs=2, limit_train_batches=2,
+        ...                   callbacks=[ModelCheckpoint(monitor="val_acc", mode="max"), summaries],
+        ...                   limit_val_batches=1, log_every_n_steps=1, enable_progress_bar=False,
+        ...                   enable_model_summary=False)
         >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())
-        >>> summary = trainer.logger.experiment.summary  # val_acc {"max": ...}, val_loss {"min": ...}, ...
+        >>> summary = trainer.logger.experiment.summary  # val_acc {"max": ...}, val_loss {"min": ...}
         >>> sorted(key for key in summary.keys() if ".best_" in key)
         ['val_acc.best_checkpoint_step', 'val_acc.best_epoch', 'val_acc.best_step', 'val_loss.best_epoch',
          'val_loss.best_step']
@@ -249,9 +211,7 @@ class MetricSummaries(SummaryOptionsMixin, Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._monitored:
-            self._track_checkpoints(trainer, None)
-        self._observe_epoch_end(trainer)
+        self._after_epoch_end(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -263,6 +223,10 @@ class MetricSummaries(SummaryOptionsMixin, Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._after_epoch_end(trainer)
+
+    def _after_epoch_end(self, trainer: pl.Trainer) -> None:
+        """At the next epoch start or at train end: what Lightning logged and saved after the last epoch end."""
         if self._monitored:
             self._track_checkpoints(trainer, None)
         self._observe_epoch_end(trainer)

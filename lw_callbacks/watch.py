@@ -27,50 +27,29 @@ __all__ = ["WatchModel"]
 class WatchModel(WatchBase, Callback):
     r"""Log histograms of gradients and / or parameters to W&B every ``log_freq`` optimizer steps.
 
-    The callback form of ``WandbLogger.watch`` / ``wandb.watch``, with the same keys and panels
-    (``gradients/<param name>``, ``parameters/<param name>``, ``graph_0`` in the summary), but:
-
-    - it installs no hook on any parameter or module to collect histograms: on a log step it reads
-      the gradients in ``on_before_optimizer_step``, where they are final (after gradient
-      accumulation and the DDP all-reduce) and unscaled (after the AMP ``GradScaler.unscale_``);
-      between log steps it costs one modulo per optimizer step;
-    - ``log_freq`` counts optimizer steps (``trainer.global_step``), not micro-batches, and
-      histograms land at ``trainer/global_step`` 0, ``log_freq``, ``2 * log_freq``, ...;
-    - with several optimizers (manual optimization, a GAN's generator and discriminator), each
-      optimizer's steps are counted apart: at its 0th, ``log_freq``-th, ... step, the parameters it
-      owns (its ``param_groups``) are logged, with the gradients it steps with, at the W&B step of
-      that batch; no gradient left over from another optimizer's step is logged;
-    - only global rank 0 does any work, with no collective;
-    - it removes everything it installed when fit ends (or fails), so the same model can be fit
-      again, resumed, or watched by another instance, with no error and no duplicate keys;
-    - it is configured like any other callback, including from LightningCLI YAML.
-
-    Only trainable parameters (``requires_grad``) are watched. A parameter whose gradient is
-    ``None`` on a log step (unused in that step) gets no gradient histogram at that step. Values
-    that are NaN or infinite are left out of a histogram; a tensor with no finite value gets no
-    histogram at that step.
+    The keys and panels of ``wandb.watch`` (``gradients/<name>``, ``parameters/<name>``, ``graph_0``),
+    read in ``on_before_optimizer_step`` on global rank 0 with no hook per parameter, and removed
+    when fit ends.
 
     Args:
-        log: ``"gradients"``, ``"parameters"`` or ``"all"`` (both).
-        log_freq: log every this many optimizer steps (``trainer.global_step``), starting at step 0;
-            with several optimizers, every this many steps of each optimizer.
-        log_graph: log the model's module graph (as ``wandb.watch(log_graph=True)`` does) from the
-            first training batch of each fit; its forward hooks are removed at the end of that batch.
-        include: parameter-name patterns (``fnmatch`` style, e.g. ``"encoder.*"``, matched against
-            ``LightningModule.named_parameters()`` names) to watch; ``None`` watches every
+        log: ``"gradients"``, ``"parameters"`` or ``"all"``.
+        log_freq: log every this many optimizer steps (``trainer.global_step``), from step 0; with
+            several optimizers, every this many steps of each.
+        log_graph: log the module graph from the first training batch of each fit.
+        include: parameter-name patterns to watch (``fnmatch``, e.g. ``"encoder.*"``); ``None``: every
             trainable parameter.
-        exclude: parameter-name patterns not to watch (applied after ``include``), e.g.
-            ``["*.bias", "*norm*"]``.
-        bins: bins per histogram (1 to 512; W&B shows at most 512).
+        exclude: parameter-name patterns not to watch, e.g. ``["*.bias", "*norm*"]``.
+        bins: bins per histogram, 1 to 512.
 
     Raises:
-        ConfigurationError: at construction, for a ``log`` outside the accepted values, ``log_freq``
-            that is not an int >= 1, ``bins`` outside 1..512, a ``log_graph`` that is not a bool, or
-            ``include`` / ``exclude`` that are not a pattern or a list of patterns; at ``setup``, when
-            the Trainer has no ``WandbLogger`` (under ``fast_dev_run`` nothing is logged and nothing
-            is raised).
-
-    Options are read-only after construction (setting one raises ``AttributeError``).
+        ConfigurationError:
+            If ``log`` is not one of the accepted values.
+        ConfigurationError:
+            If ``log_freq`` is not an int >= 1 or ``bins`` not an int from 1 to 512.
+        ConfigurationError:
+            If ``log_graph`` is not a bool, or ``include`` / ``exclude`` not a pattern or a list of them.
+        ConfigurationError:
+            At ``setup``, if the Trainer has no ``WandbLogger``.
 
     Example::
 
@@ -81,22 +60,12 @@ class WatchModel(WatchBase, Callback):
         >>> watch = WatchModel(log="all", log_freq=2, exclude=["*.bias"])
         >>> watch.log_gradients, watch.log_parameters
         (True, True)
-        >>> trainer = Trainer(
-        ...     logger=WandbLogger(project="digits"),
-        ...     callbacks=[watch],
-        ...     max_steps=4, limit_val_batches=0, enable_checkpointing=False,
-        ...     log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
-        ... )
+        >>> trainer = Trainer(logger=WandbLogger(project="digits"), callbacks=[watch], max_steps=4,
+        ...                   limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+        ...                   enable_model_summary=False)
         >>> trainer.fit(DigitsClassifier(), datamodule=DigitsDataModule())  # logs at steps 0 and 2
         >>> watch.watched_names  # everything is released when fit ends
         []
-
-    From LightningCLI YAML::
-
-        trainer:
-          callbacks:
-            - class_path: lw_callbacks.WatchModel
-              init_args: {log: all, log_freq: 50}
     """
 
     @property

@@ -11,7 +11,7 @@ import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -19,6 +19,12 @@ from torch import Tensor, nn
 
 from lw_callbacks._errors import ConfigurationError, Option, WarnOnce, warn
 from lw_callbacks._wandb import log, update_summary
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+    from torch.utils.hooks import RemovableHandle
+    from wandb.data_types import Graph
+    from wandb.sdk.wandb_run import Run
 
 __all__ = ["GRAPH_KEY", "LOG_CHOICES", "MAX_BINS", "HistogramCore", "WatchBase", "WatchOptions", "histograms"]
 
@@ -131,18 +137,18 @@ class HistogramCore:
     def __init__(self, options: WatchOptions) -> None:
         self.options = options
         self.owner = options.owner  # the class the user built, named in warnings
-        self._run: Any | None = None
+        self._run: Run | None = None
         self._watched: list[tuple[str, nn.Parameter]] = []
         self._last_step: int | None = None
         self._graph_pending = False
-        self._graph: Any | None = None
-        self._graph_handles: list[Any] = []
+        self._graph: Graph | None = None
+        self._graph_handles: list[RemovableHandle] = []
         self._warnings = WarnOnce()
         # optimizer steps counted, per optimizer (a model with several), so that a resumed fit goes on counting
         self.optimizer_steps: dict[int, int] = {}
 
     @property
-    def run(self) -> Any | None:
+    def run(self) -> Run | None:
         """The run histograms are logged to (between :meth:`start` and :meth:`release`, on rank 0)."""
         return self._run
 
@@ -180,7 +186,7 @@ class HistogramCore:
             )
         return watched
 
-    def start(self, run: Any | None, watched: list[tuple[str, nn.Parameter]]) -> bool:
+    def start(self, run: Run | None, watched: list[tuple[str, nn.Parameter]]) -> bool:
         """Watch ``watched`` (from :meth:`select`) on ``run``; a graph is pending with ``log_graph``.
         ``False`` when ``run`` is ``None`` (W&B disabled): then nothing is watched."""
         self._run = run
@@ -191,7 +197,7 @@ class HistogramCore:
         self._graph_pending = self.options.log_graph
         return True
 
-    def log_histograms(self, step: int, wandb_step: int | None = None, optimizer: Any | None = None) -> None:
+    def log_histograms(self, step: int, wandb_step: int | None = None, optimizer: Optimizer | None = None) -> None:
         """Log the watched tensors' histograms when optimizer step ``step`` is a logging step, at W&B
         step ``wandb_step`` (the step metrics are logged at for this batch; ``step`` when ``None``).
 

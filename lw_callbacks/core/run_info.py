@@ -12,10 +12,13 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from lw_callbacks._errors import Option, check_bool, warn
 from lw_callbacks._wandb import run_folder, warning_cache
+
+if TYPE_CHECKING:
+    from wandb.sdk.wandb_run import Run
 
 __all__ = [
     "RunDirOptions",
@@ -38,7 +41,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def pack_config(config: Any, owner: str = "ShareRunDir") -> dict[str, bytes]:
+def pack_config(config: Mapping[str, Any] | None, owner: str = "ShareRunDir") -> dict[str, bytes]:
     """Each key of a run's config (W&B's own ``_``-keys left out) pickled on its own, for a broadcast.
 
     A value that cannot be pickled is left out with one warning naming its key (on global rank 0,
@@ -77,7 +80,7 @@ def unpack_config(packed: Mapping[str, bytes], global_rank: int = 0, owner: str 
     return config
 
 
-def sweep_values(run: Any = None, owner: str = "ShareRunDir") -> dict[str, Any]:
+def sweep_values(run: Run | None = None, owner: str = "ShareRunDir") -> dict[str, Any]:
     """The values a W&B sweep agent gave this run, read with wandb's own reader from the file the agent
     wrote (``WANDB_SWEEP_PARAM_PATH``, the file ``wandb.init`` reads); ``{}`` outside a sweep.
 
@@ -98,7 +101,7 @@ def sweep_values(run: Any = None, owner: str = "ShareRunDir") -> dict[str, Any]:
     return {str(k): v for k, v in values.items() if not str(k).startswith("_")}
 
 
-def run_config(run: Any, sweep: Mapping[str, Any] | None = None, owner: str = "ShareRunDir") -> dict[str, Any]:
+def run_config(run: Run, sweep: Mapping[str, Any] | None = None, owner: str = "ShareRunDir") -> dict[str, Any]:
     """The run's config as a plain dict: its own items, with a sweep's values over them (as wandb
     locks them), W&B's own ``_``-keys left out. ``sweep``: :func:`sweep_values` if already read."""
     config = {str(k): v for k, v in run.config.items() if not str(k).startswith("_")}
@@ -106,7 +109,7 @@ def run_config(run: Any, sweep: Mapping[str, Any] | None = None, owner: str = "S
     return config
 
 
-def describe_run(run: Any, logger: Any, owner: str = "ShareRunDir") -> dict[str, Any] | None:
+def describe_run(run: Run | None, logger: object, owner: str = "ShareRunDir") -> dict[str, Any] | None:
     """Rank 0's description of ``run`` for a broadcast; ``None`` when there is no run (W&B disabled)."""
     if run is None:
         return None

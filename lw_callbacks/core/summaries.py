@@ -11,11 +11,14 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lw_callbacks import _errors
 from lw_callbacks._errors import ConfigurationError, Option, check_bool
 from lw_callbacks._wandb import STEP_KEY, define_metric, update_summary
+
+if TYPE_CHECKING:
+    from wandb.sdk.wandb_run import Run
 
 __all__ = [
     "DATALOADER_SUFFIX",
@@ -74,26 +77,17 @@ class SummaryOptions:
 
     @classmethod
     def check(
-        cls,
-        summaries: Any,
-        from_callbacks: Any,
-        hidden: Any,
-        dataloader_suffixes: Any,
-        record_best_step: Any,
-        warn_missing: Any,
-        owner: str = OWNER,
+        cls, summaries: Any, from_callbacks: Any, hidden: Any, dataloader_suffixes: Any, record_best_step: Any,
+        warn_missing: Any, owner: str = OWNER,
     ) -> SummaryOptions:
         """The options of the constructor's arguments, ``summaries`` and ``hidden`` parsed.
 
         Raises:
             ConfigurationError: for any argument ``MetricSummaries`` does not accept, naming it and the fix.
         """
-        for flag, value in (
-            ("from_callbacks", from_callbacks),
-            ("dataloader_suffixes", dataloader_suffixes),
-            ("record_best_step", record_best_step),
-            ("warn_missing", warn_missing),
-        ):
+        flags = {"from_callbacks": from_callbacks, "dataloader_suffixes": dataloader_suffixes,
+                 "record_best_step": record_best_step, "warn_missing": warn_missing}
+        for flag, value in flags.items():
             check_bool(owner, flag, value)
         if summaries is None and not from_callbacks:
             raise ConfigurationError(
@@ -159,7 +153,7 @@ class SummaryCore:
         self._needs_scan = False
         # Definitions sent to the current run object (name or glob -> spec).
         self._defined: dict[str, Spec] = {}
-        self._current_run: Any = None
+        self._current_run: Run | None = None
         self._active = False
         # Observation on rank 0: the tensor last seen per logged key, keys seen logged, best values.
         self._held: dict[str, Any] = {}
@@ -174,7 +168,7 @@ class SummaryCore:
         return self._active
 
     @property
-    def run(self) -> Any | None:
+    def run(self) -> Run | None:
         """The run the definitions were sent to, while active."""
         return self._current_run if self._active else None
 
@@ -188,7 +182,7 @@ class SummaryCore:
         """Id of the run the best values belong to."""
         return self._run_id
 
-    def use_logger(self, logger: Any) -> None:
+    def use_logger(self, logger: object) -> None:
         """Name keys as ``logger`` sends them: with its ``prefix`` and separator (``WandbLogger(prefix="p")``
         sends ``p-val_acc`` for ``val_acc``)."""
         prefix = getattr(logger, "_prefix", "") if logger is not None else ""
@@ -253,7 +247,7 @@ class SummaryCore:
 
     # ------------------------------------------------------------------ definitions
 
-    def _define(self, run: Any, name: str, spec: Spec) -> None:
+    def _define(self, run: Run, name: str, spec: Spec) -> None:
         if self._defined.get(name) == spec:
             return  # already defined on this run: no duplicate record
         try:
@@ -269,7 +263,7 @@ class SummaryCore:
             return
         self._defined[name] = spec
 
-    def apply(self, run: Any) -> None:
+    def apply(self, run: Run | None) -> None:
         """Define every name and glob on ``run`` (``None`` off rank 0 or when disabled: nothing to do)."""
         self._active = run is not None
         if run is None:
@@ -528,7 +522,7 @@ def _parse_summaries(summaries: Any, owner: str = OWNER) -> dict[str, tuple[str,
     return {_check_key(key, "summaries", owner): _parse_summary(key, value, owner) for key, value in summaries.items()}
 
 
-def _run_keys(run: Any) -> set[str]:
+def _run_keys(run: Run) -> set[str]:
     """Every key the run has a summary value for, whoever logged it; empty if the run cannot tell."""
     try:
         return {str(k) for k in run.summary.keys()}  # noqa: SIM118 - a wandb Summary, not a dict

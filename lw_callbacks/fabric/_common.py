@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import lightning.fabric
+    import lightning_fabric
+
+    #: ``lightning.fabric.Fabric`` or the standalone ``lightning_fabric.Fabric``
+    Fabric: TypeAlias = lightning.fabric.Fabric | lightning_fabric.Fabric
 
 
 def unwrap(model: nn.Module) -> nn.Module:

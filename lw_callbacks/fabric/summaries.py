@@ -3,34 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lw_callbacks import _state
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
 from lw_callbacks.core.summaries import SummaryCore, SummaryOptions, SummaryOptionsMixin, SummaryValue
 
+if TYPE_CHECKING:
+    from lw_callbacks.fabric._common import Fabric
+
 
 class FabricMetricSummaries(SummaryOptionsMixin):
     r"""Define W&B summaries (min / max / mean / first / last) of metrics logged with ``fabric.log_dict``.
 
-    :meth:`define_summaries` sends each ``define_metric`` with the ``trainer/global_step`` x-axis
-    that W&B's loggers use, exactly as :class:`~lw_callbacks.MetricSummaries` does (it is that
-    callback's core, with ``from_callbacks=False``: Fabric has no ``ModelCheckpoint``). W&B then
-    keeps the summaries itself. Optionally, :meth:`observe_metrics` beside each ``fabric.log_dict``
-    records each min / max entry's best step (and epoch), and defines keys matched by a ``prefix/*``
-    entry by name; :meth:`training_done` writes ``<key>.best_step`` / ``<key>.best_epoch`` to the
-    summary and warns about entries never observed.
+    :meth:`define_summaries` defines each entry as :class:`~lw_callbacks.MetricSummaries` does;
+    optionally, :meth:`observe_metrics` beside each ``fabric.log_dict`` records the best steps that
+    :meth:`training_done` writes as ``<key>.best_step`` / ``<key>.best_epoch``.
 
     Args:
-        summaries: metric name or ``prefix/*`` -> ``"min"``, ``"max"``, ``"mean"``, ``"first"``,
-            ``"last"``, ``"none"`` or a list of them (as ``MetricSummaries``).
-        hidden: hide all entries (``True``) or those named from the W&B panels.
+        summaries: metric name or suffix glob to ``"min"``, ``"max"``, ``"mean"``, ``"first"``,
+            ``"last"``, ``"none"`` or a list of them.
+        hidden: hide from W&B's automatic charts every entry (``True``) or the names and globs listed.
         record_best_step: record best steps in :meth:`observe_metrics`.
         warn_missing: at :meth:`training_done`, warn about entries :meth:`observe_metrics` never saw.
 
     Raises:
-        ValueError: at construction, for bad ``summaries`` or ``hidden`` (as ``MetricSummaries``).
-        ConfigurationError: from a hook, when the Fabric has no W&B logger.
+        ConfigurationError:
+            At construction, for the ``summaries`` or ``hidden`` that ``MetricSummaries`` refuses.
+        ConfigurationError:
+            From a hook, if the Fabric has no W&B logger.
 
     Example::
 
@@ -62,7 +63,7 @@ class FabricMetricSummaries(SummaryOptionsMixin):
         self.core = SummaryCore(self._options)
         self._observed = False
 
-    def define_summaries(self, fabric: Any) -> None:
+    def define_summaries(self, fabric: Fabric) -> None:
         """Define every entry on the run (global rank 0; a no-op elsewhere). Call it once, before logging."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         self.core.resolve()
@@ -71,7 +72,7 @@ class FabricMetricSummaries(SummaryOptionsMixin):
         self.core.start(forget_held=False)
 
     def observe_metrics(
-        self, fabric: Any, metrics: Mapping[str, Any], step: int, epoch: int | None = None
+        self, fabric: Fabric, metrics: Mapping[str, Any], step: int, epoch: int | None = None
     ) -> None:
         """Note the values logged with ``fabric.log_dict(metrics, step=step)`` (optional)."""
         core = self.core
@@ -83,7 +84,7 @@ class FabricMetricSummaries(SummaryOptionsMixin):
         # every call is a new value, even when it is the same object
         core.observe(metrics, True, int(step), epoch, fresh=True)
 
-    def training_done(self, fabric: Any) -> None:
+    def training_done(self, fabric: Fabric) -> None:
         """Write the best steps recorded by :meth:`observe_metrics` to the run summary."""
         self.core.finish(warn=self._observed)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -12,30 +12,32 @@ from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
 from lw_callbacks.core.histograms import WatchBase
 from lw_callbacks.fabric._common import unwrap
 
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
+    from lw_callbacks.fabric._common import Fabric
+
 
 class FabricWatchModel(WatchBase):
     r"""Gradient and parameter histograms of a model trained in a Fabric loop, and a clean unwatch.
 
-    :meth:`watch` selects the parameters (``include`` / ``exclude``) and puts one hook on the
-    optimizer (``register_step_pre_hook``): at every ``log_freq``-th optimizer step, right before
-    it, global rank 0 logs ``gradients/<name>`` / ``parameters/<name>`` histograms at
-    ``trainer/global_step`` = the number of optimizer steps taken since :meth:`watch`, computed by
-    :class:`~lw_callbacks.WatchModel`'s core. No hook per parameter. With ``log_graph`` the model's
-    graph is recorded during the first forward. :meth:`unwatch` (and ``training_done``) removes
-    every hook.
+    :meth:`watch` puts one hook on the optimizer: right before every ``log_freq``-th step, global
+    rank 0 logs what :class:`~lw_callbacks.WatchModel` logs, at ``trainer/global_step`` = the
+    optimizer steps taken since :meth:`watch`. :meth:`unwatch` (or ``training_done``) removes it.
 
     Args:
         log: ``"gradients"``, ``"parameters"`` or ``"all"``.
         log_freq: optimizer steps between two logs.
         log_graph: log the model graph from the first forward.
-        include: glob(s) of parameter names to watch (``None``: all trainable).
-        exclude: glob(s) of parameter names to leave out.
-        bins: histogram bins (1-512).
+        include: parameter-name patterns to watch; ``None``: every trainable parameter.
+        exclude: parameter-name patterns not to watch.
+        bins: bins per histogram, 1 to 512.
 
     Raises:
-        ValueError: at construction, for bad arguments (as ``WatchModel``); from :meth:`watch`, for
-            an optimizer that takes no step hooks.
-        ConfigurationError: from a hook, when the Fabric has no W&B logger.
+        ConfigurationError:
+            At construction, for the arguments ``WatchModel`` refuses.
+        ConfigurationError:
+            From :meth:`watch`, if ``optimizer`` takes no step hooks or the Fabric has no W&B logger.
 
     Example::
 
@@ -56,13 +58,11 @@ class FabricWatchModel(WatchBase):
         ...     optimizer.step()
         ...     optimizer.zero_grad()
         >>> fabric.call("unwatch", fabric)
-        >>> watch.watched_names
-        []
     """
 
     _handle: RemovableHandle | None = None  # the optimizer's step hook, while watching
 
-    def watch(self, fabric: Any, model: nn.Module, optimizer: Any) -> None:
+    def watch(self, fabric: Fabric, model: nn.Module, optimizer: Optimizer) -> None:
         """Start watching ``model``, whose parameters ``optimizer`` steps (both as ``fabric.setup`` returned)."""
         logger = require_fabric_wandb_logger(fabric, type(self).__name__)
         inner = getattr(optimizer, "optimizer", optimizer)  # Fabric's wrapper delegates step to it
@@ -83,19 +83,19 @@ class FabricWatchModel(WatchBase):
         core.arm_graph(module)  # with log_graph: recorded during the first forward
         self._handle = inner.register_step_pre_hook(self._before_step)
 
-    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         self.core.finish_graph()
         step = self.core.optimizer_steps.get(0, 0)  # optimizer steps since watch
         self.core.log_histograms(step)
         self.core.optimizer_steps[0] = step + 1
 
-    def unwatch(self, fabric: Any = None) -> None:
+    def unwatch(self, fabric: Fabric | None = None) -> None:
         """Remove the optimizer hook and any graph hook; drop the references to the model."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
         self.core.release()
 
-    def training_done(self, fabric: Any = None) -> None:
+    def training_done(self, fabric: Fabric | None = None) -> None:
         """Same as :meth:`unwatch`."""
         self.unwatch(fabric)
