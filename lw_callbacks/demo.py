@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import netrc
 import os
-from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 __all__ = ["CLASS_NAMES", "DigitsClassifier", "DigitsDataModule", "load_digits_tensors", "offline_unless_logged_in"]
 
 CLASS_NAMES = [str(i) for i in range(10)]
+Batch = tuple[Tensor, Tensor]  # images (N, 1, 8, 8) and labels (N,)
 
 
 def offline_unless_logged_in() -> str:
@@ -140,7 +140,7 @@ class DigitsClassifier(LightningModule):
         x = F.relu(self.layer_2(x))
         return self.layer_3(x)
 
-    def _step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor]:
+    def _step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor]:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
@@ -151,16 +151,16 @@ class DigitsClassifier(LightningModule):
         self.log(f"{stage}_acc", acc, on_step=on_step, on_epoch=not on_step)
         return loss, preds
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "val")[1]
 
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "test")[1]
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self(batch[0]).argmax(dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
