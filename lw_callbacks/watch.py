@@ -115,7 +115,7 @@ class WatchModel(WatchBase, Callback):
         if len(optimizers) < 2:
             # runs on every optimizer step: leave on an integer test unless this step logs
             step = trainer.global_step
-            if step % self.options.log_freq:
+            if step % self.core.options.log_freq:
                 return
             self.core.log_histograms(step, lightning_step(trainer))
             return
@@ -124,7 +124,7 @@ class WatchModel(WatchBase, Callback):
         index = next((i for i, opt in enumerate(optimizers) if opt is optimizer), -1)
         step = self.core.optimizer_steps.get(index, 0)
         self.core.optimizer_steps[index] = step + 1
-        if step % self.options.log_freq == 0:
+        if step % self.core.options.log_freq == 0:
             self.core.log_histograms(step, lightning_step(trainer), optimizer)
 
     @override
