@@ -174,6 +174,37 @@ def test_readme_stays_short_and_links_only_to_pages_and_sections_that_exist() ->
         assert not anchor or anchor in anchors_of(page), f"README.md links to {target}#{anchor}: no such heading"
 
 
+def test_readme_argument_tables_match_the_constructors() -> None:
+    """Each callback's table names every keyword argument of its constructor, with its default."""
+    import ast
+    import inspect
+
+    import lw_callbacks
+
+    sections = re.split(r"^### ", (REPO / "README.md").read_text(), flags=re.M)[1:]
+    checked = 0
+    for section in sections:
+        cls = getattr(lw_callbacks, section.split()[0])
+        table = section[section.index("| argument | default | meaning |") :].split("\n\n")[0]
+        documented: dict[str, str] = {}
+        for line in table.splitlines()[2:]:
+            names_cell, default_cell = (c.strip() for c in line.strip("|").split("|")[:2])
+            names = re.findall(r"`([^`]+)`", names_cell)
+            defaults = re.findall(r"`([^`]+)`", default_cell)
+            for i, name in enumerate(names):
+                documented[name] = defaults[min(i, len(defaults) - 1)]
+        parameters = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
+        assert set(documented) == set(parameters), f"{cls.__name__}: the README's table and the constructor differ"
+        for name, parameter in parameters.items():
+            default = parameter.default
+            shown = ast.literal_eval(documented[name])
+            if isinstance(default, tuple):
+                shown = tuple(shown)
+            assert shown == default, f"{cls.__name__}({name}=...): README {documented[name]}, default {default!r}"
+        checked += 1
+    assert checked == 5
+
+
 def test_every_python_block_runs_or_says_why_not() -> None:
     assert PYTHON, "no Python block found"
     for block in PYTHON:
