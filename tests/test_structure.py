@@ -340,3 +340,41 @@ def test_package_warnings_have_one_category_and_say_each_cause_once() -> None:
         warnings.filterwarnings("ignore", category=LWCallbacksWarning)
         WarnOnce().warn("filtered")
     assert caught == []  # one filter silences the package
+
+
+# ---------------------------------------------------------------------- prediction tasks: strategies, one module each
+def _task_name_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """``(line, name)`` of every comparison (``==``, ``!=``, ``in``, ``not in``) with a task name written out:
+    a string constant, or one inside a tuple / list / set compared against."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        for operand in (node.left, *node.comparators):
+            items = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+            found += [
+                (node.lineno, item.value) for item in items
+                if isinstance(item, ast.Constant) and isinstance(item.value, str) and item.value in names
+            ]
+    return found
+
+
+@pytest.mark.parametrize("module", MODULES, ids=_rel)
+def test_no_module_compares_a_task_name_but_that_tasks_own(module: Path) -> None:
+    """The sampling, reading and table-building code asks the stage's task (``core/tasks/<name>.py``)
+    and names none: a task's name is compared with only in its own module."""
+    from lw_callbacks.core.tasks import TASKS
+
+    names = set(TASKS) - {module.stem} if module.parent == PACKAGE / "core" / "tasks" else set(TASKS)
+    found = [f"{_rel(module)}:{line}: {name!r}" for line, name in _task_name_comparisons(module.read_text(), names)]
+    assert not found, "task names compared outside their task's module:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["if st.task == 'segmentation': pass", "x = task in ('detection', 'text')", "ok = 'audio' != kind",
+     "if kind not in ['regression']: pass"],
+)
+def test_the_task_name_check_finds_a_comparison(source: str) -> None:
+    assert _task_name_comparisons(source, {"segmentation", "detection", "text", "audio", "regression"})
+

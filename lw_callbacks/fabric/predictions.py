@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor, nn
@@ -14,6 +14,10 @@ from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
 from lw_callbacks.core.batches import take
 from lw_callbacks.core.sample_options import STAGES, SampleOptions, SampleOptionsView, arguments
 from lw_callbacks.core.samples import SampleCore
+
+if TYPE_CHECKING:
+    import lightning.fabric
+    import lightning_fabric
 
 
 class FabricPredictionSamples(SampleOptionsView):
@@ -100,7 +104,7 @@ class FabricPredictionSamples(SampleOptionsView):
 
     def log_prediction_samples(
         self,
-        fabric: Any,
+        fabric: lightning.fabric.Fabric | lightning_fabric.Fabric,
         batch: Any,
         outputs: Any = None,
         *,
