@@ -22,7 +22,7 @@ from lw_callbacks import _compat
 from lw_callbacks._errors import ConfigurationError, warn
 from lw_callbacks._wandb import lightning_step
 from lw_callbacks.core import files
-from lw_callbacks.core.publish import OWNER, as_float, name_for, sanitize
+from lw_callbacks.core.versions import OWNER, as_float, name_for, sanitize
 
 _OWNER = OWNER
 

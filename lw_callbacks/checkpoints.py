@@ -39,10 +39,10 @@ from lw_callbacks._model_checkpoints import (
 from lw_callbacks._wandb import finish_after_interrupted_cell, get_run, require_wandb_logger
 from lw_callbacks.core import files
 from lw_callbacks.core.jobs import DUPLICATE, SENT, SKIPPED, UPLOADED
-from lw_callbacks.core.publish import (
+from lw_callbacks.core.publish import Publisher
+from lw_callbacks.core.versions import (
     LOGGED,
     OWNER,
-    Publisher,
     check_aliases,
     check_flush_timeout,
     check_template,

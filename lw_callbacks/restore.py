@@ -14,8 +14,8 @@ from typing import Any
 from lw_callbacks._errors import ConfigurationError, check_path, check_seconds
 from lw_callbacks._wandb import active_run, public_api, run_is_offline
 from lw_callbacks.core import files
-from lw_callbacks.core.publish import LOGGED, sanitize
 from lw_callbacks.core.uploader import ENTRY_NAME
+from lw_callbacks.core.versions import LOGGED, sanitize
 
 __all__ = ["restore_checkpoint"]
 

@@ -21,8 +21,8 @@ from lw_callbacks._errors import (
 )
 from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
 from lw_callbacks.core import files
-from lw_callbacks.core.publish import (
-    Publisher,
+from lw_callbacks.core.publish import Publisher
+from lw_callbacks.core.versions import (
     as_float,
     check_aliases,
     check_flush_timeout,
