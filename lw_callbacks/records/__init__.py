@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from lw_callbacks.records._log import iter_records, scan_artifact_digests, scan_log
 from lw_callbacks.records.frames import runs_frame, samples_frame
+from lw_callbacks.records.report import summarize
 from lw_callbacks.records.run import (  # noqa: F401  (names not in __all__: for the package's other modules)
     STEP_KEY,
     ArtifactEntry,
@@ -54,7 +55,6 @@ from lw_callbacks.records.run import (  # noqa: F401  (names not in __all__: for
     read_segments,
     run_id_of,
     segments_of,
-    summarize,
 )
 
 __all__ = [
