@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
 from lw_callbacks import _compat, _state
-from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_path, warn
+from lw_callbacks._errors import ConfigurationError, Option, warn
 from lw_callbacks._model_checkpoints import (
     AsyncSaves,
     Moment,
@@ -43,9 +43,7 @@ from lw_callbacks.core.publish import Publisher
 from lw_callbacks.core.versions import (
     LOGGED,
     OWNER,
-    check_aliases,
-    check_flush_timeout,
-    check_template,
+    UploadOptions,
     flush_limit,
     version_aliases,
     version_metadata,
@@ -55,6 +53,7 @@ from lw_callbacks.restore import restore_checkpoint
 __all__ = ["UploadCheckpoints", "restore_checkpoint"]
 
 _OWNER = OWNER
+_OPTIONS = "publisher.options"  # where the options are kept, once
 
 
 class UploadCheckpoints(Callback):
@@ -99,10 +98,10 @@ class UploadCheckpoints(Callback):
 
     Example::
 
+        >>> from lw_callbacks import UploadCheckpoints
         >>> from lightning.pytorch import Trainer
         >>> from lightning.pytorch.callbacks import ModelCheckpoint
         >>> from lightning.pytorch.loggers import WandbLogger
-        >>> from lw_callbacks import UploadCheckpoints
         >>> from lw_callbacks.demo import DigitsClassifier, DigitsDataModule
         >>> upload = UploadCheckpoints()
         >>> checkpoint = ModelCheckpoint(monitor="val_acc", mode="max")
@@ -127,15 +126,11 @@ class UploadCheckpoints(Callback):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self._name = check_template(name, owner)
-        self._aliases = check_aliases(aliases, owner)
-        self._flush_timeout = check_flush_timeout(flush_timeout, owner)
+        # the options (checked once), hand-over, ledger (this callback's state), worker and flushes, shared
+        # with the Fabric class
+        self.publisher = Publisher(UploadOptions(name, aliases, flush_timeout, staging_dir, progress_bar, owner))
         self._checkpoints = check_checkpoints(owner, checkpoints)
-        self._staging_dir = check_path(owner, "staging_dir", staging_dir)
-        self._progress_bar = check_bool(owner, "progress_bar", progress_bar)
         self.collection_names: list[str] = []
-        # the hand-over, ledger (this callback's state), worker and flushes, shared with the Fabric class
-        self.publisher = Publisher(self.aliases, self.flush_timeout, self.staging_dir, self.progress_bar, owner)
         self._tracked: list[ModelCheckpoint] = []
         self._fingerprints: dict[int, tuple[Any, ...]] = {}
         self._handed_step: dict[int, int] = {}
@@ -149,12 +144,12 @@ class UploadCheckpoints(Callback):
         if self._checkpoints is None:
             self._state_key = self._generate_state_key(name=self.name, aliases=list(self.aliases))
 
-    name = Option[str | None]("The collection name template, or ``None`` for the default names.")
-    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.")
+    name = Option[str | None]("The collection name template, or ``None`` for the default names.", via=_OPTIONS)
+    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.", via=_OPTIONS)
     checkpoints = Option[list[ModelCheckpoint] | None]("The tracked ``ModelCheckpoint`` callbacks, or ``None``: all.")
-    flush_timeout = Option[float]("Seconds to wait for pending uploads when fit ends or fails.")
-    staging_dir = Option[str | None]("Where hand-over links are made, or ``None``: beside each checkpoint.")
-    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.")
+    flush_timeout = Option[float]("Seconds to wait for pending uploads when fit ends or fails.", via=_OPTIONS)
+    staging_dir = Option[str | None]("Where hand-over links are made, or ``None``: beside each file.", via=_OPTIONS)
+    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.", via=_OPTIONS)
 
     @property
     @override

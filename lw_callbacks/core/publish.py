@@ -32,7 +32,7 @@ from lw_callbacks._wandb import at_finish, run_folder, run_is_offline, wandb_sta
 from lw_callbacks.core import files, jobs
 from lw_callbacks.core.jobs import LOST, PENDING, SAVING, SENT, STAGING_FOLDER, UPLOADED, Job, Ledger
 from lw_callbacks.core.uploader import Uploader
-from lw_callbacks.core.versions import LOGGED, OWNER, as_float, records_versions, sanitize, version_record
+from lw_callbacks.core.versions import LOGGED, UploadOptions, as_float, records_versions, sanitize, version_record
 
 PROGRESS_MIN_BYTES = 64 * 2**20
 DURABLE_WAIT_S = 30.0
@@ -97,26 +97,11 @@ class Publisher:
     """Hands checkpoint files over to an upload worker and sees them into W&B, for one adapter.
 
     Args:
-        aliases: extra aliases of every version (checked with :func:`check_aliases`).
-        flush_timeout: seconds to wait for pending uploads when training ends or fails.
-        staging_dir: where hand-over links are made; ``None``: ``.upload-staging`` beside each file.
-        progress_bar: show a progress bar while flushing 64 MiB or more.
-        owner: the name in warnings.
+        options: the upload's options, checked (the adapter's own copy).
     """
 
-    def __init__(
-        self,
-        aliases: tuple[str, ...] = (),
-        flush_timeout: float = 600.0,
-        staging_dir: str | None = None,
-        progress_bar: bool = True,
-        owner: str = OWNER,
-    ) -> None:
-        self.aliases = aliases
-        self.flush_timeout = flush_timeout
-        self.staging_dir = staging_dir
-        self.progress_bar = progress_bar
-        self.owner = owner
+    def __init__(self, options: UploadOptions) -> None:
+        self.options = options
         self.ledger = Ledger()
         self.state_loaded = False  # the ledger came from a checkpoint (a resumed fit)
         self.uploader: Uploader | None = None  # the worker of the fit in progress
@@ -146,8 +131,8 @@ class Publisher:
 
     def staging_for(self, folder: str | os.PathLike[str]) -> Path:
         """The staging root for checkpoints in ``folder``; each run and collection has a folder in it."""
-        if self.staging_dir is not None:
-            return Path(os.path.abspath(self.staging_dir))
+        if self.options.staging_dir is not None:
+            return Path(os.path.abspath(self.options.staging_dir))
         if files.is_remote(folder):  # a remote folder's files are staged in the working directory
             return Path.cwd().resolve() / STAGING_FOLDER
         return Path(os.path.abspath(files.local_path(folder))) / STAGING_FOLDER
@@ -156,9 +141,9 @@ class Publisher:
         """Why ``staging_dir`` cannot be used (it cannot be created, or a file cannot be written in it),
         or ``None``. The default (``.upload-staging`` beside each checkpoint) is not checked: it lives in
         the folder ``ModelCheckpoint`` itself writes to."""
-        if self.staging_dir is None:
+        if self.options.staging_dir is None:
             return None
-        root = Path(os.path.abspath(self.staging_dir))
+        root = Path(os.path.abspath(self.options.staging_dir))
         try:
             root.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(dir=root, prefix=".probe-")
@@ -167,7 +152,8 @@ class Publisher:
         except OSError as err:
             code = errno.errorcode.get(err.errno or 0, "error")
             return (
-                f"{self.owner}(staging_dir={self.staging_dir!r}): cannot stage checkpoints there ({code}: "
+                f"{self.options.owner}(staging_dir={self.options.staging_dir!r}): cannot stage checkpoints "
+                f"there ({code}: "
                 f"{err.strerror or err}). Pass a folder you can write to (it is created if missing), e.g. on the "
                 "checkpoints' filesystem, or leave `staging_dir=None` to stage beside each checkpoint."
             )
@@ -198,7 +184,7 @@ class Publisher:
         if offline:
             log_path = run_folder(run, logger) / f"run-{run.id}.wandb"
         uploader = Uploader(
-            run, self.ledger, owner or self.owner, run_id=str(run.id), log_path=log_path, offline=offline
+            run, self.ledger, owner or self.options.owner, run_id=str(run.id), log_path=log_path, offline=offline
         )
         self.finishing = [u for u in self.finishing if u.not_durable() or u.pending()]
         self.finishing.append(uploader)
@@ -281,7 +267,8 @@ class Publisher:
                 if other not in self.reported_others:
                     self.reported_others.add(other)
                     warn(
-                        f"{self.owner}: {root} holds {len(notes)} staged checkpoint(s) of another run ({other}); "
+                        f"{self.options.owner}: {root} holds {len(notes)} staged checkpoint(s) of another run "
+                        f"({other}); "
                         "they are not uploaded into this run. Resume that run to upload them, or delete them."
                     )
             for job in claimed:
@@ -315,7 +302,8 @@ class Publisher:
                 queued.add(job.source)
         if lost:
             warn(
-                f"{self.owner}: {len(lost)} checkpoint(s) claimed by an earlier process of this run were neither "
+                f"{self.options.owner}: {len(lost)} checkpoint(s) claimed by an earlier process of this run "
+                "were neither "
                 "staged nor left in place (deleted or changed on disk), and the run's records do not hold them; "
                 "they are not in W&B:\n" + "\n".join(f"  {j.source} -> {j.collection}" for j in lost)
             )
@@ -387,7 +375,8 @@ class Publisher:
             if how == "copy" and not self.warned_copy:
                 self.warned_copy = True
                 warn(
-                    f"{self.owner}: could not hard-link checkpoints into {folder} (another filesystem?), so the "
+                    f"{self.options.owner}: could not hard-link checkpoints into {folder} (another "
+                    "filesystem?), so the "
                     "upload worker copies each one there, from a file descriptor opened when it was saved "
                     "(training does not wait for the copy; it costs disk space and I/O, and ModelCheckpoint's "
                     "rotation of a file waits until its copy is made). Pass `staging_dir` on the checkpoints' "
@@ -400,10 +389,11 @@ class Publisher:
                 code = errno.errorcode.get(err.errno or 0, "error")
                 uploader.warn_once(
                     f"stage:{err.errno}",
-                    f"{self.owner}: could not stage {path} in {folder} ({code}: {err.strerror or err}). "
+                    f"{self.options.owner}: could not stage {path} in {folder} ({code}: {err.strerror or err}). "
                     "It is uploaded from the original file (or a descriptor opened now), "
                     "and so is any later checkpoint that cannot be staged there; ModelCheckpoint's rotation of such "
-                    f"a file waits until W&B holds it. Pass `{self.owner}(staging_dir=...)` on a folder you can "
+                    f"a file waits until W&B holds it. Pass `{self.options.owner}(staging_dir=...)` on a "
+                    "folder you can "
                     "write to.",
                 )
             staged = None
@@ -471,7 +461,7 @@ class Publisher:
         if not self.warned_claim:
             self.warned_claim = True
             warn(
-                f"{self.owner}: could not record {job.source} on disk as this run's checkpoint (no room or no "
+                f"{self.options.owner}: could not record {job.source} on disk as this run's checkpoint (no room or no "
                 "permission in the staging folder and in the run's W&B folder): it is uploaded, but if the process "
                 "dies before, a later fit of this run cannot know it was saved."
             )
@@ -484,26 +474,27 @@ class Publisher:
             return
         self.uploader = None
         self.last_uploader = uploader
-        limit = self.flush_timeout if timeout is None else timeout
-        left = uploader.flush(limit, self.progress_bar, PROGRESS_MIN_BYTES)
+        limit = self.options.flush_timeout if timeout is None else timeout
+        left = uploader.flush(limit, self.options.progress_bar, PROGRESS_MIN_BYTES)
         stopped = uploader.stop(timeout=5.0 if not left else 0.1)
-        if left and limit < self.flush_timeout:
+        if left and limit < self.options.flush_timeout:
             warn(
-                f"{self.owner}: {len(left)} checkpoint upload(s) still running when {why}; the other processes "
+                f"{self.options.owner}: {len(left)} checkpoint upload(s) still running when {why}; the other processes "
                 f"cannot wait longer than half the process group's timeout ({limit:g}s), so they go on in the "
                 "background and `wandb.finish()` waits for them (up to `flush_timeout`)."
             )
             return
         self.report(uploader, left, why)
         if not left and not stopped:
-            warn(f"{self.owner}: the upload worker did not stop; a daemon thread, it ends with the process.")
+            warn(f"{self.options.owner}: the upload worker did not stop; a daemon thread, it ends with the process.")
 
     def report(self, uploader: Uploader, left: list[Job], why: str) -> None:
         """Warn about the checkpoints lost before they could be uploaded, and those ``left`` unlogged."""
         lost, uploader.lost = list(uploader.lost), []
         if lost:
             warn(
-                f"{self.owner}: {len(lost)} checkpoint(s) could not be staged when they were saved and were deleted "
+                f"{self.options.owner}: {len(lost)} checkpoint(s) could not be staged when they were saved and "
+                "were deleted "
                 "(by ModelCheckpoint's top-k rotation?) before they could be uploaded from the original; they are "
                 "not in W&B:\n" + "\n".join(f"  {j.source} -> {j.collection}" for j in lost)
             )
@@ -511,8 +502,9 @@ class Publisher:
             lines = "\n".join(f"  {j.source} -> {j.collection}" + (f" ({j.error})" if j.error else " (not reached)")
                                + _kept_at(j) for j in left)
             warn(
-                f"{self.owner}: {len(left)} checkpoint(s) were not uploaded when {why} "
-                f"(flush_timeout={self.flush_timeout:g}s):\n{lines}\nThe next fit of this run (same run id) uploads "
+                f"{self.options.owner}: {len(left)} checkpoint(s) were not uploaded when {why} "
+                f"(flush_timeout={self.options.flush_timeout:g}s):\n{lines}\nThe next fit of this run (same "
+                "run id) uploads "
                 "what is kept (staged copies, and files whose rotation was held back); your checkpoint files are "
                 "untouched."
             )
@@ -542,7 +534,7 @@ class Publisher:
             self.flush("the W&B run finished")
         for uploader in self.finishing:
             if uploader.pending():
-                left = uploader.flush(self.flush_timeout, self.progress_bar, PROGRESS_MIN_BYTES)
+                left = uploader.flush(self.options.flush_timeout, self.options.progress_bar, PROGRESS_MIN_BYTES)
                 uploader.stop(timeout=5.0 if not left else 0.1)
                 self.report(uploader, left, "the W&B run finished")
 

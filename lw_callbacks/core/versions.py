@@ -1,5 +1,6 @@
-"""The names, aliases and metadata of a checkpoint's versions, and the checks of the upload's options,
-shared by :class:`~lw_callbacks.UploadCheckpoints` and :class:`~lw_callbacks.fabric.FabricUploadCheckpoints`.
+"""The options of a checkpoint upload (:class:`UploadOptions`), and the names, aliases and metadata of
+its versions, shared by :class:`~lw_callbacks.UploadCheckpoints` and
+:class:`~lw_callbacks.fabric.FabricUploadCheckpoints`.
 
 It also keeps what was logged in this process (:data:`LOGGED`), which
 :func:`~lw_callbacks.restore.restore_checkpoint` reads before the run's log reaches the disk.
@@ -12,10 +13,11 @@ import os
 import re
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from lw_callbacks._errors import ConfigurationError, check_seconds
+from lw_callbacks._errors import ConfigurationError, check_bool, check_path, check_seconds
 from lw_callbacks.core import files
 
 OWNER = "UploadCheckpoints"
@@ -192,3 +194,49 @@ def flush_limit(flush_timeout: float, world_size: int, strategy: Any) -> float:
     timeout = getattr(strategy, "_timeout", None)
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else DEFAULT_PG_TIMEOUT_S
     return max(1.0, min(flush_timeout, seconds / 2))
+
+
+# ---------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class UploadOptions:
+    """The options of a checkpoint upload, checked once: the Trainer callback, the Fabric class and their
+    :class:`~lw_callbacks.core.publish.Publisher` share this one copy, read-only.
+
+    Args:
+        name: the collection name template (:func:`check_template`), or ``None`` for the default names.
+        aliases: extra aliases of every new version (:func:`check_aliases`); kept as a tuple.
+        flush_timeout: seconds to wait for pending uploads when training ends or fails.
+        staging_dir: where hand-over links are made; ``None``: ``.upload-staging`` beside each file.
+        progress_bar: show a progress bar while flushing 64 MiB or more.
+        owner: the class named in messages and warnings.
+
+    Raises:
+        ConfigurationError: ``name`` is not a template of the accepted fields.
+        ConfigurationError: an alias is not letters, digits and ``_ . -``, or is reserved.
+        ConfigurationError: ``flush_timeout`` is not a number of seconds >= 0.
+        ConfigurationError: ``staging_dir`` is not a path or ``None``.
+        ConfigurationError: ``progress_bar`` is not ``True`` or ``False``.
+
+    Example::
+
+        >>> UploadOptions(aliases=["baseline"], flush_timeout=60).aliases
+        ('baseline',)
+    """
+
+    name: str | None = None
+    aliases: Sequence[str] = ()
+    flush_timeout: float = 600.0
+    staging_dir: str | os.PathLike[str] | None = None
+    progress_bar: bool = True
+    owner: str = OWNER
+
+    def __post_init__(self) -> None:
+        checked = {
+            "name": check_template(self.name, self.owner),
+            "aliases": check_aliases(self.aliases, self.owner),
+            "flush_timeout": check_flush_timeout(self.flush_timeout, self.owner),
+            "staging_dir": check_path(self.owner, "staging_dir", self.staging_dir),
+            "progress_bar": check_bool(self.owner, "progress_bar", self.progress_bar),
+        }
+        for field_name, value in checked.items():
+            object.__setattr__(self, field_name, value)

@@ -12,7 +12,6 @@ from lw_callbacks import _state
 from lw_callbacks._errors import (
     ConfigurationError,
     Option,
-    check_bool,
     check_choice,
     check_int,
     check_path,
@@ -23,15 +22,16 @@ from lw_callbacks._wandb import require_fabric_wandb_logger, run_of
 from lw_callbacks.core import files
 from lw_callbacks.core.publish import Publisher
 from lw_callbacks.core.versions import (
+    UploadOptions,
     as_float,
     check_aliases,
-    check_flush_timeout,
-    check_template,
     flush_limit,
     name_for,
     version_aliases,
     version_metadata,
 )
+
+_OPTIONS = "publisher.options"  # where the options are kept, once
 
 
 class FabricUploadCheckpoints:
@@ -107,23 +107,19 @@ class FabricUploadCheckpoints:
         owner = type(self).__name__
         self._mode = check_choice(owner, "mode", mode, ("min", "max"))
         self._monitor = check_str(owner, "monitor", monitor, allow_none=True, example="'val_acc'")
-        self._name = check_template(name, owner)
-        self._aliases = check_aliases(aliases, owner)
-        self._flush_timeout = check_flush_timeout(flush_timeout, owner)
-        self._staging_dir = check_path(owner, "staging_dir", staging_dir)
-        self._progress_bar = check_bool(owner, "progress_bar", progress_bar)
-        # the hand-over, ledger, worker and flushes of UploadCheckpoints, its messages naming this class
-        self.publisher = Publisher(self.aliases, self.flush_timeout, self.staging_dir, self.progress_bar, owner)
+        # the options (checked once), hand-over, ledger, worker and flushes of UploadCheckpoints, its messages
+        # naming this class
+        self.publisher = Publisher(UploadOptions(name, aliases, flush_timeout, staging_dir, progress_bar, owner))
         self.collection_name: str | None = None
         self._run: Any = None
 
-    name = Option[str | None]("The collection name template, or ``None`` for the default name.")
+    name = Option[str | None]("The collection name template, or ``None`` for the default name.", via=_OPTIONS)
     monitor = Option[str | None]("The name of the score, or ``None`` (no ``best`` alias).")
     mode = Option[str]("``\"min\"`` or ``\"max\"``: which score is best.")
-    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.")
-    flush_timeout = Option[float]("Seconds to wait for pending uploads at the end.")
-    staging_dir = Option[str | None]("Where hand-over links go, or ``None``: beside each file.")
-    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.")
+    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.", via=_OPTIONS)
+    flush_timeout = Option[float]("Seconds to wait for pending uploads at the end.", via=_OPTIONS)
+    staging_dir = Option[str | None]("Where hand-over links go, or ``None``: beside each file.", via=_OPTIONS)
+    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.", via=_OPTIONS)
 
     def upload_checkpoint(
         self,
@@ -204,7 +200,7 @@ class FabricUploadCheckpoints:
             sig = files.folder_signature(real) if folder else files.signature(os.stat(real))
             if publisher.ledger.is_known(real, sig):
                 return  # this content was handed over already
-            all_aliases = version_aliases(epoch, step, publisher.aliases, extra)
+            all_aliases = version_aliases(epoch, step, publisher.options.aliases, extra)
             score_for_best = value if self.monitor is not None else None
             publisher.stage_and_submit(
                 str(path), real, sig, self.collection_name, score_for_best, meta, all_aliases, is_folder=folder
@@ -221,7 +217,7 @@ class FabricUploadCheckpoints:
         """
         publisher = self.publisher
         world_size, strategy = getattr(fabric, "world_size", 1), getattr(fabric, "strategy", None)
-        publisher.flush("training ended", flush_limit(publisher.flush_timeout, world_size, strategy))
+        publisher.flush("training ended", flush_limit(publisher.options.flush_timeout, world_size, strategy))
         publisher.share_logged(fabric.global_rank == 0, fabric.broadcast)
 
     def training_failed(self, fabric: Any = None, exception: BaseException | None = None) -> None:
