@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lw_callbacks._errors import ConfigurationError, warn
 from lw_callbacks._wandb import at_finish, run_folder, run_is_offline, wandb_staging_dir
@@ -33,6 +33,9 @@ from lw_callbacks.core import files, jobs
 from lw_callbacks.core.jobs import LOST, PENDING, SAVING, SENT, STAGING_FOLDER, UPLOADED, Job, Ledger
 from lw_callbacks.core.uploader import Uploader
 from lw_callbacks.core.versions import LOGGED, UploadOptions, as_float, records_versions, sanitize, version_record
+
+if TYPE_CHECKING:
+    from wandb import Run
 
 PROGRESS_MIN_BYTES = 64 * 2**20
 DURABLE_WAIT_S = 30.0
@@ -173,7 +176,7 @@ class Publisher:
             roots.add(self.claims_root)
         return sorted(roots)
 
-    def begin(self, run: Any, logger: Any, owner: str | None = None) -> Uploader:
+    def begin(self, run: Run, logger: Any, owner: str | None = None) -> Uploader:
         """Start the worker for this fit, told where the run's log is, and flushed at the run's finish."""
         offline = run_is_offline(run)
         log_path = None

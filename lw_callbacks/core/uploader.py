@@ -23,12 +23,15 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lw_callbacks._errors import warn
 from lw_callbacks._wandb import add_hashed_file, log_artifact, model_artifact, wandb_staging_dir
 from lw_callbacks.core import files, jobs
 from lw_callbacks.core.jobs import DUPLICATE, LOST, SENT, SKIPPED, UPLOADED, Job, Ledger
+
+if TYPE_CHECKING:
+    from wandb import Run
 
 ENTRY_NAME = "model.ckpt"
 
@@ -55,7 +58,7 @@ class Uploader:
 
     def __init__(
         self,
-        run: Any,
+        run: Run,
         ledger: Ledger,
         owner: str,
         run_id: str = "",

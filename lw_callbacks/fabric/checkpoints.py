@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lw_callbacks import _state
 from lw_callbacks._errors import (
@@ -30,6 +30,13 @@ from lw_callbacks.core.versions import (
     version_aliases,
     version_metadata,
 )
+
+if TYPE_CHECKING:
+    import lightning.fabric
+    import lightning_fabric
+    from wandb import Run
+
+    Fabric = lightning.fabric.Fabric | lightning_fabric.Fabric  # either namespace
 
 _OPTIONS = "publisher.options"  # where the options are kept, once
 
@@ -111,7 +118,7 @@ class FabricUploadCheckpoints:
         # naming this class
         self.publisher = Publisher(UploadOptions(name, aliases, flush_timeout, staging_dir, progress_bar, owner))
         self.collection_name: str | None = None
-        self._run: Any = None
+        self._run: Run | None = None
 
     name = Option[str | None]("The collection name template, or ``None`` for the default name.", via=_OPTIONS)
     monitor = Option[str | None]("The name of the score, or ``None`` (no ``best`` alias).")
@@ -123,7 +130,7 @@ class FabricUploadCheckpoints:
 
     def upload_checkpoint(
         self,
-        fabric: Any,
+        fabric: Fabric,
         path: str | os.PathLike[str],
         *,
         step: int | None = None,
@@ -208,7 +215,7 @@ class FabricUploadCheckpoints:
         except Exception as err:  # a hand-over problem never stops training
             warn(f"{type(self).__name__}: could not hand over {path} ({type(err).__name__}: {err}).")
 
-    def training_done(self, fabric: Any) -> None:
+    def training_done(self, fabric: Fabric) -> None:
         """Flush pending uploads and share what was logged with every rank (a broadcast: call on every rank).
 
         Under several processes rank 0 flushes for at most half the process group's timeout (or
@@ -220,7 +227,7 @@ class FabricUploadCheckpoints:
         publisher.flush("training ended", flush_limit(publisher.options.flush_timeout, world_size, strategy))
         publisher.share_logged(fabric.global_rank == 0, fabric.broadcast)
 
-    def training_failed(self, fabric: Any = None, exception: BaseException | None = None) -> None:
+    def training_failed(self, fabric: Fabric | None = None, exception: BaseException | None = None) -> None:
         """Flush pending uploads after a failure, with no collective (call it from ``except``)."""
         why = f"training stopped with {type(exception).__name__}" if exception is not None else "training stopped"
         self.publisher.flush(why)
