@@ -29,37 +29,15 @@ def restore_checkpoint(
 ) -> Path:
     """Get a checkpoint logged by :class:`UploadCheckpoints` (or ``WandbLogger(log_model=...)``) as a local file.
 
-    ``ref`` is ``"[entity/project/]name[:alias or version]"`` (alias ``latest`` when left out), e.g.
-    ``"my-team/mnist/model-abc123-val_acc:best"`` or ``"model-abc123-val_acc:v3"``.
-
-    - Offline, or given ``run_dir``: the version is resolved from the run's own records
-      (:mod:`lw_callbacks.records`): the run in ``run_dir``; else what ``UploadCheckpoints`` logged
-      in this process (known on every rank once fit ends: a running run's log reaches the disk only
-      every 15 s); else the run live in this process, or a run under ``$WANDB_DIR`` or the current
-      directory that logged ``name``. Versions are numbered over every segment of a resumed run
-      (each offline resume writes a folder of its own with the same run id) in order, deduplicated
-      by digest, as ``wandb sync`` of those folders will number them. The version's staged file (the
-      manifest's ``local_path``) is copied (a reflink, ``FICLONE``, where the filesystem offers one)
-      to ``<root>/<name>-v<N>-<first 8 hex digits of its md5>/model.ckpt`` and the copy is checked
-      against the recorded md5 digest; a verified copy already there is reused.
-    - Online, with ``entity/project/`` in ``ref``: through the W&B API, downloaded into
-      ``<root>/<name>-v<N>/``.
-
-    The returned file is yours: it never shares storage with anything W&B (or ``UploadCheckpoints``)
-    will upload, so writing to it in place (``torch.save(state, path)``, an editor) cannot change
-    what ``wandb sync`` uploads. Its path carries the content's digest, so a path returned once
-    never holds other bytes; restoring the same version
-    again checks the copy and writes it afresh if it was changed.
-
-    It works on every rank with no collective: each process gets the same path (one process
-    downloads, the others wait for it). It never unpickles anything: the file loads with
-    ``LitModule.load_from_checkpoint(path)`` or ``trainer.fit(model, ckpt_path=path)``. A checkpoint
-    from someone else is a pickle that can run code when loaded; inspect it with
-    ``torch.load(path, map_location="cpu", weights_only=True)``, which refuses anything but tensors
-    and plain containers.
+    Offline (or given ``run_dir``) the version is resolved from the run's own records, numbered over every
+    segment of a resumed run as ``wandb sync`` will number it, and its staged file is copied and checked
+    against the recorded md5; online (``entity/project/`` in ``ref``) it is downloaded through the W&B API.
+    The file returned is yours (it shares no storage with anything W&B uploads), the same path on every
+    rank, with no collective; nothing is unpickled. The docs' checkpoint pages say where a version is found.
 
     Args:
-        ref: the artifact reference.
+        ref: ``"[entity/project/]name[:alias or version]"`` (alias ``latest`` when left out), e.g.
+            ``"my-team/mnist/model-abc123-val_acc:best"`` or ``"model-abc123-val_acc:v3"``.
         run_dir: an offline run's folder (``.../wandb/offline-run-<date>-<id>``) or a folder holding it.
         root: where the file is put; default ``$WANDB_ARTIFACT_DIR`` or ``./artifacts``.
         timeout: seconds to wait for a run still being written (its log may lag ``wandb.finish()``,
@@ -70,10 +48,8 @@ def restore_checkpoint(
         strategies; ``trainer.fit(ckpt_path=folder)`` takes it).
 
     Raises:
-        LookupError: no collection ``name``, or it has no such alias or version; the message lists
-            what exists.
-        ConfigurationError: ``ref``, ``run_dir``, ``root`` or ``timeout`` is not what it accepts (before
-            any I/O).
+        LookupError: no collection ``name``, or no such alias or version (the message lists what exists).
+        ConfigurationError: ``ref``, ``run_dir``, ``root`` or ``timeout`` is not what it accepts (before any I/O).
         ValueError: the staged file's md5 differs from the recorded digest.
         FileNotFoundError: no run to read, or the staged file is gone (after ``wandb sync``?).
 

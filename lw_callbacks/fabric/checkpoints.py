@@ -44,21 +44,12 @@ _OPTIONS = "publisher.options"  # where the options are kept, once
 class FabricUploadCheckpoints:
     r"""Upload checkpoints saved with ``fabric.save`` as W&B ``model`` artifacts, without slowing training.
 
-    After ``fabric.save(path, state)``, call :meth:`upload_checkpoint` on every rank: on global
-    rank 0 it hard-links the file into a staging folder (or, on another filesystem, opens it for the
-    worker to copy) and returns; a background thread hashes and logs it, exactly as
-    :class:`~lw_callbacks.UploadCheckpoints` does (it is that callback's core: the same hand-over,
-    ledger, retries, flush, and staged files kept until W&B holds them durably). Each file becomes a version of one
-    collection, ``collection_name`` (``model-<run id>-<monitor>``, or ``model-<run id>`` without
-    ``monitor``), holding ``model.ckpt``, with metadata ``score``, ``monitor``, ``mode``,
-    ``epoch``, ``global_step``, ``original_filename``, ``original_path`` and yours, and aliases
-    ``latest``, ``best`` (by ``score``, with ``monitor`` and ``mode``), ``epoch-<n>``,
-    ``step-<n>`` and the ``aliases`` given. Content uploaded before is not uploaded again.
-
-    :meth:`training_done` flushes pending uploads (for at most ``flush_timeout`` seconds, retrying
-    failures) and tells every rank what was logged, so :func:`restore_checkpoint` right after gives
-    each rank the same file; call it on every rank. :meth:`training_failed` flushes without any
-    collective (for an ``except`` block). Your checkpoint files are never moved or deleted.
+    After ``fabric.save(path, state)``, call :meth:`upload_checkpoint` on every rank: global rank 0 hands
+    the file over and returns, and a worker thread uploads it, as :class:`~lw_callbacks.UploadCheckpoints`
+    does (the same core). Each file becomes a version of ``collection_name`` holding ``model.ckpt``, with
+    aliases ``latest``, ``best`` (by ``score``, with ``monitor`` and ``mode``), ``epoch-<n>``, ``step-<n>``
+    and ``aliases``. Call :meth:`training_done` on every rank at the end (it flushes and shares what was
+    logged), or :meth:`training_failed` from an ``except`` block. Your checkpoint files are only read.
 
     Attributes:
         collection_name: the artifact name, known on every rank after the first upload call.
@@ -75,8 +66,9 @@ class FabricUploadCheckpoints:
     Options are read-only after construction (setting one raises ``AttributeError``).
 
     Raises:
-        ConfigurationError: at construction, for a bad template, alias, timeout, ``mode``, ``monitor``,
-            ``staging_dir`` or ``progress_bar``; from a hook, when the Fabric has no W&B logger.
+        ConfigurationError: at construction, for a bad template, alias, ``flush_timeout``, ``mode``, ``monitor``,
+            ``staging_dir`` or ``progress_bar``.
+        ConfigurationError: from :meth:`upload_checkpoint`, when the Fabric has no W&B logger.
 
     Example::
 
