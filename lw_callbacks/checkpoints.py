@@ -403,7 +403,7 @@ class UploadCheckpoints(Callback):
                     continue
                 folder = os.path.isdir(real)
                 try:
-                    sig = files.folder_signature(real) if folder else files.signature(os.stat(real))
+                    sig = files.signature_of(real, folder)
                 except OSError:
                     continue
                 if real not in saving and (resumed_from is None or sig[3] > resumed_from + 2_000_000_000):
@@ -487,10 +487,7 @@ class UploadCheckpoints(Callback):
             real = path if remote else os.path.realpath(files.local_path(path))
             folder = not remote and os.path.isdir(real)  # a sharded checkpoint: one version of all its files
             try:
-                if remote:
-                    sig = files.remote_signature(path)
-                else:
-                    sig = files.folder_signature(real) if folder else files.signature(os.stat(real))
+                sig = files.remote_signature(path) if remote else files.signature_of(real, folder)
             except OSError:
                 if real not in self.publisher.ledger.files:  # else handed over before it was deleted
                     self._not_uploaded(path, "it was deleted before it could be handed over (it does not exist)")

@@ -310,3 +310,7 @@ def signature(st: os.stat_result) -> list[int]:
     """What identifies one content of a file without reading it: device, inode, size, mtime."""
     return [int(st.st_dev), int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)]
 
+
+def signature_of(path: str, folder: bool = False) -> list[int]:
+    """:func:`folder_signature` of the folder ``path``, or :func:`signature` of the file; raises ``OSError``."""
+    return folder_signature(path) if folder else signature(os.stat(path))

@@ -196,7 +196,7 @@ class FabricUploadCheckpoints:
             publisher.ledger.collection(self.collection_name, self.monitor, self.mode)
             publisher.begin(self._run, logger, owner=type(self).__name__)
         try:
-            sig = files.folder_signature(real) if folder else files.signature(os.stat(real))
+            sig = files.signature_of(real, folder)
             if publisher.ledger.is_known(real, sig):
                 return  # this content was handed over already
             all_aliases = version_aliases(epoch, step, publisher.options.aliases, extra)
