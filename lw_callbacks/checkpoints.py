@@ -44,6 +44,7 @@ from lw_callbacks.core.versions import (
     LOGGED,
     OWNER,
     UploadOptions,
+    UploadOptionsMixin,
     flush_limit,
     version_aliases,
     version_metadata,
@@ -53,10 +54,9 @@ from lw_callbacks.restore import restore_checkpoint
 __all__ = ["UploadCheckpoints", "restore_checkpoint"]
 
 _OWNER = OWNER
-_OPTIONS = "publisher.options"  # where the options are kept, once
 
 
-class UploadCheckpoints(Callback):
+class UploadCheckpoints(UploadOptionsMixin, Callback):
     r"""Upload every checkpoint that ``ModelCheckpoint`` saves as a W&B ``model`` artifact, in the background.
 
     Each tracked ``ModelCheckpoint`` gets its own collection (``model-<run id>-<monitor>``); each new file
@@ -128,7 +128,8 @@ class UploadCheckpoints(Callback):
         owner = type(self).__name__
         # the options (checked once), hand-over, ledger (this callback's state), worker and flushes, shared
         # with the Fabric class
-        self.publisher = Publisher(UploadOptions(name, aliases, flush_timeout, staging_dir, progress_bar, owner))
+        self._options = UploadOptions(name, aliases, flush_timeout, staging_dir, progress_bar, owner)
+        self.publisher = Publisher(self._options)
         self._checkpoints = check_checkpoints(owner, checkpoints)
         self.collection_names: list[str] = []
         self._tracked: list[ModelCheckpoint] = []
@@ -144,12 +145,7 @@ class UploadCheckpoints(Callback):
         if self._checkpoints is None:
             self._state_key = self._generate_state_key(name=self.name, aliases=list(self.aliases))
 
-    name = Option[str | None]("The collection name template, or ``None`` for the default names.", via=_OPTIONS)
-    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.", via=_OPTIONS)
     checkpoints = Option[list[ModelCheckpoint] | None]("The tracked ``ModelCheckpoint`` callbacks, or ``None``: all.")
-    flush_timeout = Option[float]("Seconds to wait for pending uploads when fit ends or fails.", via=_OPTIONS)
-    staging_dir = Option[str | None]("Where hand-over links are made, or ``None``: beside each file.", via=_OPTIONS)
-    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.", via=_OPTIONS)
 
     @property
     @override

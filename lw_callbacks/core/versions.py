@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from lw_callbacks._errors import ConfigurationError, check_bool, check_path, check_seconds
+from lw_callbacks._errors import ConfigurationError, Option, check_bool, check_path, check_seconds
 from lw_callbacks.core import files
 
 OWNER = "UploadCheckpoints"
@@ -240,3 +240,21 @@ class UploadOptions:
         }
         for field_name, value in checked.items():
             object.__setattr__(self, field_name, value)
+
+
+class UploadOptionsMixin:
+    """The options shared by ``UploadCheckpoints`` and ``FabricUploadCheckpoints``, as read-only attributes
+    of the object that keeps them under ``_options``."""
+
+    _options: UploadOptions
+
+    @property
+    def options(self) -> UploadOptions:
+        """The checked options (frozen), shared with the publisher."""
+        return self._options
+
+    name = Option[str | None]("The collection name template, or ``None`` for the default names.", via="options")
+    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.", via="options")
+    flush_timeout = Option[float]("Seconds to wait for pending uploads when training ends or fails.", via="options")
+    staging_dir = Option[str | None]("Where hand-over links are made, or ``None``: beside each file.", via="options")
+    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.", via="options")

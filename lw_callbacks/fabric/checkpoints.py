@@ -23,6 +23,7 @@ from lw_callbacks.core import files
 from lw_callbacks.core.publish import Publisher
 from lw_callbacks.core.versions import (
     UploadOptions,
+    UploadOptionsMixin,
     as_float,
     check_aliases,
     flush_limit,
@@ -38,10 +39,9 @@ if TYPE_CHECKING:
 
     Fabric = lightning.fabric.Fabric | lightning_fabric.Fabric  # either namespace
 
-_OPTIONS = "publisher.options"  # where the options are kept, once
 
 
-class FabricUploadCheckpoints:
+class FabricUploadCheckpoints(UploadOptionsMixin):
     r"""Upload checkpoints saved with ``fabric.save`` as W&B ``model`` artifacts, without slowing training.
 
     After ``fabric.save(path, state)``, call :meth:`upload_checkpoint` on every rank: global rank 0 hands
@@ -108,17 +108,13 @@ class FabricUploadCheckpoints:
         self._monitor = check_str(owner, "monitor", monitor, allow_none=True, example="'val_acc'")
         # the options (checked once), hand-over, ledger, worker and flushes of UploadCheckpoints, its messages
         # naming this class
-        self.publisher = Publisher(UploadOptions(name, aliases, flush_timeout, staging_dir, progress_bar, owner))
+        self._options = UploadOptions(name, aliases, flush_timeout, staging_dir, progress_bar, owner)
+        self.publisher = Publisher(self._options)
         self.collection_name: str | None = None
         self._run: Run | None = None
 
-    name = Option[str | None]("The collection name template, or ``None`` for the default name.", via=_OPTIONS)
     monitor = Option[str | None]("The name of the score, or ``None`` (no ``best`` alias).")
     mode = Option[str]("``\"min\"`` or ``\"max\"``: which score is best.")
-    aliases = Option[tuple[str, ...]]("The extra aliases of every new version, each once.", via=_OPTIONS)
-    flush_timeout = Option[float]("Seconds to wait for pending uploads at the end.", via=_OPTIONS)
-    staging_dir = Option[str | None]("Where hand-over links go, or ``None``: beside each file.", via=_OPTIONS)
-    progress_bar = Option[bool]("Whether a progress bar shows while flushing large files.", via=_OPTIONS)
 
     def upload_checkpoint(
         self,
