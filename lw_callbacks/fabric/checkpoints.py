@@ -33,11 +33,9 @@ from lw_callbacks.core.versions import (
 )
 
 if TYPE_CHECKING:
-    import lightning.fabric
-    import lightning_fabric
     from wandb import Run
 
-    Fabric = lightning.fabric.Fabric | lightning_fabric.Fabric  # either namespace
+    from lw_callbacks.fabric._common import Fabric
 
 
 
