@@ -265,17 +265,18 @@ class LogPredictionSamples(SampleOptionsView, Callback):
             return False
         if self._core.states[stage].disabled:
             return False
-        if trainer.sanity_checking and not self.log_sanity_check:
+        opts = self._core.options  # read on every batch: plain attributes
+        if trainer.sanity_checking and not opts.log_sanity_check:
             return False
         if stage == "validation" and not trainer.sanity_checking and trainer.state.fn == "fit":
-            return (trainer.current_epoch + 1) % self.every_n_epochs == 0  # as check_val_every_n_epoch
+            return (trainer.current_epoch + 1) % opts.every_n_epochs == 0  # as check_val_every_n_epoch
         return True
 
     def _batch_end(
         self, stage: str, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, dl_idx: int
     ) -> None:
         core = self._core
-        if dl_idx != self.dataloader_idx or stage not in core.states:
+        if dl_idx != core.options.dataloader_idx or stage not in core.states:
             return
         st = core.states[stage]
         active = self._active(stage, trainer)
