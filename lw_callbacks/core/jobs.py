@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -201,6 +202,23 @@ def remove_empty_parents(folder: Path) -> None:
             parent.rmdir()
         except OSError:
             return
+
+
+def forget_staged(job: Job) -> None:
+    """Remove our staged hard link / copy of ``job`` and its note, and close its descriptor (never the
+    user's checkpoint)."""
+    job.close_fd()
+    paths = [job.staged, job.staged + ".json", job.staged + ".partial"] if job.staged else []
+    if job.note:
+        paths.append(job.note)
+    for tree in paths[:1] + paths[2:3]:
+        if os.path.isdir(tree) and not os.path.islink(tree):
+            shutil.rmtree(tree, ignore_errors=True)
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    for folder in {os.path.dirname(p) for p in paths}:
+        remove_empty_parents(Path(folder))
 
 
 def write_note(job: Job, note: str | None = None, sync: bool = True) -> bool:

@@ -285,11 +285,11 @@ class Publisher:
                 if job.digest and (job.collection, job.digest) in known:
                     ledger.set_status(job.source, UPLOADED)
                     jobs.release_source(job)
-                    Uploader.cleanup(job)
+                    jobs.forget_staged(job)
                     continue
                 if job.status == LOST:
                     lost.append(job)
-                    Uploader.cleanup(job)
+                    jobs.forget_staged(job)
                     continue
                 job.seq = ledger.take_seq()
                 job.attempts, job.error, job.status, job.fd = 0, "", PENDING, None
@@ -418,7 +418,7 @@ class Publisher:
             uploader.submit(job)
         except BaseException:
             self.ledger.forget(real)
-            Uploader.cleanup(job)
+            jobs.forget_staged(job)
             raise
         if staged is None:  # nothing will be staged in the folder made for it
             jobs.remove_empty_parents(folder)

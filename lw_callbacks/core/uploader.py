@@ -19,7 +19,6 @@ import contextlib
 import errno
 import os
 import queue
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -141,7 +140,7 @@ class Uploader:
             if self.unsafe.get(job.source) is job:
                 del self.unsafe[job.source]
         jobs.release_source(job)
-        self.cleanup(job)
+        jobs.forget_staged(job)
 
     def kept(self, job: Job) -> None:
         """``job``'s bytes are now kept in its staged copy: a held-back source can go."""
@@ -390,11 +389,11 @@ class Uploader:
             self.ledger.set_status(job.source, LOST)
             with self._cond:
                 self.lost.append(job)
-            self.cleanup(job)
+            jobs.forget_staged(job)
             return False
         if size != job.signature[2]:
             self.ledger.set_status(job.source, SKIPPED, reason="rewritten before upload")
-            self.cleanup(job)
+            jobs.forget_staged(job)
             return False
         job.copied = True
         jobs.write_note(job)
@@ -419,7 +418,7 @@ class Uploader:
                 self.ledger.set_status(job.source, LOST)
                 with self._cond:
                     self.lost.append(job)
-                self.cleanup(job)
+                jobs.forget_staged(job)
                 return
         before = files.folder_signature(path)
         job.entries = {rel: files.md5_b64(os.path.join(path, rel), self._progress) for rel in files.folder_files(path)}
@@ -577,23 +576,3 @@ class Uploader:
             files.remove_wandb_copy(copy)
             raise
         return copy, logged if logged is not None else artifact
-
-    @staticmethod
-    def cleanup_files(job: Job) -> None:
-        paths = [job.staged, job.staged + ".json", job.staged + ".partial"] if job.staged else []
-        if job.note:
-            paths.append(job.note)
-        for tree in paths[:1] + paths[2:3]:
-            if os.path.isdir(tree) and not os.path.islink(tree):
-                shutil.rmtree(tree, ignore_errors=True)
-        for path in paths:
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        for folder in {os.path.dirname(p) for p in paths}:
-            jobs.remove_empty_parents(Path(folder))
-
-    @classmethod
-    def cleanup(cls, job: Job) -> None:
-        """Remove our staged hard link / copy and its note (never the user's checkpoint)."""
-        job.close_fd()
-        cls.cleanup_files(job)
