@@ -175,7 +175,7 @@ class AsyncSaves:
         self.futures: list[Future[None]] = []
 
     @staticmethod
-    def find(strategy: Any) -> AsyncSaves | None:
+    def find(strategy: pl.strategies.Strategy) -> AsyncSaves | None:
         io = getattr(strategy, "checkpoint_io", None)
         for _ in range(8):  # wrappers of wrappers
             if io is None:
