@@ -133,11 +133,11 @@ def rewritten_in_place(mc: ModelCheckpoint, path: str, is_last: bool) -> bool:
 def wrap_saves(
     mc: ModelCheckpoint,
     around_save: Callable[[ModelCheckpoint, pl.Trainer, str, Callable[[], None]], None],
-    keeps: Callable[[pl.Trainer, str], bool],
+    keeps: Callable[[pl.Trainer, str, Callable[[], None]], bool],
 ) -> None:
     """Route each save of ``mc`` through ``around_save(mc, trainer, path, save)`` (which calls ``save``),
-    and each deletion of a checkpoint (top-k rotation) through ``keeps(trainer, path)``: the file is
-    deleted unless it returns True."""
+    and each deletion of a checkpoint (top-k rotation) through ``keeps(trainer, path, remove)``: the file
+    is deleted now unless it returns True (it then keeps it, or calls ``remove`` later)."""
     if "_save_checkpoint" in vars(mc) or "_remove_checkpoint" in vars(mc):
         return
     save, remove = mc._save_checkpoint, mc._remove_checkpoint
@@ -146,7 +146,7 @@ def wrap_saves(
         around_save(mc, trainer, str(filepath), lambda: save(trainer, filepath))
 
     def removing(trainer: pl.Trainer, filepath: str) -> None:
-        if not keeps(trainer, str(filepath)):
+        if not keeps(trainer, str(filepath), lambda: remove(trainer, filepath)):
             remove(trainer, filepath)
 
     mc._save_checkpoint = saved  # type: ignore[method-assign]

@@ -572,13 +572,26 @@ class UploadCheckpoints(UploadOptionsMixin, Callback):
             self._scan(trainer, only=mc)
             self.publisher.saved(note)
 
-    def _keeps(self, trainer: pl.Trainer, filepath: str) -> bool:
+    def _keeps(self, trainer: pl.Trainer, filepath: str, remove: Callable[[], None]) -> bool:
         """Whether a checkpoint that top-k rotation deletes is kept for now (global rank 0): its bytes are
-        only there; the upload worker deletes it once they are kept elsewhere (staged or uploaded)."""
+        only there; the upload worker deletes it once they are kept elsewhere (staged or uploaded). Under
+        an asynchronous checkpoint IO the decision waits on its writer thread for the saves submitted so
+        far and their hand-overs: a file whose write or hand-over is still queued is not deleted first."""
+        if not trainer.is_global_zero:
+            return False
+        if self._async is not None and self._async.submit(self._hold_or_remove, filepath, remove):
+            return True
+        return self._hold(filepath)
+
+    def _hold(self, filepath: str) -> bool:
         try:
-            return trainer.is_global_zero and self.publisher.hold(filepath)
+            return self.publisher.hold(filepath)
         except Exception:
             return False
+
+    def _hold_or_remove(self, filepath: str, remove: Callable[[], None]) -> None:
+        if not self._hold(filepath):
+            remove()
 
     # ------------------------------------------------------------------ flush
     def _end_of_fit_timeout(self, trainer: pl.Trainer) -> float:
