@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lw_callbacks import _compat
 from lw_callbacks._errors import PACKAGE, ConfigurationError, warn
@@ -33,6 +33,10 @@ from lw_callbacks._errors import PACKAGE, ConfigurationError, warn
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import WandbLogger
+    from wandb import Api, Artifact
+    from wandb.sdk.wandb_run import Run
+
+    from lw_callbacks.fabric._common import Fabric
 
 STEP_KEY = "trainer/global_step"
 
@@ -96,7 +100,7 @@ def require_wandb_logger(trainer: pl.Trainer, owner: str) -> WandbLogger | None:
     return logger
 
 
-def find_fabric_wandb_logger(fabric: Any) -> Any | None:
+def find_fabric_wandb_logger(fabric: Fabric) -> Any | None:
     """The first W&B logger among ``fabric.loggers``: wandb's Fabric ``WandbLogger``
     (``wandb.integration.lightning.fabric``) or Lightning's ``WandbLogger`` (either namespace); ``None`` if
     there is none."""
@@ -106,7 +110,7 @@ def find_fabric_wandb_logger(fabric: Any) -> Any | None:
     return None
 
 
-def require_fabric_wandb_logger(fabric: Any, owner: str) -> Any:
+def require_fabric_wandb_logger(fabric: Fabric, owner: str) -> Any:
     """The W&B logger of a Fabric object.
 
     Raises:
@@ -130,7 +134,7 @@ def require_fabric_wandb_logger(fabric: Any, owner: str) -> Any:
     return logger
 
 
-def is_disabled(run: Any = None) -> bool:
+def is_disabled(run: Run | None = None) -> bool:
     """True under ``WANDB_MODE=disabled`` or for a disabled (no-op) run."""
     if os.environ.get("WANDB_MODE", "").lower() == "disabled":
         return True
@@ -142,7 +146,7 @@ def is_disabled(run: Any = None) -> bool:
     return getattr(settings, "mode", None) == "disabled"
 
 
-def run_of(logger: Any | None, global_rank: int) -> Any | None:
+def run_of(logger: Any | None, global_rank: int) -> Run | None:
     """The live run of a W&B logger on global rank 0; ``None`` elsewhere or when disabled.
 
     Works with Lightning's ``WandbLogger`` and with wandb's Fabric ``WandbLogger`` (anything whose
@@ -156,7 +160,7 @@ def run_of(logger: Any | None, global_rank: int) -> Any | None:
     return run
 
 
-def active_run() -> Any | None:
+def active_run() -> Run | None:
     """The run started in this process (``wandb.run``), or ``None``; for code outside a Trainer."""
     import wandb
 
@@ -164,7 +168,7 @@ def active_run() -> Any | None:
     return None if run is None or is_disabled(run) else run
 
 
-def get_run(trainer: pl.Trainer, owner: str) -> Any | None:
+def get_run(trainer: pl.Trainer, owner: str) -> Run | None:
     """The live run for a callback on ``trainer``: rank 0 only, ``None`` elsewhere or when disabled.
 
     Raises:
@@ -249,7 +253,7 @@ def warm_up_media() -> None:
     threading.Thread(target=load, name="lw-callbacks-warm-up", daemon=True).start()
 
 
-def log(run: Any, payload: Mapping[str, Any], step: int, owner: str) -> bool:
+def log(run: Run, payload: Mapping[str, Any], step: int, owner: str) -> bool:
     """Log ``payload`` at ``trainer/global_step == step``; a failure warns and returns ``False``."""
     data = dict(payload)
     data[STEP_KEY] = int(step)
@@ -285,7 +289,7 @@ def define_metric(
     run.define_metric(name, **kwargs)
 
 
-def run_folder(run: Any, logger: Any = None) -> Path:
+def run_folder(run: Run, logger: Any = None) -> Path:
     """The run's own folder, the one holding ``run-<id>.wandb``, wherever it landed.
 
     ``run.settings.sync_dir`` is right for a run started in this process, but not for a run
@@ -310,7 +314,7 @@ def run_folder(run: Any, logger: Any = None) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime).resolve()
 
 
-def at_finish(run: Any, early: Any = None, late: Any = None) -> bool:
+def at_finish(run: Run, early: Any = None, late: Any = None) -> bool:
     """Have ``early()`` called when ``run.finish()`` starts (the run still takes records) and ``late()``
     after the run's last records were handed to W&B; ``False`` when this wandb has no such hooks."""
     try:
@@ -364,13 +368,13 @@ def finish_after_interrupted_cell(trainer: pl.Trainer, exception: BaseException)
     return True
 
 
-def run_is_offline(run: Any) -> bool:
+def run_is_offline(run: Run) -> bool:
     """True for a run that writes only to its local log (``mode="offline"``)."""
     settings = getattr(run, "settings", None)
     return bool(getattr(settings, "_offline", False)) or getattr(settings, "mode", "") in ("offline", "dryrun")
 
 
-def update_summary(run: Any, values: Mapping[str, Any], owner: str) -> bool:
+def update_summary(run: Run, values: Mapping[str, Any], owner: str) -> bool:
     """Write ``values`` into the run summary; a failure warns and returns ``False``."""
     try:
         run.summary.update(dict(values))
@@ -382,26 +386,28 @@ def update_summary(run: Any, values: Mapping[str, Any], owner: str) -> bool:
     return True
 
 
-def model_artifact(name: str, metadata: Mapping[str, Any] | None) -> Any:
+def model_artifact(name: str, metadata: Mapping[str, Any] | None) -> Artifact:
     """A new ``model`` artifact (nothing is logged until :func:`log_artifact`)."""
     import wandb
 
     return wandb.Artifact(name=name, type="model", metadata=dict(metadata) if metadata is not None else None)
 
 
-def log_artifact(run: Any, artifact: Any, aliases: list[str]) -> Any:
+def log_artifact(run: Run, artifact: Artifact, aliases: list[str]) -> Artifact:
     """``run.log_artifact(artifact, aliases=aliases)``; errors propagate (the uploader retries them)."""
     return run.log_artifact(artifact, aliases=aliases)
 
 
-def public_api() -> Any:
+def public_api() -> Api:
     """``wandb.Api()`` (it needs a key and a server)."""
     import wandb
 
     return wandb.Api()
 
 
-def add_hashed_file(artifact: Any, path: str, name: str, digest: str, policy: str = "mutable") -> Any:
+def add_hashed_file(
+    artifact: Artifact, path: str, name: str, digest: str, policy: Literal["mutable", "immutable"] = "mutable"
+) -> Any:
     """Add ``path`` to ``artifact`` as entry ``name`` with its base64 md5 ``digest`` already known, so
     that W&B does not read the file a second time to hash it (with ``policy="mutable"`` it still makes its
     staged copy). Returns the manifest entry.

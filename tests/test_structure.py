@@ -378,3 +378,9 @@ def test_no_module_compares_a_task_name_but_that_tasks_own(module: Path) -> None
 def test_the_task_name_check_finds_a_comparison(source: str) -> None:
     assert _task_name_comparisons(source, {"segmentation", "detection", "text", "audio", "regression"})
 
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """One job a module: none of the package's modules runs over 600 lines."""
+    long = {_rel(m): n for m in MODULES if (n := len(m.read_text().splitlines())) > 600}
+    assert not long, f"modules over 600 lines (split them by job): {long}"
