@@ -1,11 +1,11 @@
-"""UploadCheckpoints: every checkpoint ModelCheckpoint keeps, safe in W&B without slowing training.
-
-The Lightning adapter over :mod:`lw_callbacks.core.publish`: it finds the ``ModelCheckpoint`` callbacks,
-notices what they save, and hands each file over with its metadata and aliases.
+"""UploadCheckpoints: every checkpoint ModelCheckpoint keeps, safe in W&B without slowing training. The
+Lightning adapter over :mod:`lw_callbacks.core.publish`: it finds the ``ModelCheckpoint`` callbacks,
+notices what they save and hands each file over with its metadata and aliases;
 :func:`~lw_callbacks.restore.restore_checkpoint` (re-exported here) gets one of them back."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -150,9 +150,8 @@ class UploadCheckpoints(UploadOptionsMixin, Callback):
     @property
     @override
     def state_key(self) -> str:
-        # Lightning reads it on every hook call. Without `checkpoints` it names only read-only options,
-        # so it was built once, in __init__; with them it names their keys, which follow the
-        # ModelCheckpoints' own (settable) options: built on each call.
+        # Lightning reads it on every hook call: built once in __init__ from read-only options, or on each call
+        # with `checkpoints` (it then names their keys, which follow the ModelCheckpoints' settable options).
         if self._state_key is not None:
             return self._state_key
         tracked = [mc.state_key for mc in self.checkpoints or ()]
@@ -404,6 +403,9 @@ class UploadCheckpoints(UploadOptionsMixin, Callback):
                     continue
                 if real not in saving and (resumed_from is None or sig[3] > resumed_from + 2_000_000_000):
                     continue
+                if not folder and files.cut_zip(real):  # killed while ModelCheckpoint wrote it
+                    self._not_uploaded(path, "its save was cut short when its process ended (not a whole checkpoint)")
+                    continue
                 known_file = ledger.files.get(real)
                 if known_file is not None and list(known_file.get("signature", [])) == sig:
                     status = known_file.get("status")
@@ -573,10 +575,9 @@ class UploadCheckpoints(UploadOptionsMixin, Callback):
             self.publisher.saved(note)
 
     def _keeps(self, trainer: pl.Trainer, filepath: str, remove: Callable[[], None]) -> bool:
-        """Whether a checkpoint that top-k rotation deletes is kept for now (global rank 0): its bytes are
-        only there; the upload worker deletes it once they are kept elsewhere (staged or uploaded). Under
-        an asynchronous checkpoint IO the decision waits on its writer thread for the saves submitted so
-        far and their hand-overs: a file whose write or hand-over is still queued is not deleted first."""
+        """Whether a file top-k rotation deletes is kept for now (rank 0; the worker deletes it once its bytes
+        are staged or uploaded). Under an asynchronous checkpoint IO this is decided on its writer thread,
+        behind the writes and hand-overs queued before: none is deleted before its write or hand-over."""
         if not trainer.is_global_zero:
             return False
         if self._async is not None and self._async.submit(self._hold_or_remove, filepath, remove):
@@ -584,10 +585,9 @@ class UploadCheckpoints(UploadOptionsMixin, Callback):
         return self._hold(filepath)
 
     def _hold(self, filepath: str) -> bool:
-        try:
+        with contextlib.suppress(Exception):
             return self.publisher.hold(filepath)
-        except Exception:
-            return False
+        return False  # a hand-over problem never stops training
 
     def _hold_or_remove(self, filepath: str, remove: Callable[[], None]) -> None:
         if not self._hold(filepath):

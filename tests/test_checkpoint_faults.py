@@ -400,6 +400,27 @@ def test_a_damaged_first_segment_costs_only_itself(tmp_path: Path, fault: str) -
     assert ("damaged (1 ranges skipped" in out.stdout) if fault == "corrupt" else ("[cut" in out.stdout)
 
 
+def test_a_checkpoint_cut_by_a_kill_is_told_from_a_whole_one(tmp_path: Path) -> None:
+    """A resumed fit hands over the files its killed predecessor claimed while saving; one whose write the
+    kill cut short (a zip, torch.save's format, without the record a whole one ends with) is refused with
+    a warning instead of uploaded. A whole checkpoint, another format or a folder is not refused."""
+    import torch
+
+    from lw_callbacks.core.files import cut_zip
+
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(4096)}, "global_step": 3}, whole)
+    data = whole.read_bytes()
+    for at in (10, len(data) // 2, len(data) - 1):
+        cut = tmp_path / f"cut-{at}.ckpt"
+        cut.write_bytes(data[:at])
+        assert cut_zip(str(cut)), at
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    assert not cut_zip(str(whole)) and not cut_zip(str(other)) and not cut_zip(str(tmp_path))
+    assert not cut_zip(str(tmp_path / "missing.ckpt"))
+
+
 def test_unusable_staging_dir_is_refused_at_setup(wandb_env: Path) -> None:
     """Staging that cannot work is found at setup, before training: a staging root that cannot be
     created or written raises ConfigurationError naming `staging_dir`."""
@@ -456,7 +477,17 @@ def test_random_kills_lose_nothing(tmp_path: Path) -> None:
         assert not lost, f"lost {len(lost)} of {len(saved)}: {lost}"
         digests = [e.digest for v in versions for e in v.entries]
         assert len(digests) == len(set(digests)), "duplicated"
-        assert held <= set(saved), "a version holds a file the run did not save"
+        import torch
+
+        # A kill between a save's end and the witness's line leaves a file the witness never saw: such a
+        # version must be a save that began (the witness's first line names it) and a whole checkpoint of that step.
+        begun = witness_rows(tmp_path, ".begun")
+        for v in versions:
+            for e in v.entries:
+                if e.digest not in saved:
+                    ckpt = torch.load(e.local_path, map_location="cpu", weights_only=False)  # a cut file fails here
+                    assert any(b["file"] == v.metadata["original_filename"] and b["step"] == ckpt["global_step"]
+                               for b in begun), f"a version holds a file the run did not save: v{v.version}"
         for v in versions:  # corrupt: the file W&B will upload is whole and has the recorded digest
             for e in v.entries:
                 assert e.local_path and md5(Path(e.local_path)) == e.digest, f"corrupt: v{v.version}"

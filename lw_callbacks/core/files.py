@@ -314,3 +314,18 @@ def signature(st: os.stat_result) -> list[int]:
 def signature_of(path: str, folder: bool = False) -> list[int]:
     """:func:`folder_signature` of the folder ``path``, or :func:`signature` of the file; raises ``OSError``."""
     return folder_signature(path) if folder else signature(os.stat(path))
+
+
+def cut_zip(path: str) -> bool:
+    """Whether ``path`` begins as a zip archive (``torch.save``'s format) but lacks the record a whole
+    one ends with: a save cut short by the end of its process. Anything else (a whole zip, another
+    format, a folder, an unreadable file) is False: only what is known to be cut is refused."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":
+                return False
+        return not zipfile.is_zipfile(path)
+    except OSError:
+        return False

@@ -290,6 +290,10 @@ def main() -> None:
             save = self.mc._save_checkpoint
 
             def saved(trainer: Any, filepath: str) -> None:
+                if trainer.is_global_zero:  # a save begun: a kill may come before the line below is written
+                    with open(self.journal.with_suffix(".begun.jsonl"), "a") as fh:
+                        fh.write(json.dumps({"file": os.path.basename(filepath), "pid": os.getpid(),
+                                             "step": trainer.global_step}) + "\n")
                 save(trainer, filepath)
                 if trainer.is_global_zero and os.path.isfile(filepath):
                     with open(self.journal, "a") as fh:
