@@ -291,7 +291,7 @@ def main() -> None:
 
             def saved(trainer: Any, filepath: str) -> None:
                 if trainer.is_global_zero:  # a save begun: a kill may come before the line below is written
-                    with open(self.journal.with_suffix(".begun.jsonl"), "a") as fh:
+                    with open(self.journal.with_name("begun-" + self.journal.name), "a") as fh:
                         fh.write(json.dumps({"file": os.path.basename(filepath), "pid": os.getpid(),
                                              "step": trainer.global_step}) + "\n")
                 save(trainer, filepath)
