@@ -21,6 +21,7 @@ from lw_callbacks import _compat, _state
 from lw_callbacks._errors import ConfigurationError, Option, warn
 from lw_callbacks._model_checkpoints import (
     AsyncSaves,
+    CheckpointsKey,
     Moment,
     after_checkpoints,
     check_checkpoints,
@@ -142,6 +143,7 @@ class UploadCheckpoints(UploadOptionsMixin, Callback):
         self._async: AsyncSaves | None = None
         self._warned: set[str] = set()
         self._state_key: str | None = None
+        self._key_of_checkpoints = CheckpointsKey()
         if self._checkpoints is None:
             self._state_key = self._generate_state_key(name=self.name, aliases=list(self.aliases))
 
@@ -150,12 +152,10 @@ class UploadCheckpoints(UploadOptionsMixin, Callback):
     @property
     @override
     def state_key(self) -> str:
-        # Lightning reads it on every hook call: built once in __init__ from read-only options, or on each call
-        # with `checkpoints` (it then names their keys, which follow the ModelCheckpoints' settable options).
+        # read on every hook call: built once from read-only options, or (`checkpoints`) by `CheckpointsKey`
         if self._state_key is not None:
             return self._state_key
-        tracked = [mc.state_key for mc in self.checkpoints or ()]
-        return self._generate_state_key(name=self.name, aliases=list(self.aliases), checkpoints=tracked)
+        return self._key_of_checkpoints(self, self._checkpoints or ())
 
     # ------------------------------------------------------------------ hooks
     @override

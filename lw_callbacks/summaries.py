@@ -89,6 +89,7 @@ class MetricSummaries(SummaryOptionsMixin, Callback):
         self._best_paths: dict[int, str] = {}
         self._pending_step: int | None = None
         self._saves_in_batches = False  # a monitored ModelCheckpoint may save after a training batch
+        self._connector: Any = None
 
     from_callbacks = Option[bool]("Whether entries are derived from ModelCheckpoint / EarlyStopping.", via="options")
     dataloader_suffixes = Option[bool](
@@ -151,6 +152,9 @@ class MetricSummaries(SummaryOptionsMixin, Callback):
             getattr(mc, "_every_n_train_steps", 0) or getattr(mc, "_train_time_interval", None)
             for mc, _ in self._monitored
         )
+        # Lightning's logger connector (one per Trainer), when it stores the logged values in a dict
+        connector = getattr(trainer, "_logger_connector", None)
+        self._connector = connector if isinstance(getattr(connector, "_logged_metrics", None), dict) else None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -201,12 +205,10 @@ class MetricSummaries(SummaryOptionsMixin, Callback):
     def _hold_stored(self, trainer: pl.Trainer) -> None:
         """Note the values Lightning holds as logged, without computing any (a batch it does not log):
         a value it stored again after a validation is then not taken for a newly logged one."""
-        if not self._core.active:
-            return
-        stored = getattr(getattr(trainer, "_logger_connector", None), "_logged_metrics", None)
-        if isinstance(stored, dict):
-            self._core.hold(stored)
-        else:  # another Lightning: read them as logged metrics, noting nothing as logged
+        connector = self._connector
+        if connector is not None:  # the dict itself (Lightning replaces it when it resets its metrics)
+            self._core.hold(connector._logged_metrics)
+        elif self._core.active:  # another Lightning: read them as logged metrics, noting nothing as logged
             self._scan_and_observe(trainer, logs=False)
 
     @override
@@ -293,9 +295,19 @@ def _derived(callbacks: Sequence[Any]) -> dict[str, tuple[set[str], str]]:
 
 
 def _logs_this_batch(trainer: pl.Trainer) -> bool:
-    """Whether Lightning sends this training batch's step metrics to the loggers."""
-    connector = getattr(trainer, "_logger_connector", None)
-    flag = getattr(connector, "should_update_logs", None)
-    if isinstance(flag, bool):
-        return flag or bool(getattr(trainer, "fast_dev_run", False))
-    return True
+    """Whether Lightning sends this training batch's step metrics to the loggers, as its logger
+    connector's ``update_train_step_metrics`` decides, tested on integers first: it runs on every batch
+    (the connector's own ``should_update_logs`` walks the Trainer's state properties, about 8 µs a call
+    inside a fit)."""
+    try:
+        every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # 0: no step logs (but under fast_dev_run)
+        due = bool(every) and ((trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0
+                               or trainer.should_stop)
+        if not (due or trainer.fast_dev_run):  # type: ignore[attr-defined]
+            return False
+        fit_loop = trainer.fit_loop
+    except AttributeError:  # another Lightning: read the logged values on every batch
+        return True
+    # a batch that only accumulates gradients logs nothing (automatic optimization)
+    accumulates = getattr(fit_loop, "_should_accumulate", None)
+    return not (callable(accumulates) and accumulates() and trainer.lightning_module.automatic_optimization)

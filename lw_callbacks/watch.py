@@ -88,6 +88,7 @@ class WatchModel(WatchBase, Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.core.release()
+        self._only, self._countdown = None, 0  # the first optimizer step reads the step it starts from
         if trainer.global_step == 0:  # a fresh fit; a resumed or continued one keeps counting
             self.core.optimizer_steps = {}
         watched = self.core.select(pl_module)
@@ -99,26 +100,41 @@ class WatchModel(WatchBase, Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.core.arm_graph(pl_module)
+        if self.core.graph_pending:  # an attribute test on every batch; the graph's hooks on the first
+            self.core.arm_graph(pl_module)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.core.finish_graph()
+        if self.core.graph_pending:
+            self.core.finish_graph()
+
+    # With one optimizer: the optimizer, and how many of its steps to let pass before the next look at
+    # `trainer.global_step` (both set by that look, which also logs at a logging step; None: look now)
+    _only: Any = None
+    _countdown = 0
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
+        # Runs on every optimizer step: between logging steps, an identity and an integer test. Reading
+        # `trainer.global_step` and `trainer.optimizers` walks several properties (about 7 µs a step
+        # inside a fit), so they are read on the step the countdown says is the next logging step, and
+        # the countdown is set again from them: it cannot drift further than one interval.
+        if optimizer is self._only and self._countdown > 0:
+            self._countdown -= 1
+            return
         optimizers = trainer.optimizers
         if len(optimizers) < 2:
-            # runs on every optimizer step: leave on an integer test unless this step logs
             step = trainer.global_step
-            if step % self.core.options.log_freq:
-                return
-            self.core.log_histograms(step, lightning_step(trainer))
+            freq = self.core.options.log_freq
+            self._only, self._countdown = optimizer, freq - step % freq - 1
+            if step % freq == 0:
+                self.core.log_histograms(step, lightning_step(trainer))
             return
+        self._only = None
         # several optimizers (manual optimization): each one's steps are counted apart, and at its
         # log steps the parameters it owns are logged, their gradients fresh
         index = next((i for i, opt in enumerate(optimizers) if opt is optimizer), -1)

@@ -560,3 +560,20 @@ def test_state_key_is_fixed_during_a_fit_and_names_the_options() -> None:
         upload.aliases = ("production",)  # options are fixed at construction
     other = UploadCheckpoints(checkpoints=[mc], aliases=["production"])  # the key names the options
     assert other.state_key != before and "production" in other.state_key
+    # built once per change of what it names (a ModelCheckpoint's settable options): never stale
+    mc.monitor, mc.mode = "val_loss", "min"
+    assert upload.state_key == upload._generate_state_key(name=None, aliases=[], checkpoints=[mc.state_key])
+    assert "val_loss" in upload.state_key and upload.state_key != before
+
+    class OwnKey(ModelCheckpoint):
+        tag = "a"
+
+        @property
+        def state_key(self) -> str:
+            return f"OwnKey[{self.tag}]"
+
+    own = OwnKey()
+    keyed = UploadCheckpoints(checkpoints=[own])
+    assert "OwnKey[a]" in keyed.state_key
+    own.tag = "b"  # an attribute this class's key reads, which the cache does not know: built each call
+    assert "OwnKey[b]" in keyed.state_key

@@ -133,6 +133,27 @@ def test_explicit_entry_wins_and_early_stopping_is_derived() -> None:
     assert records.summary["val_acc.best_step"] == _best(records.series("val_acc"), "max")[0]
 
 
+class _LowWhileAccumulating(DigitsClassifier):
+    """Logs ``x`` on every batch: 0.0 on the batches that only accumulate gradients (Lightning sends
+    those to no logger), 10 - batch_idx on the batches that step."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("x", 0.0 if batch_idx % 2 == 0 else 10.0 - batch_idx)
+        return super().training_step(batch, batch_idx)
+
+
+def test_batches_that_only_accumulate_are_not_read_as_logged() -> None:
+    """With ``accumulate_grad_batches=2``, W&B receives the stepping batches' values only; the best
+    step is the step of the best value W&B holds, never one of a value it never received."""
+    _, records = fit_digits([MetricSummaries({"x": "min"}, from_callbacks=False)], max_epochs=1,
+                            limit_train_batches=8, limit_val_batches=1, accumulate_grad_batches=2,
+                            model=_LowWhileAccumulating())
+    series = records.series("x")
+    assert [v for _, v in series] == [9.0, 7.0, 5.0, 3.0]  # what W&B received
+    assert records.summary["x"] == pytest.approx({"min": 3.0})
+    assert records.summary["x.best_step"] == _best(series, "min")[0] == 3
+
+
 class _TwoValLoaders(DigitsDataModule):
     def val_dataloader(self) -> list[DataLoader]:  # type: ignore[override]
         return [super().val_dataloader(), super().val_dataloader()]

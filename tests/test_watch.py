@@ -376,6 +376,32 @@ def test_histograms_equal_histc_with_the_finite_min_and_max(bins: int) -> None:
     assert sum(hists["sparse_large"].histogram) == 100_000
 
 
+@pytest.mark.parametrize("bins", [1, 7, 64, 512])
+def test_a_small_models_log_step_counts_as_histc(bins: int) -> None:
+    """The path a small model's log step takes (every tensor small, dense float32 on the CPU): the
+    counts are torch.histc's, the edges its linspace's; anything else (a NaN, one value) takes the
+    general path."""
+    from lw_callbacks.core import histograms as core
+
+    gen = torch.Generator().manual_seed(bins)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 2))
+    loss = (model(torch.randn(4, 8, generator=gen)) * torch.randn(4, 2, generator=gen)).sum()
+    loss.backward()
+    named = [(f"gradients/{n}", p.grad) for n, p in model.named_parameters()]
+    named += [(f"parameters/{n}", p) for n, p in model.named_parameters()]
+    named += [("transposed", torch.randn(30, 20, generator=gen).t() * 1e3),
+              ("ties", torch.tensor([0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0]))]
+    assert core._small_on_cpu(named, bins) is not None  # the small path is the one taken
+    hists = histograms(named, bins)
+    assert list(hists) == [key for key, _ in named]
+    for key, tensor in named:
+        counts, edges = _histc_reference(tensor, bins)
+        assert hists[key].histogram == counts, key
+        assert hists[key].bins == pytest.approx(edges, rel=2**-23, abs=0.0), key
+    for odd in (torch.tensor([1.0, float("nan")]), torch.full((3,), 2.0), torch.zeros(0), torch.randn(3).double()):
+        assert core._small_on_cpu([*named, ("odd", odd)], bins) is None
+
+
 def test_the_device_path_counts_as_histc() -> None:
     """The counts taken on a non-CPU device (CUDA: bincount per chunk, deterministic), run here on
     CPU tensors: the same as torch.histc with the tensor's min and max."""

@@ -140,7 +140,7 @@ class HistogramCore:
         self._run: Run | None = None
         self._watched: list[tuple[str, nn.Parameter]] = []
         self._last_step: int | None = None
-        self._graph_pending = False
+        self.graph_pending = False  # log_graph, until the first training batch recorded it
         self._graph: Graph | None = None
         self._graph_handles: list[RemovableHandle] = []
         self._warnings = WarnOnce()
@@ -194,7 +194,7 @@ class HistogramCore:
             return False
         self._watched = watched
         self._last_step = None
-        self._graph_pending = self.options.log_graph
+        self.graph_pending = self.options.log_graph
         return True
 
     def log_histograms(self, step: int, wandb_step: int | None = None, optimizer: Optimizer | None = None) -> None:
@@ -236,7 +236,7 @@ class HistogramCore:
     def arm_graph(self, module: nn.Module) -> None:
         """Put forward hooks on ``module``'s children that record the graph, when a graph is pending
         and not yet armed."""
-        if not self._graph_pending or self._graph_handles:
+        if not self.graph_pending or self._graph_handles:
             return
         import wandb
         from wandb.data_types import Node
@@ -270,9 +270,9 @@ class HistogramCore:
 
     def finish_graph(self) -> None:
         """When a graph is pending: remove its hooks and write what they recorded to the run summary."""
-        if not self._graph_pending:
+        if not self.graph_pending:
             return
-        self._graph_pending = False
+        self.graph_pending = False
         self._disarm_graph()
         graph, self._graph = self._graph, None
         if graph is None or self._run is None:
@@ -291,7 +291,7 @@ class HistogramCore:
         """Remove every hook this core installed and drop its references to the model and the run."""
         self._disarm_graph()
         self._graph = None
-        self._graph_pending = False
+        self.graph_pending = False
         self._watched = []
         self._run = None
 
@@ -354,6 +354,9 @@ def histograms(named: Sequence[tuple[str, Tensor]], bins: int) -> dict[str, Any]
     """
     import wandb
 
+    small = _small_on_cpu(named, bins)
+    if small is not None:
+        return {key: wandb.Histogram(np_histogram=row) for key, row in small.items()}  # type: ignore[arg-type]
     keys: list[str] = []
     flats: list[np.ndarray | Tensor] = []
     extra_zeros: list[int] = []
@@ -400,6 +403,39 @@ def histograms(named: Sequence[tuple[str, Tensor]], bins: int) -> dict[str, Any]
         elif not math.isnan(lo):  # every value equal: one bin, as wandb.watch does
             out[key] = wandb.Histogram(np_histogram=([_size(flats[i]) + extra_zeros[i]], [lo, hi]))  # type: ignore[arg-type]
     return out
+
+
+def _small_on_cpu(named: Sequence[tuple[str, Tensor]], bins: int) -> dict[str, tuple[list[int], list[float]]] | None:
+    """A small model's log step (every tensor dense float32 on the CPU, finite, not all one value, all of
+    them together at most ``_CPU_CHUNK`` values): the same counts and edges as the general path, in one
+    concatenation, one segmented min / max and one ``bincount``, with little Python around them
+    (about half the general path's time for a few tiny tensors); ``None`` for any other case."""
+    flats = []
+    total = 0
+    for _, tensor in named:
+        size = tensor.numel()
+        if tensor.is_sparse or tensor.dtype != torch.float32 or tensor.device.type != "cpu" or not 0 < size <= _SMALL:
+            return None
+        total += size
+        flats.append(tensor.detach().reshape(-1).numpy())
+    if not flats or total > _CPU_CHUNK:
+        return None
+    values = np.concatenate(flats) if len(flats) > 1 else flats[0]
+    lengths = np.fromiter((f.size for f in flats), dtype=np.int64, count=len(flats))
+    starts = np.cumsum(lengths) - lengths
+    lows, highs = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
+    if not (np.isfinite(lows).all() and np.isfinite(highs).all() and (lows < highs).all()):
+        return None  # a NaN, an infinity or a tensor of one value: the general path
+    row = np.repeat(np.arange(len(flats)), lengths)
+    scaled = values - lows[row]
+    scaled *= np.float32(bins)
+    scaled /= (highs - lows)[row]
+    slots = scaled.astype(np.int64)
+    np.minimum(slots, bins - 1, out=slots)
+    slots += row * bins
+    counts = np.bincount(slots, minlength=len(flats) * bins).reshape(len(flats), bins).tolist()
+    edges = _linspace(lows[:, None], highs[:, None], bins).tolist()
+    return {key: (counts[k], edges[k]) for k, (key, _) in enumerate(named)}
 
 
 _SMALL = 1 << 14  # values: a tensor up to this size is counted with others in one bincount
