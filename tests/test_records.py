@@ -528,7 +528,8 @@ def test_a_damaged_segment_costs_only_itself(
         assert lost and lost == list(range(lost[0], lost[-1] + 1)) and len(lost) < 32 * 1024 // 200  # one block
         assert 399 in steps and merged.cut_segments == []  # the rest of the segment, its exit record too
         assert [v.version for v in merged.artifacts("model-longrun")] == [0, 1]
-        with pytest.raises(ValueError, match="checksum"):  # the strict decoder still refuses it
+        # the strict decoder still refuses it: a checksum that fails, or the chunk header the bytes hit
+        with pytest.raises(ValueError, match=r"checksum mismatch|chunk of unknown type|chunk longer than its block"):
             list(iter_records(log))
     else:
         assert merged.damaged == [] and merged.cut_segments == [first]

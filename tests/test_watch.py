@@ -381,7 +381,7 @@ def test_a_small_models_log_step_counts_as_histc(bins: int) -> None:
     """The path a small model's log step takes (every tensor small, dense float32 on the CPU): the
     counts are torch.histc's, the edges its linspace's; anything else (a NaN, one value) takes the
     general path."""
-    from lw_callbacks.core import histograms as core
+    from lw_callbacks.core import bins as core
 
     gen = torch.Generator().manual_seed(bins)
     model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 2))
@@ -405,7 +405,7 @@ def test_a_small_models_log_step_counts_as_histc(bins: int) -> None:
 def test_the_device_path_counts_as_histc() -> None:
     """The counts taken on a non-CPU device (CUDA: bincount per chunk, deterministic), run here on
     CPU tensors: the same as torch.histc with the tensor's min and max."""
-    from lw_callbacks.core import histograms as core
+    from lw_callbacks.core import bins as core
 
     gen = torch.Generator().manual_seed(1)
     flats = {0: torch.randn(300_000, generator=gen) * 1e-3 + 5.0, 1: torch.randn(100, generator=gen),
