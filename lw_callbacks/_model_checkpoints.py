@@ -376,7 +376,7 @@ class AfterCheckpointsHook:
 class CheckpointsKey:
     """``UploadCheckpoints``' ``state_key`` when it was given its ``ModelCheckpoint`` callbacks: it names
     their keys, which follow their settable options, and Lightning reads it on every hook call (about
-    8 µs to build with two of them). Built again only when what those keys are made of changed: each
+    16 µs to build with two of them). Built again only when what those keys are made of changed: each
     callback's identity and the five attributes Lightning's ``ModelCheckpoint.state_key`` reads; built
     on every call when a class computes its key another way."""
 

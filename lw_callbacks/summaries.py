@@ -297,7 +297,7 @@ def _derived(callbacks: Sequence[Any]) -> dict[str, tuple[set[str], str]]:
 def _logs_this_batch(trainer: pl.Trainer) -> bool:
     """Whether Lightning sends this training batch's step metrics to the loggers, as its logger
     connector's ``update_train_step_metrics`` decides, tested on integers first: it runs on every batch
-    (the connector's own ``should_update_logs`` walks the Trainer's state properties, about 8 µs a call
+    (the connector's own ``should_update_logs`` walks the Trainer's state properties, about 3 µs a call
     inside a fit)."""
     try:
         every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # 0: no step logs (but under fast_dev_run)
