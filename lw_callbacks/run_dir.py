@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lw_callbacks import _compat
-from lw_callbacks._errors import ConfigurationError, Option, check_seconds
+from lw_callbacks._errors import ConfigurationError, Option, check_seconds, warn
 from lw_callbacks._wandb import require_wandb_logger, run_of, warning_cache
 from lw_callbacks.core.run_info import (
     RunDirOptions,
@@ -275,6 +275,24 @@ def _rendezvous_env() -> tuple[int, int, str, int] | None:
     return env.global_rank(), env.world_size(), env.main_address, env.main_port
 
 
+def _wait_for_close(store: Any, key: str, timeout: float) -> None:
+    """On a rank other than 0, when rank 0 hosts the store: return once rank 0 has closed it. The process
+    group's rendezvous binds the same port next, and a rank that reached it while the store still
+    answered there would talk to the store being closed and fail (rank 0 then waits for it until its
+    own timeout). Nothing sets the key waited for: the wait ends when the connection does."""
+    from datetime import timedelta
+
+    from torch.distributed import DistNetworkError
+
+    try:
+        store.wait([f"{key}/closed"], timedelta(seconds=timeout))
+    except DistNetworkError:  # the connection closed: rank 0 closed its store
+        return
+    except Exception as err:
+        warn(f"shared_run_config: rank 0 did not close its rendezvous store within {timeout:.0f}s "
+             f"({type(err).__name__}: {err}); the process group's rendezvous on the same port may fail.")
+
+
 def _packed_run_config(logger: AnyWandbLogger) -> dict[str, bytes]:
     run = run_of(logger, 0)
     return {} if run is None else pack_config(run_config(run, owner="shared_run_config"), "shared_run_config")
@@ -290,8 +308,10 @@ def _exchange(
     if world_size <= 1:
         return unpack_config(_packed_run_config(logger), rank, "shared_run_config")
     # torchrun's agent hosts a store at MASTER_ADDR:MASTER_PORT for its workers; otherwise rank 0 hosts
-    # one here and closes it once every rank has read, before the process group binds that port.
-    host = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    # one here and closes it once every rank has read, before the process group binds that port, and
+    # the other ranks return only once it closed.
+    rank0_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    host, host_elsewhere = rank == 0 and rank0_hosts, rank != 0 and rank0_hosts
     store = TCPStore(
         address, port, world_size if host else None, is_master=host,
         timeout=timedelta(seconds=timeout), wait_for_workers=False,
@@ -316,6 +336,8 @@ def _exchange(
             ) from err
         if store.add(f"{key}/acks", 1) == world_size - 1:
             store.set(f"{key}/done", "1")
+        if host_elsewhere:
+            _wait_for_close(store, key, timeout)
         if "error" in data:
             raise RuntimeError(f"shared_run_config: rank 0 failed to start the run: {data['error']}")
         return unpack_config(data["config"], rank, "shared_run_config")

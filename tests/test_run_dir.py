@@ -266,14 +266,18 @@ def test_config_before_the_trainer_in_one_process(
 
 
 @pytest.mark.slow
-def test_config_before_the_trainer_under_a_plain_env_launch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank0", ["prompt", "slow"])
+def test_config_before_the_trainer_under_a_plain_env_launch(tmp_path: Path, rank0: str) -> None:
     """Two processes launched with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT only (a SLURM-like
-    launch, no torchrun agent): every rank gets the sweep's values, and the port is free afterwards."""
+    launch, no torchrun agent): every rank gets the sweep's values, and the port is free afterwards,
+    also when rank 0 is slow to close its store: rank 1 does not reach the process group's rendezvous
+    on that port while the store still answers there (it would talk to the store being closed)."""
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
     params = write_sweep_params(tmp_path / "params.yaml", SWEEP)
     reports = run_ranks(
-        "run_config_env.py", str(find_free_network_port()), out_dir=tmp_path / "reports", timeout=180,
+        "run_config_env.py", str(find_free_network_port()), *(["slow"] if rank0 == "slow" else []),
+        out_dir=tmp_path / "reports", timeout=180,
         env={"WANDB_SWEEP_PARAM_PATH": str(params)},
     )
     assert [r["config"] for r in reports] == [SWEEP, SWEEP]
