@@ -193,19 +193,30 @@ STEP_HOOKS = (
 )
 
 
-def hook_costs(arm: str = "all_five", at_step: int = 120, calls: int = 2000, repeats: int = 7) -> dict[str, float]:
-    """Microseconds per optimizer step that Lightning's dispatch of the per-step hooks costs for each
-    callback, in one fit paused at a step that logs nothing: ``<callback>.state_key``, and for each hook
-    ``<callback>.<hook>`` (Lightning's own loop: ``getattr``, ``state_key`` in the profiler's name, the
-    profiler's context, the call), the best of ``repeats`` runs of ``calls`` calls."""
+def _offline_wandb(quiet: bool) -> None:
+    """Offline W&B with its folders in temporary ones (unless set); ``quiet``: no console capture and
+    no warnings either (the workers whose output is parsed)."""
     import os
-    import tempfile
-    import time
+    import warnings
 
     for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
         os.environ.setdefault(name, tempfile.mkdtemp(prefix=f"lwbench-{name.lower()}-"))
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+    if quiet:
+        os.environ.setdefault("WANDB_CONSOLE", "off")
+        warnings.filterwarnings("ignore")
+
+
+def hook_costs(arm: str = "all_five", at_step: int = 120, calls: int = 2000, repeats: int = 7) -> dict[str, float]:
+    """Microseconds per optimizer step that Lightning's dispatch of the per-step hooks costs for each
+    callback, in one fit paused at a step that logs nothing: ``<callback>.state_key``, and for each hook
+    ``<callback>.<hook>`` (Lightning's own loop: ``getattr``, ``state_key`` in the profiler's name, the
+    profiler's context, the call), the best of ``repeats`` runs of ``calls`` calls."""
+    import tempfile
+    import time
+
+    _offline_wandb(quiet=False)
     import fits
     import torch
     import wandb
@@ -451,14 +462,8 @@ def _worker(arms: Sequence[str], rounds: int, quick: bool) -> None:
     import os
     import shutil
     import threading
-    import warnings
 
-    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-        os.environ.setdefault(name, tempfile.mkdtemp(prefix=f"lwbench-{name.lower()}-"))
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    warnings.filterwarnings("ignore")
+    _offline_wandb(quiet=True)
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -562,14 +567,8 @@ def _count_worker(arm: str) -> None:
     instrumentation on for training steps ``COUNT_FROM`` to ``COUNT_FROM + COUNT_STEPS`` only."""
     import os
     import subprocess
-    import warnings
 
-    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-        os.environ.setdefault(name, tempfile.mkdtemp(prefix=f"lwbench-{name.lower()}-"))
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    warnings.filterwarnings("ignore")
+    _offline_wandb(quiet=True)
     import fits
     import torch
     from lightning.pytorch import Callback, Trainer

@@ -106,14 +106,7 @@ def _small_on_cpu(named: Sequence[tuple[str, Tensor]], bins: int) -> dict[str, t
     lows, highs = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
     if not (np.isfinite(lows).all() and np.isfinite(highs).all() and (lows < highs).all()):
         return None  # a NaN, an infinity or a tensor of one value: the general path
-    row = np.repeat(np.arange(len(flats)), lengths)
-    scaled = values - lows[row]
-    scaled *= np.float32(bins)
-    scaled /= (highs - lows)[row]
-    slots = scaled.astype(np.int64)
-    np.minimum(slots, bins - 1, out=slots)
-    slots += row * bins
-    counts = np.bincount(slots, minlength=len(flats) * bins).reshape(len(flats), bins).tolist()
+    counts = _segment_counts(values, lengths, lows, highs, bins).tolist()
     edges = _linspace(lows[:, None], highs[:, None], bins).tolist()
     return {key: (counts[k], edges[k]) for k, (key, _) in enumerate(named)}
 
@@ -195,16 +188,25 @@ class _CpuGroups:
             # the others (all values equal, or none left) fall in their first bin, and are not read
             lows = np.array([ranges[i][0] for i in group], dtype=np.float32)
             highs = np.array([ranges[i][1] if i in wanted else ranges[i][0] + 1.0 for i in group], dtype=np.float32)
-            row = np.repeat(np.arange(len(group)), lengths)
-            scaled = values - lows[row]
-            scaled *= np.float32(bins)
-            scaled /= (highs - lows)[row]
-            slots = scaled.astype(np.int64)
-            np.minimum(slots, bins - 1, out=slots)
-            slots += row * bins
-            table = np.bincount(slots, minlength=len(group) * bins).reshape(len(group), bins)
+            table = _segment_counts(values, lengths, lows, highs, bins)
             out.update((i, table[k]) for k, i in members)
         return out
+
+
+def _segment_counts(
+    values: np.ndarray, lengths: np.ndarray, lows: np.ndarray, highs: np.ndarray, bins: int
+) -> np.ndarray:
+    """The counts of each segment of ``values`` (segment ``k``: the next ``lengths[k]`` values) in
+    ``bins`` bins between ``lows[k]`` and ``highs[k]`` (float32, ``lows < highs``, every value within),
+    as ``torch.histc`` gives them: one row per segment, from one ``bincount``."""
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    scaled = values - lows[row]
+    scaled *= np.float32(bins)
+    scaled /= (highs - lows)[row]
+    slots = scaled.astype(np.int64)
+    np.minimum(slots, bins - 1, out=slots)
+    slots += row * bins
+    return np.bincount(slots, minlength=len(lengths) * bins).reshape(len(lengths), bins)
 
 
 def _cpu_counts(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
